@@ -1,0 +1,143 @@
+"""Messages of the chain protocol and of the control channel.
+
+Plain frozen dataclasses: the engine (``agents.chain``) produces and consumes them,
+``agents.wire`` turns them into authenticated raw-Ethernet payloads and back.
+
+NF names are strings; the empty string means "no NF" (an absent entry or a tombstone).
+Keys are the bytes of ``agents.keys.flow_key``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+# --- chain protocol bodies -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Query:
+    """Asker -> tail: which NF serves ``key``? ``nf`` is the asker's proposal."""
+    key: bytes
+    nf: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Tail -> asker: ``key`` is committed to ``nf`` at version ``ver``."""
+    key: bytes
+    ver: int
+    nf: str
+
+
+@dataclass(frozen=True)
+class InsertReq:
+    """Tail -> head: insert ``key`` -> ``nf`` if the head's entry is absent at version >= ``base``."""
+    key: bytes
+    nf: str
+    base: int
+
+
+@dataclass(frozen=True)
+class DeleteReq:
+    """Any node -> head: delete ``key`` if it is live at version ``ver`` (0: whatever is live)."""
+    key: bytes
+    ver: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """Down the chain: ``key`` is ``nf`` at version ``ver`` (``nf == ''``: tombstone)."""
+    key: bytes
+    ver: int
+    nf: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Up the chain: versions of ``key`` up to ``ver`` are committed at the tail."""
+    key: bytes
+    ver: int
+
+
+@dataclass(frozen=True)
+class Gone:
+    """Versions of ``key`` below ``ver`` are deleted: drop cached answers and pending deletes."""
+    key: bytes
+    ver: int
+
+
+@dataclass(frozen=True)
+class SyncEntry:
+    key: bytes
+    ver: int
+    nf: str
+    committed: bool
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Reconfiguration: a batch of entries pushed to a node of their new chain."""
+    entries: tuple[SyncEntry, ...]
+
+
+@dataclass(frozen=True)
+class SyncDone:
+    """Reconfiguration: the sender has pushed everything it owes for the frame's epoch."""
+
+
+Body = Union[Query, Answer, InsertReq, DeleteReq, Write, Ack, Gone, Sync, SyncDone]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One message on a reliable FIFO link between two chain nodes.
+
+    ``seq`` numbers data frames per link from 1 (0: a pure link ack, ``body is None``);
+    ``ack`` acknowledges every frame of the reverse direction up to that number.
+    ``src_inc`` / ``dst_inc`` are incarnations (the epoch a node was created in), so that
+    a restarted node gets fresh links; ``dst_inc == 0`` means "not known yet".
+    ``epoch`` is the sender's view epoch when the frame was made.
+    """
+    src: str
+    src_inc: int
+    dst_inc: int
+    epoch: int
+    seq: int
+    ack: int
+    body: Body | None
+
+
+# --- control channel (controller <-> LB agents) ----------------------------------------
+
+@dataclass(frozen=True)
+class NFInfo:
+    name: str
+    mac: str
+    state: str  # "active" | "draining" | "failed"
+
+
+@dataclass(frozen=True)
+class LBInfo:
+    name: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class ViewMsg:
+    """Controller -> agents: the membership view."""
+    epoch: int
+    chain_len: int
+    mode: str
+    lbs: tuple[LBInfo, ...]
+    nfs: tuple[NFInfo, ...]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Agent -> controller: alive, at view ``epoch``, holding ``entries`` table entries."""
+    lb: str
+    epoch: int
+    entries: int
+
+
+Message = Union[Frame, ViewMsg, Heartbeat]
