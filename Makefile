@@ -1,0 +1,53 @@
+# chainlb: Mininet testbed for chain-replicated LB flow tables.  `make help` lists the targets.
+PY      := .venv/bin/python
+NAME    ?= scale-out
+MODE    ?= chain
+CLI     ?=
+RUNS    ?=
+OUT     ?= results/compare
+CLI_ARG := $(if $(filter 1 yes true,$(CLI)),--cli,)
+
+.PHONY: help setup test scenario cli matrix compare bench bench-engine clean venv-check
+
+help:
+	@echo "Targets (most need root: prefix with sudo):"
+	@echo "  sudo make setup                      install Debian packages, start OVS, build .venv (idempotent)"
+	@echo "  sudo make test                       setup, then run the test suite (pytest)"
+	@echo "  sudo make scenario NAME=scale-out MODE=chain [CLI=1]"
+	@echo "                                       run one scenario (MODE: chain|maglev|local|hash; NAME=all for every one)"
+	@echo "  sudo make cli                        open the interactive testbed CLI"
+	@echo "  sudo make matrix                     run every scenario in every mode and compare"
+	@echo "  make compare RUNS=\"DIR ...\" OUT=DIR  compare result folders (table + plots)"
+	@echo "  sudo make bench                      testbed benchmarks"
+	@echo "  make bench-engine                    benchmark the chain engine alone (no root)"
+	@echo "  sudo make clean                      remove leftovers of a crashed run (own bridges, links, PIDs)"
+
+setup:
+	@scripts/setup.sh
+
+venv-check:
+	@test -x $(PY) || { echo "error: $(PY) missing: run it with sudo: sudo make setup" >&2; exit 1; }
+
+test: setup
+	$(PY) -m pytest -q
+
+scenario: setup
+	$(PY) -m scenarios run $(NAME) --mode $(MODE) $(CLI_ARG)
+
+cli: setup
+	$(PY) -m scenarios cli
+
+matrix: setup
+	$(PY) -m scenarios matrix
+
+compare: venv-check
+	$(PY) -m scenarios compare $(RUNS) --out $(OUT)
+
+bench: setup
+	$(PY) -m bench
+
+bench-engine: venv-check
+	$(PY) -m bench.engine
+
+clean: venv-check
+	$(PY) -m scenarios cleanup
