@@ -1,0 +1,1 @@
+"""The os-ken controller: membership policy (pure logic), gateway app, launcher."""

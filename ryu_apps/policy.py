@@ -1,0 +1,394 @@
+"""The controller's membership policy as pure logic (no os-ken, no clock, no I/O).
+
+``Policy`` owns the membership view: epoch, chain length, LB mode, the LB members and
+the NF pool. Every method takes the current time ``now`` (seconds, any monotonic
+origin) where time matters and returns a list of actions for the switch application
+(``ryu_apps.gateway``) to carry out, in order. Bad input raises ``PolicyError`` (or its
+subclass ``UnknownName``) with a message meant for the user; the state is then unchanged.
+
+LB members have a status: ``joining`` from admission until the agent heartbeats an
+epoch at least the one it was admitted in (it holds the view), then ``up``. Only ``up``
+members are steered to. A member whose heartbeats stop for ``heartbeat_timeout`` (or
+that never comes up within ``join_timeout``) is removed from steering and from the view;
+the last member is never removed that way. Every membership change bumps the epoch and
+pushes the new view to every member; the view is also re-pushed every
+``repush_interval`` and to any agent that heartbeats an older epoch.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Union
+
+from agents.messages import LBInfo, NFInfo, ViewMsg
+
+MODES = ("chain", "maglev", "local", "hash")
+NF_STATES = ("active", "draining", "failed")
+CONTROLLER_MAC = "02:00:00:00:ff:01"
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAX_PORT = 0xFFFFFF00  # OpenFlow 1.3 OFPP_MAX
+
+
+class PolicyError(ValueError):
+    """A request the policy refuses (bad input); the message says why."""
+
+
+class UnknownName(PolicyError):
+    """A request names an LB or NF that is not a member."""
+
+
+# --- actions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """Where to deliver a view: an LB agent's name, MAC and switch port."""
+    name: str
+    mac: str
+    port: int
+
+
+@dataclass(frozen=True)
+class AddHostRoute:
+    """Deliver frames with destination ``mac`` to switch port ``port``."""
+    mac: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DelHostRoute:
+    """Stop delivering frames to ``mac``."""
+    mac: str
+
+
+@dataclass(frozen=True)
+class SetSteering:
+    """Spread IPv4 arriving on ``edge_ports`` per connection over ``lb_ports`` (empty: drop)."""
+    edge_ports: tuple[int, ...]
+    lb_ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PushView:
+    """Send ``view`` to each target."""
+    targets: tuple[Target, ...]
+    view: ViewMsg
+
+    @property
+    def lb_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something worth logging (a timeout, a refused heartbeat, ...)."""
+    text: str
+
+
+Action = Union[AddHostRoute, DelHostRoute, SetSteering, PushView, Note]
+
+
+# --- members ---------------------------------------------------------------------------
+
+@dataclass
+class LBMember:
+    name: str
+    mac: str
+    port: int
+    admitted_epoch: int
+    admitted_at: float
+    status: str = "joining"  # "joining" | "up"
+    last_heartbeat: float | None = None
+    reported_epoch: int | None = None
+    entries: int = 0
+
+
+@dataclass
+class NFMember:
+    name: str
+    mac: str
+    port: int
+    state: str = "active"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A client or server host attached to the switch."""
+    name: str
+    mac: str
+    port: int
+
+
+def check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise PolicyError(f"bad {what} name {name!r}: use a letter then up to 31 of "
+                          "letters, digits, '_', '.', '-' (e.g. lb5, nf4)")
+    return name
+
+
+def check_mac(mac: object) -> str:
+    if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
+        raise PolicyError(f"bad MAC {mac!r}: expected six hex bytes like 02:00:00:00:04:01")
+    mac = mac.lower()
+    if int(mac[:2], 16) & 1:
+        raise PolicyError(f"bad MAC {mac}: a multicast address cannot be a host")
+    if mac == "00:00:00:00:00:00" or mac == CONTROLLER_MAC:
+        raise PolicyError(f"bad MAC {mac}: reserved")
+    return mac
+
+
+def check_port(port: object) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port < MAX_PORT:
+        raise PolicyError(f"bad switch port {port!r}: expected an integer from 1 to {MAX_PORT - 1}")
+    return port
+
+
+# --- the policy ------------------------------------------------------------------------
+
+@dataclass
+class Policy:
+    """Membership view and the rules that change it. See the module docstring."""
+    chain_len: int
+    mode: str = "chain"
+    heartbeat_timeout: float = 0.5
+    join_timeout: float = 20.0
+    repush_interval: float = 1.0
+    epoch: int = 1
+    edges: dict[str, Edge] = field(default_factory=dict)
+    lbs: dict[str, LBMember] = field(default_factory=dict)
+    nfs: dict[str, NFMember] = field(default_factory=dict)
+    _last_push: float | None = field(default=None, init=False, repr=False)
+    _steering: tuple[int, ...] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chain_len, bool) or not isinstance(self.chain_len, int) or self.chain_len < 1:
+            raise PolicyError(f"bad chain_len {self.chain_len!r}: expected an integer >= 1")
+        if self.mode not in MODES:
+            raise PolicyError(f"bad mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        for what, value in (("heartbeat_timeout", self.heartbeat_timeout),
+                            ("join_timeout", self.join_timeout),
+                            ("repush_interval", self.repush_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise PolicyError(f"bad {what} {value!r}: expected a positive number of seconds")
+
+    # -- set-up (no epoch bump: this is the initial view) --
+
+    @classmethod
+    def from_config(cls, cfg: dict, now: float) -> "Policy":
+        """Build from the gateway's config dict (see ``ryu_apps.gateway``)."""
+        if not isinstance(cfg, dict):
+            raise PolicyError("config must be a JSON object")
+        known = {"secret_file", "chain_len", "mode", "heartbeat_timeout", "join_timeout",
+                 "repush_interval", "edge_ports", "lbs", "nfs"}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise PolicyError(f"unknown config keys {unknown}: valid keys are {sorted(known)}")
+        if "chain_len" not in cfg:
+            raise PolicyError("config lacks 'chain_len'")
+        kwargs = {k: cfg[k] for k in ("mode", "heartbeat_timeout", "join_timeout", "repush_interval")
+                  if k in cfg}
+        pol = cls(chain_len=cfg["chain_len"], **kwargs)
+        edges = cfg.get("edge_ports", {})
+        if not isinstance(edges, dict):
+            raise PolicyError("'edge_ports' must be an object {name: {mac, port}}")
+        for name, e in edges.items():
+            mac, port = _mac_port(e, f"edge_ports.{name}")
+            pol.add_edge(name, mac, port)
+        for key, adder in (("lbs", pol._admit_lb), ("nfs", pol._admit_nf)):
+            items = cfg.get(key, [])
+            if not isinstance(items, list):
+                raise PolicyError(f"'{key}' must be a list of {{name, mac, port}}")
+            for i, item in enumerate(items):
+                if not isinstance(item, dict) or "name" not in item:
+                    raise PolicyError(f"{key}[{i}] must be an object with name, mac, port")
+                mac, port = _mac_port(item, f"{key}[{i}]")
+                adder(item["name"], mac, port, now)
+        if not pol.lbs:
+            raise PolicyError("config lists no LB nodes ('lbs'): at least one is needed")
+        return pol
+
+    def add_edge(self, name: str, mac: str, port: int) -> None:
+        """Register a client/server host (before ``start``)."""
+        check_name(name, "edge host")
+        mac, port = check_mac(mac), check_port(port)
+        self._check_free(name, mac, port)
+        self.edges[name] = Edge(name, mac, port)
+
+    def start(self, now: float) -> list[Action]:
+        """Every action that installs the current state (at start, on switch reconnect)."""
+        acts: list[Action] = [AddHostRoute(m.mac, m.port) for m in self._all_hosts()]
+        self._steering = None
+        acts += self._steering_actions()
+        acts.append(self._push_all(now))
+        return acts
+
+    # -- NF pool --
+
+    def add_nf(self, name: str, mac: str, port: int, now: float) -> list[Action]:
+        self._admit_nf(name, mac, port, now)
+        self.epoch += 1
+        return [AddHostRoute(self.nfs[name].mac, port), self._push_all(now)]
+
+    def drain_nf(self, name: str, now: float) -> list[Action]:
+        nf = self._nf(name)
+        if nf.state != "active":
+            raise PolicyError(f"cannot drain {name}: it is {nf.state}, only an active NF can be drained")
+        nf.state = "draining"
+        self.epoch += 1
+        return [self._push_all(now)]
+
+    def remove_nf(self, name: str, now: float) -> list[Action]:
+        """Mark failed: it stays listed so that agents purge the entries that name it."""
+        nf = self._nf(name)
+        if nf.state == "failed":
+            raise PolicyError(f"cannot remove {name}: it is already removed (failed)")
+        nf.state = "failed"
+        self.epoch += 1
+        return [self._push_all(now)]
+
+    # -- LB members --
+
+    def add_lb(self, name: str, mac: str, port: int, now: float) -> list[Action]:
+        self.epoch += 1
+        try:
+            self._admit_lb(name, mac, port, now)
+        except PolicyError:
+            self.epoch -= 1
+            raise
+        return [AddHostRoute(self.lbs[name].mac, port), self._push_all(now)]
+
+    def remove_lb(self, name: str, now: float) -> list[Action]:
+        lb = self._lb(name)
+        if len(self.lbs) == 1:
+            raise PolicyError(f"cannot remove {name}: it is the last LB node")
+        return self._drop_lb(lb, now, tell_it=True)
+
+    def heartbeat(self, lb: str, epoch: int, entries: int, now: float) -> list[Action]:
+        """An agent's heartbeat: it is alive, at ``epoch``, holding ``entries`` entries."""
+        m = self.lbs.get(lb)
+        if m is None:
+            raise UnknownName(f"heartbeat from {lb!r}, which is not an LB member")
+        m.last_heartbeat = now
+        m.reported_epoch = epoch
+        m.entries = entries
+        acts: list[Action] = []
+        if m.status == "joining" and epoch >= m.admitted_epoch:
+            m.status = "up"
+            acts += [Note(f"{lb} is up at epoch {epoch}")] + self._steering_actions()
+        if epoch < self.epoch:
+            acts.append(PushView((self._target(m),), self.view()))
+        return acts
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passes: time out silent LB members, re-push the view periodically."""
+        acts: list[Action] = []
+        for m in list(self.lbs.values()):
+            if m.status == "up":
+                silent, limit = now - (m.last_heartbeat or m.admitted_at), self.heartbeat_timeout
+            else:
+                silent, limit = now - m.admitted_at, self.join_timeout
+            if silent <= limit:
+                continue
+            if len(self.lbs) == 1:
+                continue  # never empty the view; the member stays as it is
+            acts.append(Note(f"{m.name} removed: no heartbeat for {silent:.3f} s "
+                             f"({m.status}, limit {limit} s)"))
+            acts += self._drop_lb(m, now, tell_it=False)
+        if self._last_push is None or now - self._last_push >= self.repush_interval:
+            acts.append(self._push_all(now))
+        return acts
+
+    # -- reading --
+
+    def view(self) -> ViewMsg:
+        return ViewMsg(
+            epoch=self.epoch, chain_len=self.chain_len, mode=self.mode,
+            lbs=tuple(LBInfo(m.name, m.mac) for m in self.lbs.values()),
+            nfs=tuple(NFInfo(n.name, n.mac, n.state) for n in self.nfs.values()))
+
+    def steering_ports(self) -> tuple[int, ...]:
+        return tuple(sorted(m.port for m in self.lbs.values() if m.status == "up"))
+
+    def state(self, now: float) -> dict:
+        """Everything, as JSON-ready data (the REST API's GET /view)."""
+        def age(t: float | None) -> float | None:
+            return None if t is None else round(now - t, 3)
+        return {
+            "epoch": self.epoch, "chain_len": self.chain_len, "mode": self.mode,
+            "heartbeat_timeout": self.heartbeat_timeout, "join_timeout": self.join_timeout,
+            "steering": list(self.steering_ports()),
+            "lbs": [{"name": m.name, "mac": m.mac, "port": m.port, "status": m.status,
+                     "admitted_epoch": m.admitted_epoch, "reported_epoch": m.reported_epoch,
+                     "entries": m.entries, "last_heartbeat_age": age(m.last_heartbeat)}
+                    for m in self.lbs.values()],
+            "nfs": [{"name": n.name, "mac": n.mac, "port": n.port, "state": n.state}
+                    for n in self.nfs.values()],
+            "edges": [{"name": e.name, "mac": e.mac, "port": e.port} for e in self.edges.values()],
+        }
+
+    # -- internals --
+
+    def _admit_lb(self, name: str, mac: str, port: int, now: float) -> None:
+        check_name(name, "LB")
+        mac, port = check_mac(mac), check_port(port)
+        self._check_free(name, mac, port)
+        self.lbs[name] = LBMember(name, mac, port, admitted_epoch=self.epoch, admitted_at=now)
+
+    def _admit_nf(self, name: str, mac: str, port: int, now: float) -> None:
+        check_name(name, "NF")
+        mac, port = check_mac(mac), check_port(port)
+        self._check_free(name, mac, port)
+        self.nfs[name] = NFMember(name, mac, port)
+
+    def _drop_lb(self, m: LBMember, now: float, tell_it: bool) -> list[Action]:
+        del self.lbs[m.name]
+        self.epoch += 1
+        acts: list[Action] = self._steering_actions()
+        push = self._push_all(now)
+        if tell_it:  # a live node learns that it left
+            push = PushView(push.targets + (self._target(m),), push.view)
+        return acts + [push, DelHostRoute(m.mac)]
+
+    def _steering_actions(self) -> list[Action]:
+        ports = self.steering_ports()
+        if ports == self._steering:
+            return []
+        self._steering = ports
+        edge_ports = tuple(sorted(e.port for e in self.edges.values()))
+        return [SetSteering(edge_ports, ports)]
+
+    def _push_all(self, now: float) -> PushView:
+        self._last_push = now
+        return PushView(tuple(self._target(m) for m in self.lbs.values()), self.view())
+
+    @staticmethod
+    def _target(m: LBMember) -> Target:
+        return Target(m.name, m.mac, m.port)
+
+    def _all_hosts(self):
+        return [*self.edges.values(), *self.lbs.values(), *self.nfs.values()]
+
+    def _check_free(self, name: str, mac: str, port: int) -> None:
+        for h in self._all_hosts():
+            if h.name == name:
+                raise PolicyError(f"name {name} is already in use")
+            if h.mac == mac:
+                raise PolicyError(f"MAC {mac} is already used by {h.name}")
+            if h.port == port:
+                raise PolicyError(f"switch port {port} is already used by {h.name}")
+
+    def _lb(self, name: str) -> LBMember:
+        if name not in self.lbs:
+            raise UnknownName(f"no LB node named {name!r}; members: {', '.join(self.lbs) or 'none'}")
+        return self.lbs[name]
+
+    def _nf(self, name: str) -> NFMember:
+        if name not in self.nfs:
+            raise UnknownName(f"no NF named {name!r}; NFs: {', '.join(self.nfs) or 'none'}")
+        return self.nfs[name]
+
+
+def _mac_port(item: object, where: str) -> tuple[str, int]:
+    if not isinstance(item, dict) or "mac" not in item or "port" not in item:
+        raise PolicyError(f"{where} must be an object with 'mac' and 'port'")
+    return item["mac"], item["port"]

@@ -1,0 +1,341 @@
+"""Unit tests of the controller policy (pure logic, no switch)."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from agents.messages import LBInfo, NFInfo
+from ryu_apps.policy import (AddHostRoute, DelHostRoute, Note, Policy, PolicyError, PushView,
+                             SetSteering, Target, UnknownName)
+
+
+def mac(kind, i):
+    return f"02:00:00:00:{kind:02x}:{i:02x}"
+
+
+def config(n_lb=3, n_nf=2, **over):
+    cfg = {
+        "secret_file": "/run/chainlb/secret", "chain_len": 2, "mode": "chain",
+        "heartbeat_timeout": 0.5,
+        "edge_ports": {"c1": {"mac": mac(1, 1), "port": 1}, "c2": {"mac": mac(1, 2), "port": 2},
+                       "s1": {"mac": mac(2, 1), "port": 3}},
+        "lbs": [{"name": f"lb{i}", "mac": mac(3, i), "port": 10 + i} for i in range(1, n_lb + 1)],
+        "nfs": [{"name": f"nf{i}", "mac": mac(4, i), "port": 20 + i} for i in range(1, n_nf + 1)],
+    }
+    cfg.update(over)
+    return cfg
+
+
+def of(acts, kind):
+    return [a for a in acts if isinstance(a, kind)]
+
+
+def up_all(pol, now=0.0):
+    """Every LB heartbeats the current epoch."""
+    acts = []
+    for name in list(pol.lbs):
+        acts += pol.heartbeat(name, pol.epoch, 0, now)
+    return acts
+
+
+@pytest.fixture
+def pol():
+    return Policy.from_config(config(), now=0.0)
+
+
+# --- configuration ---------------------------------------------------------------------
+
+def test_from_config_builds_initial_view(pol):
+    v = pol.view()
+    assert v.epoch == 1 and v.chain_len == 2 and v.mode == "chain"
+    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i)) for i in (1, 2, 3))
+    assert v.nfs == (NFInfo("nf1", mac(4, 1), "active"), NFInfo("nf2", mac(4, 2), "active"))
+
+
+def test_start_installs_routes_steering_and_pushes_view(pol):
+    acts = pol.start(now=0.0)
+    routes = {(a.mac, a.port) for a in of(acts, AddHostRoute)}
+    assert routes == {(mac(1, 1), 1), (mac(1, 2), 2), (mac(2, 1), 3),
+                      (mac(3, 1), 11), (mac(3, 2), 12), (mac(3, 3), 13),
+                      (mac(4, 1), 21), (mac(4, 2), 22)}
+    # nobody is up yet: steering is installed empty (drop) until the agents report in
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), ())]
+    [push] = of(acts, PushView)
+    assert push.lb_names == ("lb1", "lb2", "lb3")
+    assert push.targets[0] == Target("lb1", mac(3, 1), 11)
+    assert push.view == pol.view()
+
+
+def test_start_again_repeats_everything(pol):
+    first = pol.start(0.0)
+    assert pol.start(0.1) == first
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"chain_len": 0}, "chain_len"),
+    ({"chain_len": "3"}, "chain_len"),
+    ({"mode": "rr"}, "chain, maglev, local, hash"),
+    ({"heartbeat_timeout": -1}, "heartbeat_timeout"),
+    ({"lbs": []}, "no LB"),
+    ({"lbs": "lb1"}, "'lbs' must be a list"),
+    ({"nfs": [{"name": "nf1", "mac": mac(4, 1)}]}, "nfs[0]"),
+    ({"nfs": [{"name": "nf1", "mac": "zz", "port": 5}]}, "bad MAC"),
+    ({"edge_ports": {"c1": {"mac": mac(3, 1), "port": 1}}}, "already used by"),
+    ({"colour": 1}, "unknown config keys"),
+])
+def test_bad_config_is_refused_clearly(over, words):
+    with pytest.raises(PolicyError, match=None) as e:
+        Policy.from_config(config(**over), now=0.0)
+    assert words in str(e.value)
+
+
+def test_missing_chain_len():
+    cfg = config()
+    del cfg["chain_len"]
+    with pytest.raises(PolicyError, match="chain_len"):
+        Policy.from_config(cfg, 0.0)
+
+
+# --- NF pool ---------------------------------------------------------------------------
+
+def test_add_nf_bumps_epoch_routes_and_pushes(pol):
+    acts = pol.add_nf("nf3", mac(4, 3).upper(), 23, now=1.0)
+    assert pol.epoch == 2
+    assert acts[0] == AddHostRoute(mac(4, 3), 23)  # MAC normalised to lower case
+    [push] = of(acts, PushView)
+    assert push.lb_names == ("lb1", "lb2", "lb3")
+    assert push.view.epoch == 2
+    assert NFInfo("nf3", mac(4, 3), "active") in push.view.nfs
+
+
+def test_drain_then_remove_nf(pol):
+    pol.drain_nf("nf1", 1.0)
+    assert pol.epoch == 2 and pol.nfs["nf1"].state == "draining"
+    with pytest.raises(PolicyError, match="only an active NF"):
+        pol.drain_nf("nf1", 1.0)
+    acts = pol.remove_nf("nf1", 2.0)
+    assert pol.epoch == 3
+    # a removed NF stays listed as failed so that agents purge its entries
+    assert NFInfo("nf1", mac(4, 1), "failed") in acts[-1].view.nfs
+    with pytest.raises(PolicyError, match="already removed"):
+        pol.remove_nf("nf1", 3.0)
+    assert pol.epoch == 3
+
+
+@pytest.mark.parametrize("args, err, words", [
+    (("nf1", mac(4, 9), 29), PolicyError, "name nf1 is already in use"),
+    (("nf9", mac(4, 1), 29), PolicyError, "MAC 02:00:00:00:04:01 is already used by nf1"),
+    (("nf9", mac(4, 9), 11), PolicyError, "port 11 is already used by lb1"),
+    (("nf9", "01:00:5e:00:00:01", 29), PolicyError, "multicast"),
+    (("nf9", "02:00:00:00:ff:01", 29), PolicyError, "reserved"),
+    (("nf9", "02:00:00:00:04", 29), PolicyError, "bad MAC"),
+    (("nf9", mac(4, 9), 0), PolicyError, "bad switch port"),
+    (("nf9", mac(4, 9), True), PolicyError, "bad switch port"),
+    (("nf9", mac(4, 9), "29"), PolicyError, "bad switch port"),
+    (("", mac(4, 9), 29), PolicyError, "bad NF name"),
+    (("nf 9", mac(4, 9), 29), PolicyError, "bad NF name"),
+    ((None, mac(4, 9), 29), PolicyError, "bad NF name"),
+])
+def test_add_nf_bad_input(pol, args, err, words):
+    with pytest.raises(err) as e:
+        pol.add_nf(*args, now=1.0)
+    assert words in str(e.value)
+    assert pol.epoch == 1 and set(pol.nfs) == {"nf1", "nf2"}
+
+
+def test_unknown_nf_names_the_members(pol):
+    with pytest.raises(UnknownName, match="no NF named 'nf7'; NFs: nf1, nf2"):
+        pol.drain_nf("nf7", 1.0)
+    with pytest.raises(UnknownName):
+        pol.remove_nf("nf7", 1.0)
+
+
+# --- LB members ------------------------------------------------------------------------
+
+def test_lb_becomes_up_on_heartbeat_at_its_epoch_and_is_steered(pol):
+    pol.start(0.0)
+    acts = pol.heartbeat("lb2", 0, 0, 0.1)  # has no view yet: re-pushed, not steered
+    assert of(acts, SetSteering) == []
+    assert of(acts, PushView) == [PushView((Target("lb2", mac(3, 2), 12),), pol.view())]
+    acts = pol.heartbeat("lb2", 1, 0, 0.2)
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (12,))]
+    assert of(acts, PushView) == []
+    acts = up_all(pol, 0.3)
+    assert of(acts, SetSteering)[-1] == SetSteering((1, 2, 3), (11, 12, 13))
+    assert pol.epoch == 1  # steering readiness is no membership change
+
+
+def test_add_lb_joins_view_then_steering(pol):
+    up_all(pol, 0.0)
+    acts = pol.add_lb("lb4", mac(3, 4), 14, now=1.0)
+    assert pol.epoch == 2
+    assert acts[0] == AddHostRoute(mac(3, 4), 14)
+    [push] = of(acts, PushView)
+    assert push.lb_names == ("lb1", "lb2", "lb3", "lb4")
+    assert of(acts, SetSteering) == []  # not serving before it reports the new epoch
+    assert pol.heartbeat("lb4", 1, 0, 1.1)[-1].lb_names == ("lb4",)  # stale: re-pushed
+    acts = pol.heartbeat("lb4", 2, 0, 1.2)
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, 12, 13, 14))]
+
+
+def test_remove_lb_tells_it_and_updates_steering(pol):
+    up_all(pol, 0.0)
+    acts = pol.remove_lb("lb2", now=1.0)
+    assert pol.epoch == 2
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, 13))]
+    [push] = of(acts, PushView)
+    assert push.lb_names == ("lb1", "lb3", "lb2")  # the removed node learns it left
+    assert [i.name for i in push.view.lbs] == ["lb1", "lb3"]
+    assert acts[-1] == DelHostRoute(mac(3, 2))
+    # its name, MAC and port are free again
+    pol.add_lb("lb2", mac(3, 2), 12, now=2.0)
+    assert pol.epoch == 3
+
+
+def test_cannot_remove_last_lb():
+    pol = Policy.from_config(config(n_lb=1), 0.0)
+    with pytest.raises(PolicyError, match="last LB node"):
+        pol.remove_lb("lb1", 1.0)
+    with pytest.raises(UnknownName, match="members: lb1"):
+        pol.remove_lb("lb9", 1.0)
+
+
+def test_add_lb_bad_input_leaves_epoch(pol):
+    with pytest.raises(PolicyError, match="already in use"):
+        pol.add_lb("lb1", mac(3, 9), 19, 1.0)
+    assert pol.epoch == 1 and len(pol.lbs) == 3
+
+
+def test_heartbeat_from_stranger_is_refused(pol):
+    with pytest.raises(UnknownName, match="not an LB member"):
+        pol.heartbeat("lb9", 1, 0, 0.0)
+
+
+def test_heartbeat_records_state_for_the_view(pol):
+    pol.heartbeat("lb1", 1, 42, 0.2)
+    st_ = pol.state(now=0.5)
+    lb1 = st_["lbs"][0]
+    assert lb1 == {"name": "lb1", "mac": mac(3, 1), "port": 11, "status": "up",
+                   "admitted_epoch": 1, "reported_epoch": 1, "entries": 42,
+                   "last_heartbeat_age": 0.3}
+    assert st_["lbs"][1]["last_heartbeat_age"] is None
+    assert st_["steering"] == [11]
+    assert st_["nfs"][0] == {"name": "nf1", "mac": mac(4, 1), "port": 21, "state": "active"}
+    assert {e["name"] for e in st_["edges"]} == {"c1", "c2", "s1"}
+
+
+# --- time ------------------------------------------------------------------------------
+
+def test_silent_lb_is_removed_after_timeout(pol):
+    pol.start(0.0)
+    up_all(pol, 0.0)
+    for t in (0.2, 0.4):
+        pol.heartbeat("lb1", 1, 0, t)
+        pol.heartbeat("lb3", 1, 0, t)
+    assert of(pol.tick(0.5), SetSteering) == []  # lb2 silent exactly 0.5 s: still in
+    acts = pol.tick(0.51)
+    assert pol.epoch == 2 and "lb2" not in pol.lbs
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, 13))]
+    assert any("lb2 removed" in a.text for a in of(acts, Note))
+    [push] = [p for p in of(acts, PushView) if p.view.epoch == 2][:1]
+    assert push.lb_names == ("lb1", "lb3")  # a dead node is not told
+    assert DelHostRoute(mac(3, 2)) in acts
+
+
+def test_joining_lb_has_longer_grace():
+    pol = Policy.from_config(config(join_timeout=5.0), 0.0)
+    pol.heartbeat("lb1", 1, 0, 4.9)
+    pol.heartbeat("lb2", 1, 0, 4.9)
+    assert len(pol.lbs) == 3 and pol.epoch == 1
+    pol.tick(4.95)
+    assert len(pol.lbs) == 3
+    pol.tick(5.01)
+    assert set(pol.lbs) == {"lb1", "lb2"} and pol.epoch == 2
+
+
+def test_last_lb_is_never_timed_out():
+    pol = Policy.from_config(config(n_lb=2), 0.0)
+    up_all(pol, 0.0)
+    pol.tick(10.0)
+    assert len(pol.lbs) == 1 and pol.epoch == 2
+    pol.tick(20.0)
+    assert len(pol.lbs) == 1 and pol.epoch == 2
+
+
+def test_periodic_repush(pol):
+    pol.start(0.0)
+    up_all(pol, 0.0)
+    for t in (0.3, 0.6, 0.9):
+        up_all(pol, t)
+        assert of(pol.tick(t), PushView) == []
+    up_all(pol, 1.0)
+    [push] = of(pol.tick(1.0), PushView)
+    assert push.lb_names == ("lb1", "lb2", "lb3") and push.view.epoch == 1
+    up_all(pol, 1.5)
+    assert of(pol.tick(1.5), PushView) == []
+    # a change pushes at once and restarts the period
+    pol.add_nf("nf3", mac(4, 3), 23, now=1.7)
+    up_all(pol, 2.1)
+    up_all(pol, 2.5)
+    assert of(pol.tick(2.6), PushView) == []
+    up_all(pol, 2.7)
+    assert len(of(pol.tick(2.7), PushView)) == 1
+    assert pol.epoch == 2
+
+
+def test_lb_that_resumes_after_removal_is_a_stranger(pol):
+    up_all(pol, 0.0)
+    pol.heartbeat("lb1", 1, 0, 1.0)
+    pol.heartbeat("lb2", 1, 0, 1.0)
+    pol.tick(1.0)
+    assert "lb3" not in pol.lbs
+    with pytest.raises(UnknownName):
+        pol.heartbeat("lb3", 1, 0, 1.1)
+
+
+# --- invariants under random operation sequences ---------------------------------------
+
+ops = st.lists(st.tuples(
+    st.sampled_from(["add_nf", "drain_nf", "remove_nf", "add_lb", "remove_lb", "hb", "tick"]),
+    st.integers(1, 6), st.floats(0.0, 0.4)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_invariants_hold_for_any_sequence(seq):
+    pol = Policy.from_config(config(), 0.0)
+    now = 0.0
+    for op, i, dt in seq:
+        now += dt
+        before = pol.epoch
+        try:
+            if op == "add_nf":
+                acts = pol.add_nf(f"nf{i}", mac(4, i), 20 + i, now)
+            elif op == "drain_nf":
+                acts = pol.drain_nf(f"nf{i}", now)
+            elif op == "remove_nf":
+                acts = pol.remove_nf(f"nf{i}", now)
+            elif op == "add_lb":
+                acts = pol.add_lb(f"lb{i}", mac(3, i), 10 + i, now)
+            elif op == "remove_lb":
+                acts = pol.remove_lb(f"lb{i}", now)
+            elif op == "hb":
+                acts = pol.heartbeat(f"lb{i}", pol.epoch, i, now)
+            else:
+                acts = pol.tick(now)
+        except PolicyError:
+            assert pol.epoch == before  # refused requests change nothing
+            continue
+        if op in ("add_nf", "drain_nf", "remove_nf", "add_lb", "remove_lb"):
+            assert pol.epoch == before + 1
+            assert any(isinstance(a, PushView) and a.view.epoch == pol.epoch for a in acts)
+        assert pol.epoch >= before
+        assert pol.lbs, "the view never loses its last LB"
+        ports = [m.port for m in pol.lbs.values()]
+        assert set(pol.steering_ports()) <= set(ports)
+        for a in acts:
+            if isinstance(a, PushView):
+                assert a.view.epoch <= pol.epoch
+        v = pol.view()
+        assert len({x.name for x in v.lbs}) == len(v.lbs)
+        assert len({x.name for x in v.nfs}) == len(v.nfs)
+        every = [h.mac for h in pol._all_hosts()]
+        assert len(set(every)) == len(every)
