@@ -1,0 +1,605 @@
+"""The chain-replicated connection table (sans-I/O protocol engine).
+
+Each LB node runs one ``ChainNode``. Events go in (``lookup``, ``receive``, ``tick``,
+``set_view``, ``delete``), actions come out (``Send``, ``Decision``); time is passed in.
+No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
+
+Placement: a key's *tail* is its successor on a consistent-hash ring of LB nodes (with
+virtual points); its chain is the tail and its L-1 distinct predecessors, head first.
+
+Lookup: the asking node sends ``Query`` to the tail. The tail answers a committed entry,
+or asks the head to insert the proposal (``InsertReq``). The head writes it only if the
+key is absent (first writer wins) and passes the ``Write`` down the chain; it commits at the
+tail, which answers every waiting asker and sends ``Ack`` back up. Deletes go through the
+head the same way and leave a versioned tombstone, so that a stale insert cannot revive a
+deleted entry; on commit the tail tells every node (``Gone``) to drop cached answers.
+
+Links are reliable FIFO channels built here: per-link sequence numbers, cumulative acks
+(piggybacked), retransmission on ``tick``, duplicate suppression and reordering buffers.
+
+Reconfiguration (a new ``View``): every node pushes (``Sync``) the entries it holds to
+the members of each key's new chain that may lack them (uncommitted ones to all), re-sends
+pending queries to the new tails and pending deletes to the new heads, then sends
+``SyncDone`` to every member. A node acts as head or tail only once it has received
+``SyncDone`` for its current epoch from every other member, so it holds every entry of
+its chains before it answers for them; the new tail then commits what it holds.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Union
+
+from agents.messages import (Ack, Answer, Body, DeleteReq, Frame, Gone, InsertReq, Query,
+                             Sync, SyncDone, SyncEntry, Write)
+
+__all__ = ["View", "Send", "Decision", "Action", "ChainNode", "Frame"]
+
+VNODES = 32          # ring points per member
+SYNC_BATCH = 16      # entries per Sync frame (keeps frames well under 1500 bytes)
+
+
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True)
+class View:
+    """A membership view: epoch, LB node ids, chain length."""
+    epoch: int
+    members: tuple[str, ...]
+    chain_len: int
+
+    def __post_init__(self):
+        if not isinstance(self.members, tuple):
+            object.__setattr__(self, "members", tuple(self.members))
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"duplicate members in view: {self.members}")
+        if self.chain_len < 1:
+            raise ValueError(f"chain_len must be >= 1, got {self.chain_len}")
+        if self.epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {self.epoch}")
+
+    @cached_property
+    def _ring(self) -> tuple[list[int], list[str]]:
+        points = sorted((_h64(f"{m}#{i}".encode()), m) for m in self.members for i in range(VNODES))
+        return [p for p, _ in points], [m for _, m in points]
+
+    @cached_property
+    def _memo(self) -> dict[bytes, tuple[str, ...]]:
+        return {}
+
+    def chain(self, key: bytes) -> tuple[str, ...]:
+        """The key's chain, head first, tail last (``min(chain_len, members)`` nodes)."""
+        memo = self._memo
+        c = memo.get(key)
+        if c is not None:
+            return c
+        if not self.members:
+            return ()
+        hashes, owners = self._ring
+        i = bisect.bisect_left(hashes, _h64(key)) % len(hashes)
+        want = min(self.chain_len, len(self.members))
+        picked: list[str] = []
+        while len(picked) < want:
+            m = owners[i]
+            if m not in picked:
+                picked.append(m)
+            i -= 1
+        c = tuple(reversed(picked))
+        if len(memo) >= 200_000:
+            memo.clear()
+        memo[key] = c
+        return c
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``msg`` (a ``Frame``) to node ``dst``."""
+    dst: str
+    msg: Frame
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Packets of ``key`` go to NF ``nf``."""
+    key: bytes
+    nf: str
+
+
+Action = Union[Send, Decision]
+
+
+@dataclass
+class _Rec:
+    ver: int        # version of the key's latest write held here
+    nf: str         # '' for a tombstone
+    cver: int = 0   # highest version known committed at the tail
+    t: float = 0.0  # when ``ver`` was applied here
+
+    @property
+    def committed(self) -> bool:
+        return self.cver >= self.ver
+
+
+@dataclass
+class _Link:
+    peer_inc: int = 0
+    next_seq: int = 1
+    expected: int = 1
+    unacked: dict[int, list] = field(default_factory=dict)   # seq -> [Frame, last sent]
+    ooo: dict[int, Frame] = field(default_factory=dict)
+    ack_due: bool = False
+
+
+@dataclass
+class _Pending:
+    nf: str
+    sent: float
+
+
+@dataclass
+class _Insert:
+    nf: str
+    base: int
+    sent: float
+
+
+@dataclass
+class _Delete:
+    ver: int
+    sent: float
+    tries: int = 0
+
+
+class ChainNode:
+    """One LB node's share of the distributed connection table."""
+
+    def __init__(self, node_id: str, view: View, *, rto: float = 0.2, retry: float = 1.0,
+                 tombstone_ttl: float = 60.0, max_delete_tries: int = 10):
+        self.id = node_id
+        self.view = view
+        self.inc = max(view.epoch, 1)     # incarnation: a restarted node gets fresh links
+        self.rto = rto
+        self.retry = retry
+        self.tombstone_ttl = tombstone_ttl
+        self.max_delete_tries = max_delete_tries
+        self.store: dict[bytes, _Rec] = {}
+        self.cache: dict[bytes, tuple[int, str]] = {}     # answers: key -> (ver, nf)
+        self.synced = False
+        self.removed = node_id not in view.members
+        self.stats = {"frames_out": 0, "retransmits": 0, "frames_in": 0, "dropped_in": 0,
+                      "decisions": 0, "inserts": 0, "deletes": 0}
+        self._pending: dict[bytes, _Pending] = {}          # lookups awaiting an answer
+        self._waiters: dict[bytes, set[str]] = {}          # tail: askers per key
+        self._inserting: dict[bytes, _Insert] = {}         # tail: outstanding InsertReq
+        self._deleting: dict[bytes, _Delete] = {}          # outstanding DeleteReq
+        self._done_from: dict[str, int] = {}               # peer -> highest SyncDone epoch
+        self._deferred: list[tuple[str, int, Body]] = []   # head/tail work awaiting sync
+        self._links: dict[str, _Link] = {}
+        self._local: deque[tuple[str, int, Body]] = deque()
+        self._tombstones: deque[tuple[float, bytes, int]] = deque()
+        self._out: list[Action] = []
+        self._started = False
+
+    # ----------------------------------------------------------------- public API
+
+    def lookup(self, key: bytes, proposed_nf: str, now: float) -> list[Action]:
+        """A packet of ``key`` arrived here; eventually yields ``Decision(key, nf)``."""
+        self._start(now)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return [Decision(key, hit[1])]
+        if key not in self._pending and not self.removed:
+            self._pending[key] = _Pending(proposed_nf, now)
+            self._send(self.view.chain(key)[-1], Query(key, proposed_nf), now)
+        return self._finish(now)
+
+    def receive(self, src: str, msg, now: float) -> list[Action]:
+        """A frame from node ``src`` arrived."""
+        self._start(now)
+        if not isinstance(msg, Frame):
+            return self._finish(now)
+        self.stats["frames_in"] += 1
+        if (src not in self.view.members or msg.epoch > self.view.epoch or src == self.id
+                or self.removed):
+            # unknown sender, or a view we do not have yet: the sender retransmits
+            self.stats["dropped_in"] += 1
+            return self._finish(now)
+        link = self._links.setdefault(src, _Link())
+        if msg.src_inc < link.peer_inc:
+            return self._finish(now)                      # from a previous incarnation
+        if msg.src_inc > link.peer_inc:
+            if link.peer_inc:                              # the peer restarted
+                link = self._links[src] = _Link()
+            link.peer_inc = msg.src_inc
+        if msg.dst_inc not in (0, self.inc):
+            link.ack_due = True                            # tell the peer who we are now
+            return self._finish(now)
+        unacked = link.unacked
+        while unacked:
+            first = next(iter(unacked))
+            if first > msg.ack:
+                break
+            del unacked[first]
+        if msg.seq:
+            link.ack_due = True
+            if msg.seq == link.expected:
+                self._deliver(src, msg, now)
+                link.expected += 1
+                while link.expected in link.ooo:
+                    self._deliver(src, link.ooo.pop(link.expected), now)
+                    link.expected += 1
+            elif msg.seq > link.expected:
+                link.ooo.setdefault(msg.seq, msg)
+        return self._finish(now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Timers: retransmissions, retries, tombstone expiry."""
+        self._start(now)
+        for peer, link in self._links.items():
+            for entry in link.unacked.values():
+                if now - entry[1] >= self.rto:
+                    entry[0] = replace(entry[0], dst_inc=link.peer_inc, ack=link.expected - 1)
+                    entry[1] = now
+                    link.ack_due = False
+                    self.stats["retransmits"] += 1
+                    self._emit(peer, entry[0])
+        for key, p in self._pending.items():
+            if now - p.sent >= self.retry:
+                p.sent = now
+                self._send(self.view.chain(key)[-1], Query(key, p.nf), now)
+        if self.synced:
+            for key in [k for k, i in self._inserting.items() if now - i.sent >= self.retry]:
+                self._serve(key, now, force=True)
+        for key, d in list(self._deleting.items()):
+            if now - d.sent >= self.retry:
+                if d.tries >= self.max_delete_tries:
+                    del self._deleting[key]
+                else:
+                    d.tries += 1
+                    d.sent = now
+                    self._send(self.view.chain(key)[0], DeleteReq(key, d.ver), now)
+        while self._tombstones and now - self._tombstones[0][0] >= self.tombstone_ttl:
+            _, key, ver = self._tombstones.popleft()
+            rec = self.store.get(key)
+            if rec is not None and rec.ver == ver and not rec.nf and rec.committed:
+                del self.store[key]
+        return self._finish(now)
+
+    def set_view(self, view: View, now: float) -> list[Action]:
+        """Adopt a newer membership view and run the synchronization protocol."""
+        self._start(now)
+        if view.epoch <= self.view.epoch:
+            return self._finish(now)
+        old, self.view = self.view, view
+        self.synced = False
+        for peer in [p for p in self._links if p not in view.members]:
+            del self._links[peer]
+        if self.id not in view.members:
+            self.removed = True
+            self._pending.clear()
+            return self._finish(now)
+        was_member = self.id in old.members and not self.removed
+        self.removed = False
+        batches: dict[str, list[SyncEntry]] = {}
+        for key, rec in list(self.store.items()):
+            new_chain = view.chain(key)
+            old_chain = old.chain(key) if was_member else ()
+            staying = self.id in new_chain
+            entry = SyncEntry(key, rec.ver, rec.nf, rec.committed)
+            for m in new_chain:
+                if m != self.id and (not rec.committed or not staying or m not in old_chain):
+                    batches.setdefault(m, []).append(entry)
+            if not staying:
+                del self.store[key]
+        for dst, entries in batches.items():
+            for i in range(0, len(entries), SYNC_BATCH):
+                self._send(dst, Sync(tuple(entries[i:i + SYNC_BATCH])), now)
+        for key, p in self._pending.items():
+            p.sent = now
+            self._send(view.chain(key)[-1], Query(key, p.nf), now)
+        for key in [k for k in self._waiters if view.chain(k)[-1] != self.id]:
+            del self._waiters[key]
+            self._inserting.pop(key, None)
+        for key, d in self._deleting.items():
+            d.sent = now
+            self._send(view.chain(key)[0], DeleteReq(key, d.ver), now)
+        for m in view.members:
+            if m != self.id:
+                self._send(m, SyncDone(), now)
+        self._check_synced(now)
+        return self._finish(now)
+
+    def delete(self, key: bytes, now: float) -> list[Action]:
+        """The connection of ``key`` ended: delete its entry through the head."""
+        self._start(now)
+        hit = self.cache.pop(key, None)
+        if not self.removed:
+            self._request_delete(key, hit[0] if hit else 0, now)
+        return self._finish(now)
+
+    def purge_nf(self, nf: str, now: float) -> list[Action]:
+        """Delete every entry naming ``nf`` (a failed NF) among the keys this node heads."""
+        self._start(now)
+        if not self.removed:
+            for key in [k for k, r in self.store.items()
+                        if r.nf == nf and self.view.chain(k)[0] == self.id]:
+                self.cache.pop(key, None)
+                self._request_delete(key, self.store[key].ver, now)
+        return self._finish(now)
+
+    def replica(self) -> dict[bytes, str]:
+        """The committed live entries this node stores."""
+        return {k: r.nf for k, r in self.store.items() if r.nf and r.committed}
+
+    def uncommitted(self) -> dict[bytes, int]:
+        """The chain-replication "sent" list: writes passed on but not yet acked by the tail."""
+        return {k: r.ver for k, r in self.store.items() if not r.committed}
+
+    def version(self, key: bytes) -> int:
+        """The version of ``key`` this node holds (0 if none): its history for that key."""
+        rec = self.store.get(key)
+        return rec.ver if rec else 0
+
+    def roles(self) -> dict[str, int]:
+        """How many stored keys this node heads, holds in the middle, and tails."""
+        out = {"head": 0, "middle": 0, "tail": 0}
+        for key in self.store:
+            c = self.view.chain(key)
+            if c[-1] == self.id:
+                out["tail"] += 1
+            elif c[0] == self.id:
+                out["head"] += 1
+            else:
+                out["middle"] += 1
+        return out
+
+    @property
+    def pending_lookups(self) -> int:
+        return len(self._pending)
+
+    # ----------------------------------------------------------------- links
+
+    def _start(self, now: float) -> None:
+        if self._started:
+            return
+        self._started = True
+        if not self.removed:
+            for m in self.view.members:
+                if m != self.id:
+                    self._send(m, SyncDone(), now)
+            self._check_synced(now)
+
+    def _send(self, dst: str, body: Body, now: float) -> None:
+        if dst == self.id:
+            self._local.append((self.id, self.view.epoch, body))
+            return
+        if dst not in self.view.members:
+            return
+        link = self._links.setdefault(dst, _Link())
+        frame = Frame(self.id, self.inc, link.peer_inc, self.view.epoch, link.next_seq,
+                      link.expected - 1, body)
+        link.unacked[link.next_seq] = [frame, now]
+        link.next_seq += 1
+        link.ack_due = False
+        self._emit(dst, frame)
+
+    def _emit(self, dst: str, frame: Frame) -> None:
+        self.stats["frames_out"] += 1
+        self._out.append(Send(dst, frame))
+
+    def _deliver(self, src: str, frame: Frame, now: float) -> None:
+        self._handle(src, frame.epoch, frame.body, now)
+        self._drain(now)
+
+    def _drain(self, now: float) -> None:
+        while self._local:
+            src, epoch, body = self._local.popleft()
+            self._handle(src, epoch, body, now)
+
+    def _finish(self, now: float) -> list[Action]:
+        self._drain(now)
+        for peer, link in self._links.items():
+            if link.ack_due:
+                link.ack_due = False
+                self._emit(peer, Frame(self.id, self.inc, link.peer_inc, self.view.epoch, 0,
+                                       link.expected - 1, None))
+        out, self._out = self._out, []
+        return out
+
+    # ----------------------------------------------------------------- protocol
+
+    def _handle(self, src: str, epoch: int, body: Body, now: float) -> None:
+        current = epoch >= self.view.epoch
+        if isinstance(body, Query):
+            self._on_query(src, epoch, body, now)
+        elif isinstance(body, Answer):
+            self._on_answer(body)
+        elif isinstance(body, Write):
+            if current:
+                self._on_write(body, now)
+            elif self.id in self.view.chain(body.key):
+                self._apply(body.key, body.ver, body.nf, now)   # data only; owner re-syncs
+        elif isinstance(body, Ack):
+            self._on_ack(body, now)
+        elif isinstance(body, (InsertReq, DeleteReq)):
+            if current:                  # older requests are re-sent by their sender
+                self._on_head_request(src, epoch, body, now)
+        elif isinstance(body, Gone):
+            self._on_gone(body)
+        elif isinstance(body, Sync):
+            for e in body.entries:
+                chain = self.view.chain(e.key)
+                if self.id in chain:
+                    rec = self._apply(e.key, e.ver, e.nf, now)
+                    if e.committed and rec.ver == e.ver:
+                        rec.cver = max(rec.cver, e.ver)
+                    elif not e.committed and rec.committed and chain[-1] == self.id:
+                        self._ack_up(e.key, rec.cver, now)   # the pusher missed our ack
+        elif isinstance(body, SyncDone):
+            if epoch > self._done_from.get(src, 0):
+                self._done_from[src] = epoch
+            self._check_synced(now)
+
+    def _check_synced(self, now: float) -> None:
+        if self.synced or self.removed:
+            return
+        epoch = self.view.epoch
+        if any(self._done_from.get(m, 0) < epoch for m in self.view.members if m != self.id):
+            return
+        self.synced = True
+        for key, rec in list(self.store.items()):
+            if not rec.committed and self.view.chain(key)[-1] == self.id:
+                self._commit(key, now)
+        for key in list(self._waiters):
+            self._serve(key, now, force=True)
+        deferred, self._deferred = self._deferred, []
+        for src, ep, body in deferred:
+            self._handle(src, ep, body, now)
+
+    def _apply(self, key: bytes, ver: int, nf: str, now: float) -> _Rec:
+        rec = self.store.get(key)
+        if rec is None:
+            rec = self.store[key] = _Rec(ver, nf, 0, now)
+        elif ver > rec.ver:
+            rec.ver, rec.nf, rec.t = ver, nf, now
+        else:
+            return rec
+        if not nf:
+            self._tombstones.append((now, key, ver))
+        return rec
+
+    def _on_query(self, src: str, epoch: int, q: Query, now: float) -> None:
+        if self.view.chain(q.key)[-1] != self.id:
+            return                                    # not the tail here: the asker retries
+        if not self.synced:
+            self._deferred.append((src, epoch, q))
+            return
+        rec = self.store.get(q.key)
+        if rec is not None and rec.nf:
+            if not rec.committed:
+                self._commit(q.key, now)
+            self._send(src, Answer(q.key, rec.ver, rec.nf), now)
+            return
+        self._waiters.setdefault(q.key, set()).add(src)
+        if q.key not in self._inserting:
+            self._inserting[q.key] = _Insert(q.nf, -1, now)
+        self._serve(q.key, now)
+
+    def _serve(self, key: bytes, now: float, force: bool = False) -> None:
+        """Tail: answer the key's waiters, or (re)start its insert through the head."""
+        rec = self.store.get(key)
+        if rec is not None and rec.nf:
+            if not rec.committed:
+                self._commit(key, now)
+            else:
+                self._answer_waiters(key, rec, now)
+            return
+        ins = self._inserting.get(key)
+        if ins is None:
+            return
+        base = rec.ver if rec else 0
+        if force or ins.base != base:
+            ins.base, ins.sent = base, now
+            self.stats["inserts"] += 1
+            self._send(self.view.chain(key)[0], InsertReq(key, ins.nf, base), now)
+
+    def _answer_waiters(self, key: bytes, rec: _Rec, now: float) -> None:
+        self._inserting.pop(key, None)
+        for asker in sorted(self._waiters.pop(key, ())):
+            self._send(asker, Answer(key, rec.ver, rec.nf), now)
+
+    def _on_head_request(self, src: str, epoch: int, req, now: float) -> None:
+        chain = self.view.chain(req.key)
+        if chain[0] != self.id:
+            return                                    # not the head here: the sender retries
+        if not self.synced:
+            self._deferred.append((src, epoch, req))
+            return
+        rec = self.store.get(req.key)
+        cur = rec.ver if rec else 0
+        live = rec is not None and bool(rec.nf)
+        if isinstance(req, InsertReq):
+            if not live and req.base >= cur:
+                self._apply(req.key, max(cur, req.base) + 1, req.nf, now)
+                self._propagate(req.key, chain, now)
+            elif live and rec.committed and src != self.id:
+                # the requester lacks a committed entry: hand it the committed value
+                self._send(src, Write(req.key, rec.ver, rec.nf), now)
+        elif live and req.ver in (0, cur):
+            self._apply(req.key, cur + 1, "", now)
+            self.stats["deletes"] += 1
+            self._propagate(req.key, chain, now)
+        else:
+            self._send(src, Gone(req.key, max(cur, req.ver + 1) if not live else cur), now)
+
+    def _propagate(self, key: bytes, chain: tuple[str, ...], now: float) -> None:
+        if len(chain) == 1:
+            self._commit(key, now)
+        else:
+            rec = self.store[key]
+            self._send(chain[1], Write(key, rec.ver, rec.nf), now)
+
+    def _on_write(self, w: Write, now: float) -> None:
+        chain = self.view.chain(w.key)
+        if self.id not in chain:
+            return
+        rec = self.store.get(w.key)
+        newer = rec is None or w.ver > rec.ver
+        rec = self._apply(w.key, w.ver, w.nf, now)
+        if chain[-1] == self.id:
+            if self.synced:
+                self._commit(w.key, now)
+        elif newer:
+            self._send(chain[chain.index(self.id) + 1], Write(w.key, rec.ver, rec.nf), now)
+
+    def _commit(self, key: bytes, now: float) -> None:
+        """Tail: the key's current version is committed."""
+        rec = self.store[key]
+        rec.cver = max(rec.cver, rec.ver)
+        self._ack_up(key, rec.ver, now)
+        if rec.nf:
+            self._answer_waiters(key, rec, now)
+        else:
+            for m in self.view.members:
+                self._send(m, Gone(key, rec.ver), now)
+            if key in self._waiters:
+                self._serve(key, now)
+
+    def _on_ack(self, a: Ack, now: float) -> None:
+        # a version committed at a tail stays committed: acks of older epochs count too
+        rec = self.store.get(a.key)
+        if rec is None or a.ver <= rec.cver:
+            return
+        rec.cver = a.ver
+        self._ack_up(a.key, a.ver, now)
+
+    def _ack_up(self, key: bytes, ver: int, now: float) -> None:
+        chain = self.view.chain(key)
+        if self.id in chain:
+            i = chain.index(self.id)
+            if i > 0:
+                self._send(chain[i - 1], Ack(key, ver), now)
+
+    def _on_answer(self, a: Answer) -> None:
+        if self._pending.pop(a.key, None) is None:
+            return
+        self.cache[a.key] = (a.ver, a.nf)
+        self.stats["decisions"] += 1
+        self._out.append(Decision(a.key, a.nf))
+
+    def _on_gone(self, g: Gone) -> None:
+        hit = self.cache.get(g.key)
+        if hit is not None and hit[0] < g.ver:
+            del self.cache[g.key]
+        d = self._deleting.get(g.key)
+        if d is not None and d.ver < g.ver:
+            del self._deleting[g.key]
+
+    def _request_delete(self, key: bytes, ver: int, now: float) -> None:
+        self._deleting[key] = _Delete(ver, now)
+        self._send(self.view.chain(key)[0], DeleteReq(key, ver), now)
