@@ -1,0 +1,490 @@
+"""Wire format of the chain protocol and of the control channel.
+
+Every message of ``agents.messages`` is a scapy layer below one common header, in raw
+Ethernet frames of Ethertype 0x88B5 (IEEE local experimental)::
+
+    Ether / ChainLB(version, type, hmac) / FrameL(...) / WriteL(...)     chain link frame
+    Ether / ChainLB / ViewMsgL(... LBInfoL ... NFInfoL ...)             controller -> agents
+    Ether / ChainLB / HeartbeatL(...)                                   agent -> controller
+
+``hmac`` is HMAC-SHA256, under the cluster's shared secret, of every byte of the payload
+except the hmac field itself (version, type and all the layers that follow).
+
+The scapy layers are the one definition of the format: ``Ether(frame)`` dissects a
+captured frame. ``encode``/``decode`` run per chain frame in the agents, so they do not go
+through scapy's (slow) packet objects: they use ``struct`` codecs compiled once, at import,
+from the layers' ``fields_desc``; the tests check both give the same bytes and values.
+
+Field conventions: integers are unsigned big-endian (versions, sequence numbers, epochs:
+64 bits); keys are bytes and names are UTF-8 text, each behind a 1-byte length (at most
+255 bytes); lists are behind a 2-byte count; MAC addresses are 6 bytes (the dataclasses
+hold the lowercase ``02:00:00:00:04:01`` form). The smallest message is 51 bytes, above
+Ethernet's 46-byte minimum payload, so frames are never padded and ``decode`` can refuse
+any trailing byte.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from operator import attrgetter
+from dataclasses import fields as dc_fields
+
+from scapy.fields import (ByteEnumField, ByteField, FieldLenField, LongField, MACField,
+                          PacketListField, ShortField, StrLenField, XStrFixedLenField,
+                          XStrLenField)
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, bind_layers
+
+from agents import messages as m
+
+__all__ = ["ETHERTYPE", "VERSION", "MAX_PAYLOAD", "WireError", "encode", "decode",
+           "frame_bytes", "LAYERS", "ChainLB"]
+
+ETHERTYPE = 0x88B5
+VERSION = 1
+MAX_PAYLOAD = 1500  # Ethernet MTU: frame_bytes refuses larger messages
+HMAC_LEN = 32
+ETH_HLEN = 14
+
+
+class WireError(Exception):
+    """A payload that is not a well-formed, authentic message of this protocol."""
+
+
+# --- scapy layers --------------------------------------------------------------------------
+
+class TextLenField(StrLenField):
+    """UTF-8 text behind a length field (the dataclass holds ``str``)."""
+
+
+def _key(name):
+    return [FieldLenField(f"{name}_len", None, length_of=name, fmt="B"),
+            XStrLenField(name, b"", length_from=lambda p: getattr(p, f"{name}_len"))]
+
+
+def _text(name):
+    return [FieldLenField(f"{name}_len", None, length_of=name, fmt="B"),
+            TextLenField(name, b"", length_from=lambda p: getattr(p, f"{name}_len"))]
+
+
+def _list(name, cls):
+    return [FieldLenField(f"{name}_count", None, count_of=name, fmt="H"),
+            PacketListField(name, [], cls, count_from=lambda p: getattr(p, f"{name}_count"))]
+
+
+class BoolField(ByteField):
+    """0 or 1 (the dataclass holds ``bool``)."""
+
+
+class _Item(Packet):
+    """Element of a list: it ends where its fields end."""
+
+    def extract_padding(self, s):
+        return b"", s
+
+
+MSG_TYPES = {1: "Frame", 2: "ViewMsg", 3: "Heartbeat"}
+BODY_TYPES = {0: "none", 1: "Query", 2: "Answer", 3: "InsertReq", 4: "DeleteReq", 5: "Write",
+              6: "Ack", 7: "Gone", 8: "Sync", 9: "SyncDone"}
+NF_STATES = {0: "active", 1: "draining", 2: "failed"}
+
+
+class ChainLB(Packet):
+    name = "ChainLB"
+    fields_desc = [ByteField("version", VERSION),
+                   ByteEnumField("type", 0, MSG_TYPES),
+                   XStrFixedLenField("hmac", b"\0" * HMAC_LEN, HMAC_LEN)]
+
+
+class FrameL(Packet):
+    name = "ChainFrame"
+    fields_desc = [*_text("src"), LongField("src_inc", 0), LongField("dst_inc", 0),
+                   LongField("epoch", 0), LongField("seq", 0), LongField("ack", 0),
+                   ByteEnumField("body_type", 0, BODY_TYPES)]
+
+
+class QueryL(Packet):
+    name = "ChainQuery"
+    fields_desc = [*_key("key"), *_text("nf")]
+
+
+class AnswerL(Packet):
+    name = "ChainAnswer"
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf")]
+
+
+class InsertReqL(Packet):
+    name = "ChainInsertReq"
+    fields_desc = [*_key("key"), *_text("nf"), LongField("base", 0)]
+
+
+class DeleteReqL(Packet):
+    name = "ChainDeleteReq"
+    fields_desc = [*_key("key"), LongField("ver", 0)]
+
+
+class WriteL(Packet):
+    name = "ChainWrite"
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf")]
+
+
+class AckL(Packet):
+    name = "ChainAck"
+    fields_desc = [*_key("key"), LongField("ver", 0)]
+
+
+class GoneL(Packet):
+    name = "ChainGone"
+    fields_desc = [*_key("key"), LongField("ver", 0)]
+
+
+class SyncEntryL(_Item):
+    name = "ChainSyncEntry"
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), BoolField("committed", 0)]
+
+
+class SyncL(Packet):
+    name = "ChainSync"
+    fields_desc = [*_list("entries", SyncEntryL)]
+
+
+class SyncDoneL(Packet):
+    name = "ChainSyncDone"
+    fields_desc = []
+
+
+class LBInfoL(_Item):
+    name = "LBInfo"
+    fields_desc = [*_text("name"), MACField("mac", None)]
+
+
+class NFInfoL(_Item):
+    name = "NFInfo"
+    fields_desc = [*_text("name"), MACField("mac", None), ByteEnumField("state", 0, NF_STATES)]
+
+
+class ViewMsgL(Packet):
+    name = "ChainViewMsg"
+    fields_desc = [LongField("epoch", 0), ShortField("chain_len", 0), *_text("mode"),
+                   *_list("lbs", LBInfoL), *_list("nfs", NFInfoL)]
+
+
+class HeartbeatL(Packet):
+    name = "ChainHeartbeat"
+    fields_desc = [*_text("lb"), LongField("epoch", 0), LongField("entries", 0)]
+
+
+# dataclass -> layer, and the type codes that bind them
+LAYERS: dict[type, type[Packet]] = {
+    m.Frame: FrameL, m.ViewMsg: ViewMsgL, m.Heartbeat: HeartbeatL,
+    m.Query: QueryL, m.Answer: AnswerL, m.InsertReq: InsertReqL, m.DeleteReq: DeleteReqL,
+    m.Write: WriteL, m.Ack: AckL, m.Gone: GoneL, m.Sync: SyncL, m.SyncDone: SyncDoneL,
+    m.SyncEntry: SyncEntryL, m.LBInfo: LBInfoL, m.NFInfo: NFInfoL,
+}
+_MSG_CODE = {getattr(m, name): code for code, name in MSG_TYPES.items()}
+_BODY_CODE = {getattr(m, name): code for code, name in BODY_TYPES.items() if code}
+
+bind_layers(Ether, ChainLB, type=ETHERTYPE)
+for _cls, _code in _MSG_CODE.items():
+    bind_layers(ChainLB, LAYERS[_cls], type=_code)
+for _cls, _code in _BODY_CODE.items():
+    bind_layers(FrameL, LAYERS[_cls], body_type=_code)
+
+
+# --- struct codecs compiled from the layers ----------------------------------------------
+
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+
+
+def _mac_in(value):
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise ValueError(f"MAC address must look like 02:00:00:00:04:01 (lowercase), got {value!r}")
+    return bytes.fromhex(value.replace(":", ""))
+
+
+def _mac_out(raw):
+    return raw.hex(":")
+
+
+def _enum(field):
+    to_code = {v: k for k, v in field.i2s.items()}
+
+    def enc(value):
+        try:
+            return to_code[value]
+        except (KeyError, TypeError):
+            raise ValueError(f"{field.name} must be one of {sorted(to_code)}, got {value!r}") from None
+
+    def dec(code):
+        try:
+            return field.i2s[code]
+        except KeyError:
+            raise WireError(f"unknown {field.name} code {code}") from None
+    return enc, dec
+
+
+def _bool_in(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"expected a bool, got {value!r}")
+    return int(value)
+
+
+def _bool_out(code):
+    if code > 1:
+        raise WireError(f"bad boolean byte {code}")
+    return code == 1
+
+
+def _getter(names: list[str]):
+    """obj -> tuple of those attributes."""
+    if len(names) > 1:
+        return attrgetter(*names)
+    if names:
+        get = attrgetter(names[0])
+        return lambda obj: (get(obj),)
+    return lambda obj: ()
+
+
+class _Codec:
+    """Encoder/decoder between one dataclass and its layer's fields (the payload apart).
+
+    ``steps`` holds, per variable-length field (and once for trailing fixed fields): a
+    struct over the run of fixed fields before it plus its length or count, the getter of
+    those fixed attributes, their (index, converter) pairs for encoding and decoding, the
+    variable field's name and kind ("text", "bytes" or the codec of its list items).
+    The layer lists the dataclass's attributes in order (``body_type`` stands for a
+    Frame's ``body``), so values are decoded into a list and passed positionally.
+    """
+
+    def __init__(self, cls: type, layer: type[Packet]):
+        self.cls = cls
+        self.steps = []
+        attrs = []
+        fmt, names, enc, dec, prefix_for = "!", [], [], [], None
+        for field in layer.fields_desc:
+            if isinstance(field, FieldLenField):
+                fmt += field.fmt.lstrip("!")
+                prefix_for = field.length_of or field.count_of
+                continue
+            attrs.append("body" if field.name == "body_type" else field.name)
+            if isinstance(field, (StrLenField, PacketListField)):
+                if field.name != prefix_for:
+                    raise TypeError(f"{layer.__name__}.{field.name}: no length field before it")
+                kind = (_CODECS_BY_LAYER[field.cls] if isinstance(field, PacketListField)
+                        else "text" if isinstance(field, TextLenField) else "bytes")
+                self.steps.append((struct.Struct(fmt), _getter(names), tuple(enc), tuple(dec),
+                                   attrs[-1], kind))
+                fmt, names, enc, dec, prefix_for = "!", [], [], [], None
+                continue
+            conv = None
+            if isinstance(field, MACField):
+                fmt += "6s"
+                conv = (_mac_in, _mac_out)
+            elif field.name == "body_type":
+                fmt += field.fmt.lstrip("!")
+                enc.append((len(names), _body_code))  # the caller decodes the body
+            elif isinstance(field, ByteEnumField):
+                fmt += field.fmt.lstrip("!")
+                conv = _enum(field)
+            elif isinstance(field, (ByteField, ShortField, LongField)):
+                fmt += field.fmt.lstrip("!")
+                if isinstance(field, BoolField):
+                    conv = (_bool_in, _bool_out)
+            else:
+                raise TypeError(f"{layer.__name__}.{field.name}: unsupported field type")
+            if conv:
+                enc.append((len(names), conv[0]))
+                dec.append((len(names), conv[1]))
+            names.append(attrs[-1])
+        if names:
+            self.steps.append((struct.Struct(fmt), _getter(names), tuple(enc), tuple(dec), None, None))
+        if attrs != [f.name for f in dc_fields(cls)]:
+            raise TypeError(f"{layer.__name__} fields {attrs} do not match {cls.__name__}")
+
+    def encode(self, obj, out: list) -> None:
+        for st, get, enc, _, var, kind in self.steps:
+            vals = list(get(obj))
+            for i, fn in enc:
+                vals[i] = fn(vals[i])
+            if var is None:
+                _pack(st, vals, obj, out)
+                continue
+            value = getattr(obj, var)
+            if kind.__class__ is _Codec:
+                if not isinstance(value, (tuple, list)):
+                    raise ValueError(f"{var} must be a tuple of {kind.cls.__name__}, got {value!r}")
+                vals.append(len(value))
+                _pack(st, vals, obj, out)
+                for item in value:
+                    if type(item) is not kind.cls:
+                        raise ValueError(f"{var}: expected {kind.cls.__name__}, got {item!r}")
+                    kind.encode(item, out)
+                continue
+            raw = _text_in(value, var) if kind == "text" else _bytes_in(value, var)
+            vals.append(len(raw))
+            _pack(st, vals, obj, out)
+            out.append(raw)
+
+    def decode(self, buf: bytes, off: int) -> tuple[list, int]:
+        """Attribute values (a Frame's body as its type code) and the offset after them."""
+        vals = []
+        for st, _, _, dec, var, kind in self.steps:
+            raw = st.unpack_from(buf, off)
+            off += st.size
+            if var is None:
+                base = len(vals)
+                vals.extend(raw)
+                for i, fn in dec:
+                    vals[base + i] = fn(vals[base + i])
+                continue
+            base = len(vals)
+            vals.extend(raw)
+            n = vals.pop()
+            for i, fn in dec:
+                vals[base + i] = fn(vals[base + i])
+            if kind.__class__ is _Codec:
+                items = []
+                for _ in range(n):
+                    item, off = kind.decode(buf, off)
+                    items.append(kind.cls(*item))
+                vals.append(tuple(items))
+                continue
+            end = off + n
+            if end > len(buf):
+                raise WireError("truncated")
+            vals.append(buf[off:end].decode("utf-8") if kind == "text" else buf[off:end])
+            off = end
+        return vals, off
+
+
+def _pack(st: struct.Struct, vals: list, obj, out: list) -> None:
+    try:
+        out.append(st.pack(*vals))
+    except struct.error as e:
+        raise ValueError(f"cannot encode {obj!r}: {e}") from None
+
+
+def _text_in(value, name):
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a str, got {value!r}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not encodable as UTF-8: {e}") from None
+    if len(raw) > 255:
+        raise ValueError(f"{name} is {len(raw)} bytes in UTF-8, at most 255 allowed: {value[:40]!r}...")
+    return raw
+
+
+def _bytes_in(value, name):
+    if not isinstance(value, bytes):
+        raise ValueError(f"{name} must be bytes, got {value!r}")
+    if len(value) > 255:
+        raise ValueError(f"{name} is {len(value)} bytes long, at most 255 allowed")
+    return value
+
+
+def _body_code(body) -> int:
+    if body is None:
+        return 0
+    try:
+        return _BODY_CODE[type(body)]
+    except KeyError:
+        raise ValueError(f"not a chain message body: {body!r}") from None
+
+
+_CODECS_BY_LAYER: dict[type, _Codec] = {}
+for _cls in (m.SyncEntry, m.LBInfo, m.NFInfo):  # list items first: lists refer to them
+    _CODECS_BY_LAYER[LAYERS[_cls]] = _Codec(_cls, LAYERS[_cls])
+for _cls, _layer in LAYERS.items():
+    if _layer not in _CODECS_BY_LAYER:
+        _CODECS_BY_LAYER[_layer] = _Codec(_cls, _layer)
+_CODEC_BY_CLS = {c.cls: c for c in _CODECS_BY_LAYER.values()}
+_MSG_BY_CODE = {code: _CODEC_BY_CLS[cls] for cls, code in _MSG_CODE.items()}
+_BODY_BY_CODE = {code: _CODEC_BY_CLS[cls] for cls, code in _BODY_CODE.items()}
+
+_HEAD = struct.Struct("!BB")
+_HDR_LEN = _HEAD.size + HMAC_LEN
+
+
+# --- public API ----------------------------------------------------------------------------
+
+_HMACS: dict[bytes, hmac.HMAC] = {}  # secret -> keyed HMAC to copy (keying costs a third)
+
+
+def _sign(secret: bytes, data: bytes) -> bytes:
+    if type(secret) is not bytes or not secret:
+        raise ValueError("the shared secret must be non-empty bytes")
+    base = _HMACS.get(secret)
+    if base is None:
+        if len(_HMACS) >= 16:
+            _HMACS.clear()
+        base = _HMACS[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+    h = base.copy()
+    h.update(data)
+    return h.digest()
+
+
+def encode(msg, secret: bytes) -> bytes:
+    """Authenticated payload (the bytes after the Ethernet header) of a Frame, ViewMsg or Heartbeat."""
+    code = _MSG_CODE.get(type(msg))
+    if code is None:
+        raise ValueError(f"cannot encode {type(msg).__name__}: only Frame, ViewMsg and Heartbeat "
+                         "travel on the wire (chain bodies go inside a Frame)")
+    out = [_HEAD.pack(VERSION, code)]
+    _CODEC_BY_CLS[type(msg)].encode(msg, out)
+    if code == 1 and msg.body is not None:
+        _CODEC_BY_CLS[type(msg.body)].encode(msg.body, out)
+    signed = b"".join(out)
+    return signed[:2] + _sign(secret, signed) + signed[2:]
+
+
+def decode(data: bytes, secret: bytes):
+    """Message from an authenticated payload; WireError on any bad, forged or tampered input."""
+    try:
+        buf = data if type(data) is bytes else bytes(memoryview(data))
+        if len(buf) < _HDR_LEN:
+            raise WireError(f"truncated: {len(buf)} bytes, the header alone is {_HDR_LEN}")
+        signed = buf[:2] + buf[_HDR_LEN:]
+        if not hmac.compare_digest(_sign(secret, signed), buf[2:_HDR_LEN]):
+            raise WireError("bad HMAC (wrong secret or tampered frame)")
+        version, code = _HEAD.unpack_from(signed)
+        if version != VERSION:
+            raise WireError(f"unsupported version {version} (expected {VERSION})")
+        codec = _MSG_BY_CODE.get(code)
+        if codec is None:
+            raise WireError(f"unknown message type {code}")
+        vals, off = codec.decode(signed, 2)
+        if code == 1:
+            body_code = vals[-1]
+            if body_code:
+                body_codec = _BODY_BY_CODE.get(body_code)
+                if body_codec is None:
+                    raise WireError(f"unknown body type {body_code}")
+                body, off = body_codec.decode(signed, off)
+                vals[-1] = body_codec.cls(*body)
+            else:
+                vals[-1] = None
+        if off != len(signed):
+            raise WireError(f"{len(signed) - off} trailing bytes")
+        return codec.cls(*vals)
+    except WireError:
+        raise
+    except struct.error:
+        raise WireError("truncated payload") from None
+    except Exception as e:  # struct.error, UnicodeDecodeError, bad secret type, ...
+        raise WireError(f"malformed payload: {e}") from None
+
+
+def frame_bytes(dst_mac: bytes, src_mac: bytes, msg, secret: bytes) -> bytes:
+    """Whole Ethernet frame carrying ``msg``; ValueError if it exceeds the MTU."""
+    if not (isinstance(dst_mac, bytes) and isinstance(src_mac, bytes)
+            and len(dst_mac) == 6 and len(src_mac) == 6):
+        raise ValueError(f"MAC addresses must be 6 bytes each, got {dst_mac!r} and {src_mac!r}")
+    payload = encode(msg, secret)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"{type(msg).__name__} is {len(payload)} bytes, more than the "
+                         f"{MAX_PAYLOAD}-byte MTU: send it in smaller pieces")
+    return dst_mac + src_mac + ETHERTYPE.to_bytes(2, "big") + payload
