@@ -1,0 +1,319 @@
+"""Report building (scenarios.report) from fixture data.
+
+Fixtures (tests/fixtures/):
+- iperf3_*.json: real ``iperf3 -J`` client outputs over loopback, -t 1 -b 1M: TCP, UDP, a refused
+  connection, and a TCP run whose connection was blackholed mid-test (nftables drop);
+- run_ns/: a real run through agents.nf in plain namespaces (tests/fixtures/make_run_fixture.py):
+  f3 is moved from nf1 to nf2 mid-flight and breaks.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scenarios import report as rp
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+META = {"scenario": "unit", "mode": "chain", "run_id": "r1"}
+C1, C2, S1 = "10.0.1.1", "10.0.1.2", "10.0.2.1"
+
+
+def iperf(name: str) -> dict:
+    return rp.load_iperf_json(FIX / f"iperf3_{name}.json")
+
+
+def data_port(name: str) -> int:
+    return iperf(name)["start"]["connected"][0]["local_port"]
+
+
+def entry(src, dst, proto, sport, dport, packets, nbytes=None, invalid=0):
+    return {"src": src, "dst": dst, "proto": proto, "sport": sport, "dport": dport,
+            "packets": packets, "bytes": packets * 100 if nbytes is None else nbytes,
+            "invalid": invalid}
+
+
+def both(cip, sip, proto, cport, sport, fwd, rev, inv_fwd=0, inv_rev=0):
+    """A connection's two per-direction NF entries."""
+    return [entry(cip, sip, proto, cport, sport, fwd, invalid=inv_fwd),
+            entry(sip, cip, proto, sport, cport, rev, invalid=inv_rev)]
+
+
+def dump(nf, flows, invalid=0, dropped=0):
+    return {"nf": nf, "flows": flows, "invalid": invalid, "dropped": dropped}
+
+
+def planned(flow_id, client_ip, server_port, proto="tcp", start_s=0.0, client="c1"):
+    return {"flow_id": flow_id, "client": client, "server": "s1", "client_ip": client_ip,
+            "server_ip": S1, "server_port": server_port, "start_s": start_s,
+            "duration_s": 1.0, "proto": proto}
+
+
+@pytest.fixture
+def scenario():
+    """Four flows: tcp ok (moved data conn), udp ok, refused, broken, plus one with no output.
+
+    Ports: data ports come from the real iperf3 fixtures; control ports are made up.
+    """
+    tcp, udp, broken = data_port("tcp_ok"), data_port("udp_ok"), data_port("tcp_broken")
+    flows = [planned("a", C1, 5201), planned("b", C1, 5202, proto="udp", start_s=0.5),
+             planned("c", C2, 5203, start_s=12.0, client="c2"), planned("d", C1, 5204, start_s=12.0),
+             planned("e", C2, 5205, start_s=20.0, client="c2")]
+    nf1 = (both(C1, S1, "tcp", 40001, 5201, 10, 9)            # a control
+           + both(C1, S1, "tcp", tcp, 5201, 50, 40)           # a data ... then moved to nf2
+           + both(C1, S1, "tcp", 40002, 5202, 10, 9)          # b control
+           + [entry(C1, S1, "udp", udp, 5202, 5)]             # b data, forward only at nf1
+           + both(C2, S1, "tcp", 40004, 5204, 1, 1)           # d control, refused (wrong ip!)
+           + both(C1, S1, "tcp", 40005, 5204, 1, 1)           # d control, refused
+           + [entry(C1, S1, "icmp", 0, 0, 2)]                 # a ping: matches no flow
+           + both(C1, S1, "tcp", 40009, 9999, 3, 3))          # unknown server port
+    nf2 = (both(C1, S1, "tcp", tcp, 5201, 60, 70, 60, 70)     # a data, all invalid at nf2
+           + [entry(S1, C1, "udp", 5202, udp, 7)])            # b data, reverse only at nf2
+    nf10 = (both(C2, S1, "tcp", 40003, 5203, 10, 9)           # c control
+            + both(C2, S1, "tcp", broken, 5203, 30, 20))      # c data
+    dumps = {"nf1": dump("nf1", nf1, dropped=2), "nf2": dump("nf2", nf2, invalid=130),
+             "nf10": dump("nf10", nf10), "nf3": None}
+    outputs = {"a": iperf("tcp_ok"), "b": iperf("udp_ok"), "c": iperf("tcp_broken"),
+               "d": iperf("refused")}                          # e: no output at all
+    events = [(10.0, "add-nf", "nf10"), (15.0, "drain", "nf1")]
+    return flows, outputs, dumps, events, {"tcp": tcp, "udp": udp, "broken": broken}
+
+
+def rows(df, flow_id):
+    return {r["role"]: r for r in df[df["flow_id"] == flow_id].to_dict("records")}
+
+
+# --- iperf3 documents ---------------------------------------------------------------------
+
+def test_iperf_results_from_real_outputs():
+    ok = rp.iperf_result(iperf("tcp_ok"), "tcp")
+    assert ok.completed and ok.error == "" and 0.9 < ok.elapsed_s < 1.5
+    (key, (nbytes, bps)), = ok.streams.items()
+    assert key == ("tcp", data_port("tcp_ok")) and nbytes > 0 and 0.5e6 < bps < 2e6
+    udp = rp.iperf_result(iperf("udp_ok"), "udp")
+    assert udp.completed and list(udp.streams) == [("udp", data_port("udp_ok"))]
+    refused = rp.iperf_result(iperf("refused"), "tcp")
+    assert not refused.completed and "Connection refused" in refused.error
+    assert refused.streams == {} and refused.elapsed_s is None
+    broken = rp.iperf_result(iperf("tcp_broken"), "tcp")
+    assert not broken.completed and broken.error
+    assert broken.streams[("tcp", data_port("tcp_broken"))][0] == 0
+
+
+def test_tcp_run_without_received_bytes_is_not_completed():
+    doc = json.loads(json.dumps(iperf("tcp_ok")))
+    doc["end"]["sum_received"]["bytes"] = 0
+    res = rp.iperf_result(doc, "tcp")
+    assert not res.completed and res.error == "no bytes received"
+
+
+def test_load_iperf_json_turns_bad_files_into_errors(tmp_path):
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "cut.json").write_text('{"start": {"connected": [')
+    assert "empty" in rp.load_iperf_json(tmp_path / "empty.json")["error"]
+    assert "unreadable" in rp.load_iperf_json(tmp_path / "cut.json")["error"]
+    assert "no iperf3 output" in rp.load_iperf_json(tmp_path / "absent.json")["error"]
+    assert rp.load_nf_dump(tmp_path / "absent.json") is None
+    assert rp.load_nf_dump(tmp_path / "cut.json") is None
+
+
+# --- flows.csv ----------------------------------------------------------------------------
+
+def test_matching_roles_and_moved(scenario):
+    flows, outputs, dumps, _, ports = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    a = rows(df, "a")
+    assert set(a) == {"control", "data"}
+    assert a["control"]["client_port"] == 40001 and a["data"]["client_port"] == ports["tcp"]
+    assert a["control"]["packets_by_nf"] == "nf1:19" and not a["control"]["moved"]
+    d = a["data"]
+    assert d["moved"] and d["nfs_seen"] == "nf1;nf2"
+    assert d["packets_by_nf"] == "nf1:90;nf2:130" and d["invalid_by_nf"] == "nf2:130"
+    # nf2 saw more packets, but all invalid: nf1 accepted them, so nf1 was first
+    assert d["nf_first"] == "nf1"
+    assert d["packets"] == 220 and d["invalid_packets"] == 130
+    assert d["bytes"] > 0 and d["throughput_bps"] > 0 and d["completed"]
+    assert a["control"]["bytes"] != a["control"]["bytes"]           # NaN: not a data stream
+
+
+def test_udp_flow_control_is_tcp_and_data_matched_in_either_direction(scenario):
+    flows, outputs, dumps, _, ports = scenario
+    b = rows(rp.build_flows(META, flows, outputs, dumps), "b")
+    assert (b["control"]["proto"], b["data"]["proto"]) == ("tcp", "udp")
+    assert b["data"]["flow_proto"] == "udp" and b["data"]["client_port"] == ports["udp"]
+    assert b["data"]["packets_by_nf"] == "nf1:5;nf2:7" and b["data"]["moved"]
+    assert b["data"]["nf_first"] == "nf2"       # UDP: no invalid signal, most packets wins
+
+
+def test_incomplete_flows_and_their_errors(scenario):
+    flows, outputs, dumps, _, ports = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    c = rows(df, "c")
+    assert not c["data"]["completed"] and "Broken pipe" in c["data"]["error"]
+    assert c["data"]["client_port"] == ports["broken"] and c["data"]["nf_first"] == "nf10"
+    d = rows(df, "d")
+    assert list(d) == ["control"]               # refused: no data connection was made
+    assert d["control"]["client_port"] == 40005 and d["control"]["packets_by_nf"] == "nf1:2"
+    assert not d["control"]["completed"] and "refused" in d["control"]["error"]
+    assert d["control"]["end_s"] != d["control"]["end_s"]           # NaN: never ran
+    e = rows(df, "e")                            # no iperf3 output, never seen by an NF
+    assert list(e) == ["control"] and pd.isna(e["control"]["client_port"])
+    assert e["control"]["nfs_seen"] == "" and e["control"]["nf_first"] == ""
+    assert not e["control"]["completed"] and e["control"]["error"] == "no iperf3 output"
+    assert not e["control"]["moved"]
+
+
+def test_every_planned_flow_has_rows_and_columns(scenario):
+    flows, outputs, dumps, _, _ = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    assert list(df.columns) == rp.FLOW_COLUMNS
+    assert set(df["flow_id"]) == {"a", "b", "c", "d", "e"}
+    assert (df["scenario"] == "unit").all() and (df["run_id"] == "r1").all()
+    assert df["moved"].dtype == bool and df["completed"].dtype == bool
+    assert list(df[df["flow_id"] == "a"]["role"]) == ["control", "data"]
+
+
+def test_missing_dump_of_the_only_nf_leaves_connections_unseen(scenario):
+    flows, outputs, dumps, _, ports = scenario
+    df = rp.build_flows(META, flows, outputs, dict(dumps, nf10=None))
+    c = rows(df, "c")
+    assert c["data"]["nfs_seen"] == "" and c["data"]["packets"] == 0
+    assert c["data"]["client_port"] == ports["broken"]   # from iperf3, not from an NF
+    assert pd.isna(c["control"]["client_port"])
+
+
+def test_duplicate_flow_triples_and_bad_protos_are_rejected():
+    with pytest.raises(ValueError, match="one server port per flow"):
+        rp.build_flows(META, [planned("x", C1, 5201), planned("y", C1, 5201)], {}, {})
+    with pytest.raises(ValueError, match="proto must be tcp or udp"):
+        rp.build_flows(META, [planned("x", C1, 5201, proto="sctp")], {}, {})
+    with pytest.raises(ValueError, match="lacks client, server"):
+        rp.build_flows(META, [{"flow_id": "x"}], {}, {})
+
+
+def test_unmatched_entries_are_counted(scenario):
+    flows, _, dumps, _, _ = scenario
+    _, unmatched = rp.match_connections(flows, dumps)
+    # icmp ping, 2 entries to an unknown server port, 2 of c2 -> port 5204 (d is c1's)
+    assert unmatched == 5
+
+
+def test_first_nf_rules():
+    assert rp.first_nf({}) == ""
+    assert rp.first_nf({"nf2": {"packets": 9, "invalid": 9},
+                        "nf1": {"packets": 3, "invalid": 0}}) == "nf1"
+    assert rp.first_nf({"nf2": {"packets": 4, "invalid": 4},
+                        "nf1": {"packets": 3, "invalid": 3}}) == "nf2"
+    assert rp.first_nf({"nf10": {"packets": 3, "invalid": 0},
+                        "nf2": {"packets": 3, "invalid": 0}}) == "nf2"
+
+
+# --- summary.csv --------------------------------------------------------------------------
+
+def test_summary_counts(scenario):
+    flows, outputs, dumps, events, _ = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    s = rp.build_summary(df, events, META, dumps, flows).iloc[0]
+    assert list(rp.build_summary(df, events, META).columns) == rp.SUMMARY_COLUMNS
+    assert (s["flows"], s["connections"], s["observed"]) == (5, 8, 7)
+    assert (s["moved"], s["moved_flows"], s["broken"]) == (2, 2, 3)
+    assert s["pcc_pct"] == pytest.approx(71.43)          # (7 observed - 2 moved) / 7
+    assert s["completed_pct"] == pytest.approx(40.0)
+    assert (s["invalid"], s["dropped"]) == (130, 2)
+    assert s["missing_dumps"] == "nf3" and s["unmatched_entries"] == 5
+    assert s["nf_flows"] == "nf1:1;nf2:1;nf10:1"
+    assert s["event_times"] == "10;15"
+    assert s["events"] == "10s add-nf(nf10);15s drain(nf1)"
+    # data connections by the flow's start time: a (nf1) and b (nf2) before 10 s, c (nf10)
+    # between 10 and 15 s; d has no data connection, e was never seen
+    assert s["nf_flows_by_phase"] == "<10s: nf1:1;nf2:1 | 10-15s: nf10:1 | >=15s: -"
+    assert s["throughput_bps_mean"] > 0
+
+
+def test_summary_without_events_or_connections():
+    df = rp.build_flows(META, [planned("x", C1, 5201)], {}, {"nf1": dump("nf1", [])})
+    s = rp.build_summary(df, []).iloc[0]
+    assert (s["flows"], s["moved"], s["broken"], s["observed"]) == (1, 0, 1, 0)
+    assert pd.isna(s["pcc_pct"]) and s["nf_flows_by_phase"] == "all: -"
+    assert s["scenario"] == "unit" and s["events"] == ""
+
+
+def test_events_accept_mappings_and_reject_garbage():
+    evs = rp.normalize_events([{"time_s": 3, "name": "b"}, (1, "a", None)])
+    assert evs == [(1.0, "a", ""), (3.0, "b", "")]
+    with pytest.raises(ValueError, match="bad event"):
+        rp.normalize_events([("soon", "x", "")])
+
+
+# --- files and terminal ------------------------------------------------------------------
+
+def test_write_and_read_back(tmp_path, scenario):
+    flows, outputs, dumps, events, _ = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    summary = rp.build_summary(df, events, META, dumps, flows)
+    fpath, spath = rp.write_results(tmp_path / "run", df, summary)
+    assert fpath.name == "flows.csv" and spath.name == "summary.csv"
+    back = rp.read_flows(fpath)
+    assert list(back.columns) == rp.FLOW_COLUMNS and len(back) == len(df)
+    assert back["moved"].tolist() == df["moved"].tolist()
+    assert back["completed"].tolist() == df["completed"].tolist()
+    assert back["packets_by_nf"].tolist() == df["packets_by_nf"].tolist()
+    assert back["client_port"].isna().tolist() == df["client_port"].isna().tolist()
+    s = pd.read_csv(spath)
+    assert s.loc[0, "moved"] == 2 and s.loc[0, "pcc_pct"] == 71.43
+
+
+def test_format_summary_fits_a_screen(scenario):
+    flows, outputs, dumps, events, _ = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    one = rp.build_summary(df, events, META, dumps, flows)
+    two = pd.concat([one, one.assign(mode="maglev", run_id="r2")], ignore_index=True)
+    text = rp.format_summary(two)
+    lines = text.splitlines()
+    assert len(lines) < 24 and max(map(len, lines)) <= 120
+    assert "PCC %" in lines[0] and "71.43" in lines[1] and "maglev" in text
+    assert "missing NF dumps: nf3" in text and "10s add-nf(nf10)" in text
+    assert rp.format_summary(one.iloc[0:0]) == "(no runs)"
+
+
+# --- a real run through agents.nf --------------------------------------------------------
+
+def test_real_namespace_run():
+    d = FIX / "run_ns"
+    meta = json.loads((d / "meta.json").read_text())
+    flows = json.loads((d / "planned.json").read_text())
+    outputs = {f["flow_id"]: rp.load_iperf_json(d / f"iperf_{f['flow_id']}.json") for f in flows}
+    dumps = {nf: rp.load_nf_dump(d / f"{nf}.json") for nf in ("nf1", "nf2", "nf3")}
+    df = rp.build_flows(meta, flows, outputs, dumps)
+    by = {(r["flow_id"], r["role"]): r for r in df.to_dict("records")}
+    assert set(by) == {("f1", "control"), ("f1", "data"), ("f2", "control"), ("f2", "data"),
+                       ("f3", "control"), ("f3", "data"), ("f4", "control")}
+    for key in (("f1", "data"), ("f2", "data")):
+        assert by[key]["completed"] and not by[key]["moved"] and by[key]["nfs_seen"] == "nf1"
+    assert by[("f2", "data")]["proto"] == "udp"
+    moved = by[("f3", "data")]
+    assert moved["moved"] and moved["nf_first"] == "nf1" and not moved["completed"]
+    assert moved["invalid_by_nf"].startswith("nf2:")
+    assert by[("f3", "control")]["moved"]
+    assert "refused" in by[("f4", "control")]["error"]
+    s = rp.build_summary(df, json.loads((d / "events.json").read_text()), meta, dumps,
+                         flows).iloc[0]
+    assert (s["flows"], s["moved"], s["moved_flows"], s["broken"]) == (4, 2, 1, 2)
+    assert s["missing_dumps"] == "nf3" and s["unmatched_entries"] == 0
+    assert s["nf_flows_by_phase"] == "<1.5s: nf1:2 | >=1.5s: nf1:1"
+
+
+def test_roles_without_iperf_output():
+    """No iperf3 JSON: a UDP flow's TCP connection is control, its UDP one data; a TCP flow
+    with two unlisted TCP connections cannot be told apart."""
+    flows = [planned("u", C1, 6001, proto="udp"), planned("t", C1, 6002)]
+    nf1 = (both(C1, S1, "tcp", 41000, 6001, 5, 5) + both(C1, S1, "udp", 41001, 6001, 9, 1)
+           + both(C1, S1, "tcp", 42000, 6002, 5, 5) + both(C1, S1, "tcp", 42001, 6002, 50, 40))
+    df = rp.build_flows(META, flows, {}, {"nf1": dump("nf1", nf1)})
+    u = rows(df, "u")
+    assert (u["control"]["proto"], u["control"]["client_port"]) == ("tcp", 41000)
+    assert (u["data"]["proto"], u["data"]["client_port"]) == ("udp", 41001)
+    t = df[df["flow_id"] == "t"]
+    assert sorted(t["role"]) == ["unknown", "unknown"] and not t["completed"].any()
