@@ -1,0 +1,257 @@
+"""Benchmark of the chain engine alone, in one process: ``python -m bench.engine``.
+
+Every figure stands next to a plain-dict baseline measured in the same run:
+
+- cached-hit lookups/s (``ChainNode.lookup`` on a decided key) vs ``dict.get``;
+- committed inserts/s through a 3-node chain (an in-process network delivers every ``Send``
+  at once until quiet; an insert counts when its ``Decision`` appears) vs a dict store;
+- frames and bytes per insert (each frame through ``wire.encode`` + 14 bytes of Ethernet
+  header) vs one frame carrying the raw key and NF name;
+- memory per stored entry per replica (tracemalloc around a cluster whose frames go through
+  ``wire.encode``/``decode``, so every node holds its own copies) vs ``{key: nf}``.
+
+Writes ``results/bench-engine/<run-id>/engine.csv``, points ``results/bench-engine/latest``
+at it and prints a table. Needs neither root nor a network.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+import tracemalloc
+from collections import deque
+from pathlib import Path
+
+from agents import wire
+from agents.chain import ChainNode, Decision, Send, View
+from agents.keys import flow_key_raw
+from bench import REPO, Row, format_table, new_run_dir, point_latest, write_csv
+
+SECRET = b"bench-engine-shared-secret-0123"
+MEMBERS = ("lb1", "lb2", "lb3")
+NF = "nf1"
+CSV_NAME = "engine.csv"
+
+
+def make_keys(n: int, seed: int = 1) -> list[bytes]:
+    """``n`` distinct IPv4 TCP connection keys (clients 10.0.1.x, servers 10.0.2.x)."""
+    rng = random.Random(seed)
+    keys: set[bytes] = set()
+    while len(keys) < n:
+        client = bytes((10, 0, 1, rng.randrange(1, 255)))
+        server = bytes((10, 0, 2, rng.randrange(1, 255)))
+        keys.add(flow_key_raw(client, server, 6, rng.randrange(1024, 65536), 5201))
+    return sorted(keys, key=lambda k: rng.random())
+
+
+class Cluster:
+    """Chain nodes joined by an in-process network that delivers every Send at once.
+
+    With ``secret``, every frame goes through ``wire.encode``/``wire.decode`` on its way and
+    its bytes (plus the Ethernet header) are counted.
+    """
+
+    def __init__(self, members=MEMBERS, chain_len: int = 3, secret: bytes | None = None):
+        # one View per node, as in separate processes
+        self.nodes = {m: ChainNode(m, View(1, tuple(members), chain_len)) for m in members}
+        self.secret = secret
+        self.frames = 0
+        self.data_frames = 0
+        self.bytes = 0
+        self.decisions: dict[bytes, str] = {}
+        self.now = 1.0
+        for name, node in self.nodes.items():
+            self.pump(name, node.tick(self.now))
+
+    def pump(self, origin: str, actions: list) -> None:
+        """Deliver ``actions`` (from node ``origin``) and everything they cause, until quiet."""
+        queue = deque([(origin, actions)])
+        nodes, secret, now = self.nodes, self.secret, self.now
+        while queue:
+            src, acts = queue.popleft()
+            for act in acts:
+                if type(act) is Send:
+                    msg = act.msg
+                    self.frames += 1
+                    if msg.body is not None:
+                        self.data_frames += 1
+                    if secret is not None:
+                        data = wire.encode(msg, secret)
+                        self.bytes += len(data) + wire.ETH_HLEN
+                        msg = wire.decode(data, secret)
+                    queue.append((act.dst, nodes[act.dst].receive(src, msg, now)))
+                elif type(act) is Decision:
+                    self.decisions[act.key] = act.nf
+
+    def insert(self, asker: str, key: bytes, nf: str = NF) -> None:
+        self.now += 1e-6
+        self.pump(asker, self.nodes[asker].lookup(key, nf, self.now))
+
+    def check(self, keys: list[bytes]) -> None:
+        """Every key decided, and on every replica: the benchmark measured real work."""
+        missing = [k for k in keys if k not in self.decisions]
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {len(keys)} lookups got no decision")
+        for name, node in self.nodes.items():
+            replica = node.replica()
+            lacking = sum(1 for k in keys if replica.get(k) != self.decisions[k])
+            if lacking:
+                raise RuntimeError(f"{name} lacks {lacking} of {len(keys)} committed entries")
+
+
+def _rate(fn, n: int, repeat: int, min_time: float = 0.2) -> float:
+    """Operations/s of ``fn()`` (which does ``n`` operations): best of ``repeat`` timings,
+    each repeating ``fn`` for at least ``min_time`` seconds."""
+    best = 0.0
+    for _ in range(repeat):
+        gc.collect()
+        calls = 0
+        t = time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - t
+            if elapsed >= min_time:
+                break
+        best = max(best, calls * n / elapsed)
+    return best
+
+
+def bench_cached_lookups(n: int, repeat: int) -> list[Row]:
+    keys = make_keys(n, seed=2)
+    cluster = Cluster()
+    for k in keys:
+        cluster.insert("lb1", k)       # lb1 asks, so lb1 caches the answers
+    cluster.check(keys)
+    node = cluster.nodes["lb1"]
+    now = cluster.now
+    hits = [node.lookup(k, NF, now) for k in keys]
+    if any(h != [Decision(k, NF)] for h, k in zip(hits, keys)):
+        raise RuntimeError("a cached lookup did not answer at once")
+    table = {k: NF for k in keys}
+    lookup, get = node.lookup, table.get
+
+    def engine():
+        for k in keys:
+            lookup(k, NF, now)
+
+    def baseline():
+        for k in keys:
+            get(k)
+    return [Row("cached_lookups_per_s", _rate(engine, n, repeat), "lookups/s",
+                "dict.get", _rate(baseline, n, repeat))]
+
+
+def bench_inserts(n: int, repeat: int) -> list[Row]:
+    keys = make_keys(n * repeat, seed=3)
+    best = float("inf")
+    for r in range(repeat):
+        batch = keys[r * n:(r + 1) * n]
+        cluster = Cluster()
+        insert = cluster.insert
+        gc.collect()
+        t = time.perf_counter()
+        for i, k in enumerate(batch):
+            insert(MEMBERS[i % 3], k)
+        best = min(best, time.perf_counter() - t)
+        cluster.check(batch)
+    table: dict[bytes, str] = {}
+
+    def baseline():
+        table.clear()
+        for k in keys[:n]:
+            table[k] = NF
+    return [Row("committed_inserts_per_s", n / best, "inserts/s", "dict set",
+                _rate(baseline, n, repeat))]
+
+
+def bench_wire(n: int) -> list[Row]:
+    keys = make_keys(n, seed=4)
+    cluster = Cluster(secret=SECRET)
+    base = (cluster.frames, cluster.data_frames, cluster.bytes)
+    for i, k in enumerate(keys):
+        cluster.insert(MEMBERS[i % 3], k)
+    cluster.check(keys)
+    frames = (cluster.frames - base[0]) / n
+    data_frames = (cluster.data_frames - base[1]) / n
+    nbytes = (cluster.bytes - base[2]) / n
+    raw = len(keys[0]) + len(NF.encode())
+    return [Row("frames_per_insert", frames, "frames", "one frame with key+nf", 1),
+            Row("data_frames_per_insert", data_frames, "frames", "one frame with key+nf", 1),
+            Row("bytes_per_insert", nbytes, "bytes", "raw key+nf", raw)]
+
+
+def _traced(build) -> tuple[object, int]:
+    """What ``build()`` returns and the bytes it left allocated."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        obj = build()
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return obj, used
+
+
+def bench_memory(n: int) -> list[Row]:
+    keys = make_keys(n, seed=5)
+
+    def build_cluster():
+        cluster = Cluster(secret=SECRET)
+        for i, k in enumerate(keys):
+            cluster.insert(MEMBERS[i % 3], k)
+        cluster.decisions = {}          # the benchmark's own record, not engine state
+        return cluster
+    cluster, used = _traced(build_cluster)
+    replicas = sum(len(node.replica()) for node in cluster.nodes.values())
+    if replicas != n * len(MEMBERS):
+        raise RuntimeError(f"{replicas} replicated entries, expected {n * len(MEMBERS)}")
+
+    def build_dict():  # a node's own copy of each key, as a decoded frame would give it
+        return {bytes(bytearray(k)): NF for k in keys}
+    table, base = _traced(build_dict)
+    assert len(table) == n
+    return [Row("memory_per_entry_bytes", used / replicas, "bytes", "dict {key: nf}", base / n)]
+
+
+def run(scale: float = 1.0, repeat: int = 3) -> list[Row]:
+    """Every measurement; ``scale`` multiplies the numbers of keys."""
+    def size(n):
+        return max(10, int(n * scale))
+    return [*bench_cached_lookups(size(20_000), repeat),
+            *bench_inserts(size(5_000), repeat),
+            *bench_wire(size(2_000)),
+            *bench_memory(size(10_000))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "results" / "bench-engine",
+                   help="results root (default: %(default)s)")
+    p.add_argument("--run-id", help="run folder name (default: a timestamp)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the numbers of keys (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions, best kept (default 3)")
+    args = p.parse_args(argv)
+    if args.scale <= 0 or args.repeat < 1:
+        p.error("--scale must be > 0 and --repeat >= 1")
+    started = time.perf_counter()
+    rows = run(args.scale, args.repeat)
+    try:
+        run_dir = new_run_dir(args.out, args.run_id)
+        path = write_csv(run_dir / CSV_NAME, rows)
+        point_latest(run_dir)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot write results under {args.out}: {e}", file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    print(f"\nwrote {path} ({time.perf_counter() - started:.0f} s; "
+          f"3-node chain, chain length 3, one process, Python {sys.version.split()[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
