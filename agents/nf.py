@@ -45,6 +45,7 @@ TABLE = "chainlb_nf"
 FAMILY = "inet"
 DEFAULT_MAX_FLOWS = 262144
 SYSCTL_ROOT = Path("/proc/sys")
+INIT_NETNS_INO = 0xEFFFFFF9      # PROC_NET_INIT_INO: the inode of the machine's own netns
 
 
 class NFError(Exception):
@@ -156,13 +157,30 @@ def require_root() -> None:
         raise NFError("must run as root (inside the NF host's network namespace)")
 
 
+def in_init_netns() -> bool:
+    """True in the machine's own network namespace (not an NF host's)."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino == INIT_NETNS_INO
+    except OSError:
+        return False
+
+
+def require_nf_netns() -> None:
+    """start/stop change forwarding sysctls: never do that to the machine itself."""
+    require_root()
+    if in_init_netns():
+        raise NFError("refusing to change the machine's own network namespace: run this "
+                      "inside the NF host (Mininet host.cmd, or ip netns exec NS ...)")
+
+
 def start(name: str, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
     """Configure this netns as the NF: sysctls, the nftables table, then forwarding on."""
-    require_root()
+    script = ruleset(max_flows)              # validates before anything changes
+    require_nf_netns()
     write_sysctl("net.ipv4.ip_forward", 0)
     for key, value in sysctls_before_rules():
         write_sysctl(key, value)
-    run(["nft", "-f", "-"], stdin=ruleset(max_flows))
+    run(["nft", "-f", "-"], stdin=script)
     # conntrack is active in this netns once a ruleset uses ct: its sysctls exist now
     write_sysctl("net.netfilter.nf_conntrack_tcp_loose", 0)
     run(["nft", "list", "chain", FAMILY, TABLE, "forward"])
@@ -175,7 +193,7 @@ def table_exists() -> bool:
 
 def stop() -> bool:
     """Forwarding off, then remove the table. Returns False if the NF was not started."""
-    require_root()
+    require_nf_netns()
     write_sysctl("net.ipv4.ip_forward", 0)
     if not table_exists():
         return False

@@ -92,16 +92,29 @@ def test_sysctl_path_keeps_interface_dots():
         Path("/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
 
 
-def test_cli_reports_errors_without_traceback():
+def _nf_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "agents.nf", "start", "--name", "nf1",
-                           "--max-flows", "0"], cwd=ROOT, env=env, capture_output=True, text=True)
-    if os.geteuid() == 0:
-        # root: the bad parameter is rejected before anything is changed
-        assert proc.returncode == 1 and "max_flows must be >= 1" in proc.stderr
-    else:
-        assert proc.returncode == 1 and "must run as root" in proc.stderr
+    return subprocess.run([sys.executable, "-m", "agents.nf", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_cli_rejects_bad_parameter_before_changing_anything():
+    proc = _nf_cli("start", "--name", "nf1", "--max-flows", "0")
+    assert proc.returncode == 1 and "max_flows must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_the_machines_own_namespace():
+    """start/stop outside an NF host must not touch the machine's forwarding sysctls."""
+    if not nf.in_init_netns():
+        pytest.skip("not running in the initial network namespace")
+    before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    for args in (("start", "--name", "nf1"), ("stop",)):
+        proc = _nf_cli(*args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert ("refusing" in proc.stderr) if os.geteuid() == 0 else \
+            ("must run as root" in proc.stderr)
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == before
 
 
 # --- real namespaces (root) ---------------------------------------------------------------
