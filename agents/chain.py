@@ -182,6 +182,8 @@ class ChainNode:
         self._links: dict[str, _Link] = {}
         self._local: deque[tuple[str, int, Body]] = deque()
         self._tombstones: deque[tuple[float, bytes, int]] = deque()
+        self._gone: dict[bytes, int] = {}                 # key -> newest Gone version heard
+        self._gone_order: deque[tuple[float, bytes]] = deque()
         self._out: list[Action] = []
         self._started = False
 
@@ -195,7 +197,7 @@ class ChainNode:
             return [Decision(key, hit[1])]
         if key not in self._pending and not self.removed:
             self._pending[key] = _Pending(proposed_nf, now)
-            self._send(self.view.chain(key)[-1], Query(key, proposed_nf), now)
+            self._query(key, now)
         return self._finish(now)
 
     def receive(self, src: str, msg, now: float) -> list[Action]:
@@ -250,8 +252,7 @@ class ChainNode:
                     self._emit(peer, entry[0])
         for key, p in self._pending.items():
             if now - p.sent >= self.retry:
-                p.sent = now
-                self._send(self.view.chain(key)[-1], Query(key, p.nf), now)
+                self._query(key, now)
         if self.synced:
             for key in [k for k, i in self._inserting.items() if now - i.sent >= self.retry]:
                 self._serve(key, now, force=True)
@@ -263,6 +264,9 @@ class ChainNode:
                     d.tries += 1
                     d.sent = now
                     self._send(self.view.chain(key)[0], DeleteReq(key, d.ver), now)
+        while self._gone_order and now - self._gone_order[0][0] >= self.tombstone_ttl:
+            _, key = self._gone_order.popleft()
+            self._gone.pop(key, None)
         while self._tombstones and now - self._tombstones[0][0] >= self.tombstone_ttl:
             _, key, ver = self._tombstones.popleft()
             rec = self.store.get(key)
@@ -294,14 +298,11 @@ class ChainNode:
             for m in new_chain:
                 if m != self.id and (not rec.committed or not staying or m not in old_chain):
                     batches.setdefault(m, []).append(entry)
-            if not staying:
-                del self.store[key]
         for dst, entries in batches.items():
             for i in range(0, len(entries), SYNC_BATCH):
                 self._send(dst, Sync(tuple(entries[i:i + SYNC_BATCH])), now)
-        for key, p in self._pending.items():
-            p.sent = now
-            self._send(view.chain(key)[-1], Query(key, p.nf), now)
+        for key in self._pending:
+            self._query(key, now)
         for key in [k for k in self._waiters if view.chain(k)[-1] != self.id]:
             del self._waiters[key]
             self._inserting.pop(key, None)
@@ -334,7 +335,9 @@ class ChainNode:
 
     def replica(self) -> dict[bytes, str]:
         """The committed live entries this node stores."""
-        return {k: r.nf for k, r in self.store.items() if r.nf and r.committed}
+        chain = self.view.chain
+        return {k: r.nf for k, r in self.store.items()
+                if r.nf and r.committed and self.id in chain(k)}
 
     def uncommitted(self) -> dict[bytes, int]:
         """The chain-replication "sent" list: writes passed on but not yet acked by the tail."""
@@ -346,16 +349,18 @@ class ChainNode:
         return rec.ver if rec else 0
 
     def roles(self) -> dict[str, int]:
-        """How many stored keys this node heads, holds in the middle, and tails."""
-        out = {"head": 0, "middle": 0, "tail": 0}
+        """How many stored keys this node heads, holds in the middle, tails, or hands off."""
+        out = {"head": 0, "middle": 0, "tail": 0, "handoff": 0}
         for key in self.store:
             c = self.view.chain(key)
             if c[-1] == self.id:
                 out["tail"] += 1
             elif c[0] == self.id:
                 out["head"] += 1
-            else:
+            elif self.id in c:
                 out["middle"] += 1
+            else:
+                out["handoff"] += 1
         return out
 
     @property
@@ -430,16 +435,16 @@ class ChainNode:
             if current:                  # older requests are re-sent by their sender
                 self._on_head_request(src, epoch, body, now)
         elif isinstance(body, Gone):
-            self._on_gone(body)
+            self._on_gone(body, now)
         elif isinstance(body, Sync):
             for e in body.entries:
                 chain = self.view.chain(e.key)
                 if self.id in chain:
                     rec = self._apply(e.key, e.ver, e.nf, now)
                     if e.committed and rec.ver == e.ver:
-                        rec.cver = max(rec.cver, e.ver)
-                    elif not e.committed and rec.committed and chain[-1] == self.id:
-                        self._ack_up(e.key, rec.cver, now)   # the pusher missed our ack
+                        self._committed_up_to(e.key, rec, e.ver, now)
+                    elif not e.committed and rec.cver >= e.ver:
+                        self._send(src, Ack(e.key, rec.cver), now)   # the pusher missed the ack
         elif isinstance(body, SyncDone):
             if epoch > self._done_from.get(src, 0):
                 self._done_from[src] = epoch
@@ -453,7 +458,10 @@ class ChainNode:
             return
         self.synced = True
         for key, rec in list(self.store.items()):
-            if not rec.committed and self.view.chain(key)[-1] == self.id:
+            chain = self.view.chain(key)
+            if self.id not in chain:
+                del self.store[key]          # handed off to its chain when the view came
+            elif not rec.committed and chain[-1] == self.id:
                 self._commit(key, now)
         for key in list(self._waiters):
             self._serve(key, now, force=True)
@@ -484,6 +492,11 @@ class ChainNode:
             if not rec.committed:
                 self._commit(q.key, now)
             self._send(src, Answer(q.key, rec.ver, rec.nf), now)
+            return
+        if rec is not None and rec.ver and q.seen < rec.ver:
+            # the asker has not heard of this deletion: a stale query must not revive the
+            # entry; tell it, and a still-pending asker asks again right away
+            self._send(src, Gone(q.key, rec.ver), now)
             return
         self._waiters.setdefault(q.key, set()).add(src)
         if q.key not in self._inserting:
@@ -567,16 +580,26 @@ class ChainNode:
         else:
             for m in self.view.members:
                 self._send(m, Gone(key, rec.ver), now)
-            if key in self._waiters:
-                self._serve(key, now)
+            # waiters asked about the deleted connection (or are stale duplicates): an asker
+            # still pending retries and gets a new entry; nothing is revived on its behalf
+            self._waiters.pop(key, None)
+            self._inserting.pop(key, None)
 
     def _on_ack(self, a: Ack, now: float) -> None:
         # a version committed at a tail stays committed: acks of older epochs count too
         rec = self.store.get(a.key)
-        if rec is None or a.ver <= rec.cver:
-            return
-        rec.cver = a.ver
-        self._ack_up(a.key, a.ver, now)
+        if rec is None:
+            if self.id not in self.view.chain(a.key):
+                return
+            # the ack overtook the entry (a lost frame is being retransmitted): keep it
+            rec = self.store[a.key] = _Rec(0, "", 0, now)
+        self._committed_up_to(a.key, rec, a.ver, now)
+
+    def _committed_up_to(self, key: bytes, rec: _Rec, ver: int, now: float) -> None:
+        """Learned that ``ver`` is committed: record it and tell the predecessor."""
+        if ver > rec.cver:
+            rec.cver = ver
+            self._ack_up(key, ver, now)
 
     def _ack_up(self, key: bytes, ver: int, now: float) -> None:
         chain = self.view.chain(key)
@@ -592,13 +615,23 @@ class ChainNode:
         self.stats["decisions"] += 1
         self._out.append(Decision(a.key, a.nf))
 
-    def _on_gone(self, g: Gone) -> None:
+    def _on_gone(self, g: Gone, now: float) -> None:
+        if g.ver > self._gone.get(g.key, 0):
+            self._gone[g.key] = g.ver
+            self._gone_order.append((now, g.key))
+            if g.key in self._pending:
+                self._query(g.key, now)
         hit = self.cache.get(g.key)
         if hit is not None and hit[0] < g.ver:
             del self.cache[g.key]
         d = self._deleting.get(g.key)
         if d is not None and d.ver < g.ver:
             del self._deleting[g.key]
+
+    def _query(self, key: bytes, now: float) -> None:
+        p = self._pending[key]
+        p.sent = now
+        self._send(self.view.chain(key)[-1], Query(key, p.nf, self._gone.get(key, 0)), now)
 
     def _request_delete(self, key: bytes, ver: int, now: float) -> None:
         self._deleting[key] = _Delete(ver, now)

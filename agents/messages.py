@@ -16,9 +16,14 @@ from typing import Union
 
 @dataclass(frozen=True)
 class Query:
-    """Asker -> tail: which NF serves ``key``? ``nf`` is the asker's proposal."""
+    """Asker -> tail: which NF serves ``key``? ``nf`` is the asker's proposal.
+
+    ``seen`` is the newest deletion of ``key`` the asker has heard of (a ``Gone``
+    version): a query older than the key's tombstone is stale and must not revive it.
+    """
     key: bytes
     nf: str
+    seen: int = 0
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ class FrameL(Packet):
 
 class QueryL(Packet):
     name = "ChainQuery"
-    fields_desc = [*_key("key"), *_text("nf")]
+    fields_desc = [*_key("key"), *_text("nf"), LongField("seen", 0)]
 
 
 class AnswerL(Packet):

@@ -115,9 +115,14 @@ class Sim:
             self._apply(node, self.nodes[node].lookup(key, nf, self.now))
 
     def _do_delete(self, node, key) -> None:
-        if self._alive(node):
-            self.deleted.add(key)
-            self._apply(node, self.nodes[node].delete(key, self.now))
+        """As an LB agent does: a connection ends only after a decision was made for it."""
+        if not self._alive(node):
+            return
+        if key not in self.nodes[node].cache:
+            self.at(self.now + 0.25, "delete", node, key)
+            return
+        self.deleted.add(key)
+        self._apply(node, self.nodes[node].delete(key, self.now))
 
     def _do_crash(self, node) -> None:
         self.crashed.add(node)
