@@ -41,7 +41,7 @@ class Sim:
         self.crashed: set[str] = set()
         self.decisions: list[tuple[float, str, bytes, str]] = []
         self.lookups: list[tuple[float, str, bytes]] = []
-        self.deleted: set[bytes] = set()
+        self.deleted: dict[bytes, float] = {}      # key -> when its delete was issued
         self.sent_frames = 0
         self._q: list = []
         self._n = itertools.count()
@@ -121,7 +121,7 @@ class Sim:
         if key not in self.nodes[node].cache:
             self.at(self.now + 0.25, "delete", node, key)
             return
-        self.deleted.add(key)
+        self.deleted.setdefault(key, self.now)
         self._apply(node, self.nodes[node].delete(key, self.now))
 
     def _do_crash(self, node) -> None:

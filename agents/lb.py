@@ -1,0 +1,371 @@
+"""The LB agent: one process per LB host, a thin I/O shell around the LB logic.
+
+    python -m agents.lb --name lb1 --intf lb1-eth0 --secret-file /run/chainlb/secret \
+        --mode chain --run-dir /run/chainlb --log-dir results/<run>/logs
+
+Data path: an AF_PACKET socket on the host's interface; IPv4 frames that the gateway
+steered here are parsed with ``struct``, mapped to their connection key, and forwarded by
+rewriting the destination MAC to the chosen NF's. In ``chain`` mode a key's packets are
+buffered until the chain decides. Control path: raw 0x88B5 frames (``agents.wire``): chain
+frames between LB nodes, views from the controller, heartbeats to it. A unix socket
+(``<run-dir>/<name>.sock``) answers ``status`` and ``table`` for the CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+from agents import wire
+from agents.chain import ChainNode, Decision, Send, View
+from agents.keys import flow_key_raw, key_str
+from agents.messages import Frame, Heartbeat, ViewMsg
+from agents.modes import MODES, Picker
+
+ETH_P_ALL = 0x0003
+PACKET_IGNORE_OUTGOING = 23
+CTRL_MAC = bytes.fromhex("0200000000ff01")
+IPV4 = b"\x08\x00"
+CHAIN = struct.pack("!H", wire.ETHERTYPE)
+TICK = 0.02            # engine timers
+HEARTBEAT = 0.1        # to the controller
+HOUSEKEEPING = 0.5     # FIN / idle deletes
+MAX_BUFFERED = 256     # packets held per key while its lookup is pending
+_PORTS = struct.Struct("!HH")
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+class Agent:
+    def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
+                 log_dir: str, fin_grace: float, idle_timeout: float):
+        self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
+        self.fin_grace, self.idle_timeout = fin_grace, idle_timeout
+        self.picker = Picker(mode)
+        self.node: ChainNode | None = None
+        self.epoch = 0
+        self.nf_mac: dict[str, bytes] = {}      # usable NFs (active or draining)
+        self.lb_mac: dict[str, bytes] = {}
+        self.failed: set[str] = set()
+        self.buffered: dict[bytes, list[bytes]] = {}
+        self.last_seen: dict[bytes, float] = {}
+        self.closing: dict[bytes, float] = {}
+        self.counts = {"rx": 0, "forwarded": 0, "buffered": 0, "dropped_no_nf": 0,
+                       "dropped_buffer_full": 0, "chain_rx": 0, "bad_frames": 0,
+                       "deletes": 0, "decisions": 0}
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.setsockopt(socket.SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((intf, 0))
+        self.sock.setblocking(False)
+        self.mac = self.sock.getsockname()[4][:6]
+        os.makedirs(log_dir, exist_ok=True)
+        self.decisions_log = open(os.path.join(log_dir, f"{name}.decisions.csv"), "w",
+                                  buffering=1 << 16)
+        self.decisions_log.write("time,key,nf,mode\n")
+        self.stats_path = os.path.join(log_dir, f"{name}.stats.json")
+        self.ctl_path = os.path.join(run_dir, f"{name}.sock")
+        if os.path.exists(self.ctl_path):
+            os.unlink(self.ctl_path)
+        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctl.bind(self.ctl_path)
+        os.chmod(self.ctl_path, 0o600)
+        self.ctl.listen(4)
+        self.ctl.setblocking(False)
+        self.running = True
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        next_tick = next_hb = next_house = time.monotonic()
+        sock, recv, handle = self.sock, self.sock.recv, self.handle_frame
+        while self.running:
+            now = time.monotonic()
+            timeout = max(0.0, min(next_tick, next_hb, next_house) - now)
+            try:
+                ready, _, _ = select.select([sock, self.ctl], [], [], timeout)
+            except InterruptedError:
+                continue
+            now = time.monotonic()
+            if sock in ready:
+                for _ in range(512):
+                    try:
+                        handle(recv(65535), now)
+                    except BlockingIOError:
+                        break
+            if self.ctl in ready:
+                self.serve_control()
+            if now >= next_tick:
+                next_tick = now + TICK
+                if self.node is not None:
+                    self.apply(self.node.tick(now), now)
+            if now >= next_hb:
+                next_hb = now + HEARTBEAT
+                self.heartbeat()
+            if now >= next_house:
+                next_house = now + HOUSEKEEPING
+                self.housekeeping(now)
+        self.write_stats()
+
+    # ------------------------------------------------------------------ frames
+
+    def handle_frame(self, buf: bytes, now: float) -> None:
+        etype = buf[12:14]
+        if etype == IPV4:
+            self.forward(buf, now)
+        elif etype == CHAIN:
+            self.counts["chain_rx"] += 1
+            try:
+                msg = wire.decode(buf[14:], self.secret)
+            except wire.WireError:
+                self.counts["bad_frames"] += 1
+                return
+            if isinstance(msg, Frame):
+                if self.node is not None:
+                    self.apply(self.node.receive(msg.src, msg, now), now)
+            elif isinstance(msg, ViewMsg):
+                self.on_view(msg, now)
+
+    def forward(self, buf: bytes, now: float) -> None:
+        self.counts["rx"] += 1
+        ihl = (buf[14] & 0x0F) << 2
+        proto = buf[23]
+        if proto == 6 or proto == 17:
+            sport, dport = _PORTS.unpack_from(buf, 14 + ihl)
+        else:
+            sport = dport = 0
+        key = flow_key_raw(buf[26:30], buf[30:34], proto, sport, dport)
+        self.last_seen[key] = now
+        if proto == 6 and buf[27 + ihl] & 0x05:        # FIN or RST
+            self.closing.setdefault(key, now)
+        node = self.node
+        if node is not None:
+            hit = node.cache.get(key)
+            if hit is not None:
+                mac = self.nf_mac.get(hit[1])
+                if mac is not None:
+                    self.sock.send(mac + self.mac + buf[12:])
+                    self.counts["forwarded"] += 1
+                else:
+                    self.counts["dropped_no_nf"] += 1
+                return
+            self.lookup(key, buf, now)
+            return
+        if self.mode == "chain":
+            self.counts["dropped_no_nf"] += 1           # no view yet
+            return
+        first = self.mode != "local" or key not in self.picker.local
+        nf = self.picker.stateless(key)
+        mac = self.nf_mac.get(nf) if nf else None
+        if mac is None:
+            self.counts["dropped_no_nf"] += 1
+            return
+        if first and key not in self.closing:
+            self.log_decision(now, key, nf)
+        self.sock.send(mac + self.mac + buf[12:])
+        self.counts["forwarded"] += 1
+
+    def lookup(self, key: bytes, buf: bytes, now: float) -> None:
+        held = self.buffered.get(key)
+        if held is not None:
+            if len(held) < MAX_BUFFERED:
+                held.append(buf)
+                self.counts["buffered"] += 1
+            else:
+                self.counts["dropped_buffer_full"] += 1
+            return
+        proposal = self.picker.propose(key)
+        if proposal is None:
+            self.counts["dropped_no_nf"] += 1
+            return
+        self.buffered[key] = [buf]
+        self.counts["buffered"] += 1
+        self.apply(self.node.lookup(key, proposal, now), now)
+
+    def apply(self, actions, now: float) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                mac = self.lb_mac.get(a.dst)
+                if mac is not None:
+                    self.sock.send(wire.frame_bytes(mac, self.mac, a.msg, self.secret))
+            elif isinstance(a, Decision):
+                self.counts["decisions"] += 1
+                self.log_decision(now, a.key, a.nf)
+                held = self.buffered.pop(a.key, ())
+                mac = self.nf_mac.get(a.nf)
+                if mac is None:
+                    self.counts["dropped_no_nf"] += len(held)
+                    continue
+                for buf in held:
+                    self.sock.send(mac + self.mac + buf[12:])
+                self.counts["forwarded"] += len(held)
+
+    def log_decision(self, now: float, key: bytes, nf: str) -> None:
+        self.decisions_log.write(f"{time.time():.6f},{key_str(key)},{nf},{self.mode}\n")
+
+    # ------------------------------------------------------------------ control
+
+    def on_view(self, view: ViewMsg, now: float) -> None:
+        if view.epoch <= self.epoch:
+            return
+        if view.mode != self.mode:
+            print(f"{self.name}: controller runs mode {view.mode!r}, agent {self.mode!r}",
+                  file=sys.stderr)
+        self.epoch = view.epoch
+        self.lb_mac = {lb.name: mac_bytes(lb.mac) for lb in view.lbs}
+        self.nf_mac = {nf.name: mac_bytes(nf.mac) for nf in view.nfs if nf.state != "failed"}
+        newly_failed = {nf.name for nf in view.nfs if nf.state == "failed"} - self.failed
+        self.failed |= newly_failed
+        self.picker.set_active(nf.name for nf in view.nfs if nf.state == "active")
+        for nf in newly_failed:
+            for key in [k for k, v in self.picker.local.items() if v == nf]:
+                self.picker.forget(key)
+        if self.mode != "chain":
+            return
+        members = tuple(lb.name for lb in view.lbs)
+        chain_view = View(view.epoch, members, view.chain_len)
+        if self.node is None:
+            if self.name in members:
+                self.node = ChainNode(self.name, chain_view)
+                self.apply(self.node.tick(now), now)
+            return
+        self.apply(self.node.set_view(chain_view, now), now)
+        for nf in newly_failed:
+            self.apply(self.node.purge_nf(nf, now), now)
+
+    def heartbeat(self) -> None:
+        entries = len(self.node.store) if self.node is not None else len(self.picker.local)
+        hb = Heartbeat(self.name, self.epoch, entries)
+        self.sock.send(wire.frame_bytes(CTRL_MAC, self.mac, hb, self.secret))
+
+    def housekeeping(self, now: float) -> None:
+        """Connections that closed (FIN/RST, then quiet) or went idle are deleted."""
+        done = [k for k, t in self.closing.items()
+                if now - self.last_seen.get(k, t) >= self.fin_grace]
+        done += [k for k, t in self.last_seen.items()
+                 if now - t >= self.idle_timeout and k not in self.closing]
+        for key in done:
+            self.closing.pop(key, None)
+            self.last_seen.pop(key, None)
+            self.counts["deletes"] += 1
+            if self.node is not None:
+                if key in self.node.cache:
+                    self.apply(self.node.delete(key, now), now)
+            else:
+                self.picker.forget(key)
+
+    def status(self) -> dict:
+        node = self.node
+        out = {"name": self.name, "mode": self.mode, "epoch": self.epoch,
+               "active_nfs": list(self.picker.active), "counts": self.counts,
+               "pending": len(self.buffered), "connections": len(self.last_seen)}
+        if node is not None:
+            out.update(entries=len(node.store), cached=len(node.cache), synced=node.synced,
+                       roles=node.roles(), engine=node.stats, members=list(node.view.members),
+                       chain_len=node.view.chain_len)
+        else:
+            out.update(entries=len(self.picker.local))
+        return out
+
+    def table(self, limit: int = 50) -> dict:
+        node = self.node
+        if node is None:
+            rows = [{"key": key_str(k), "nf": nf, "role": "local"}
+                    for k, nf in list(self.picker.local.items())[:limit]]
+            return {"name": self.name, "entries": len(self.picker.local), "rows": rows,
+                    "chains": []}
+        rows, chains = [], {}
+        for key, rec in node.store.items():
+            chain = node.view.chain(key)
+            chains[chain] = chains.get(chain, 0) + 1
+            if len(rows) < limit:
+                role = ("tail" if chain[-1] == self.name else "head" if chain[0] == self.name
+                        else "middle" if self.name in chain else "handoff")
+                rows.append({"key": key_str(key), "nf": rec.nf or "(deleted)", "ver": rec.ver,
+                             "committed": rec.committed, "role": role,
+                             "chain": " > ".join(chain)})
+        return {"name": self.name, "epoch": node.view.epoch, "entries": len(node.store),
+                "roles": node.roles(), "rows": rows,
+                "chains": [{"chain": " > ".join(c), "keys": n}
+                           for c, n in sorted(chains.items(), key=lambda x: -x[1])]}
+
+    def serve_control(self) -> None:
+        try:
+            conn, _ = self.ctl.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                request = conn.recv(4096).decode().strip()
+                cmd, _, arg = request.partition(" ")
+                if cmd == "status":
+                    reply = self.status()
+                elif cmd == "table":
+                    reply = self.table(int(arg) if arg.isdigit() else 50)
+                else:
+                    reply = {"error": f"unknown command {cmd!r}; valid: status, table [N]"}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def write_stats(self) -> None:
+        self.decisions_log.flush()
+        with open(self.stats_path, "w") as f:
+            json.dump(self.status(), f, indent=1)
+
+    def stop(self, *_):
+        self.running = False
+
+
+def query(run_dir: str, name: str, command: str, timeout: float = 2.0) -> dict:
+    """Ask a running agent over its unix socket (used by the CLI and scenarios)."""
+    path = os.path.join(run_dir, f"{name}.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agents.lb", description=__doc__.split("\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--intf", required=True)
+    p.add_argument("--secret-file", required=True)
+    p.add_argument("--mode", choices=MODES, default="chain")
+    p.add_argument("--run-dir", default="/run/chainlb")
+    p.add_argument("--log-dir", required=True)
+    p.add_argument("--fin-grace", type=float, default=2.0)
+    p.add_argument("--idle-timeout", type=float, default=120.0)
+    args = p.parse_args(argv)
+    try:
+        with open(args.secret_file, "rb") as f:
+            secret = f.read()
+        agent = Agent(args.name, args.intf, secret, args.mode, args.run_dir, args.log_dir,
+                      args.fin_grace, args.idle_timeout)
+    except OSError as e:
+        print(f"agents.lb: error: {e}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, agent.stop)
+    signal.signal(signal.SIGINT, agent.stop)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

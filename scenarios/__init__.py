@@ -1,0 +1,1 @@
+"""Named scenarios, the testbed that runs them, and their results."""

@@ -1,0 +1,101 @@
+"""Named scenarios: which flows start when, and which pool changes fire when.
+
+Times are seconds from the start of traffic. Flow plans are derived from the scenario
+and a seed only, so every LB mode replays the same flows.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from topo.testbed import TestbedParams, ip_of
+
+ACTIONS = ("add_nf", "drain_nf", "remove_nf", "kill_nf", "kill_lb", "add_lb")
+
+
+@dataclass(frozen=True)
+class FlowBatch:
+    count: int
+    start_s: float          # the first flow starts here...
+    spread_s: float         # ...the others evenly over this window
+    duration_s: float
+    rate_mbit: float = 2.0
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Event:
+    at_s: float
+    action: str             # one of ACTIONS
+    target: str = ""        # NF / LB name; '' = the next free name (add_*)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    batches: tuple[FlowBatch, ...]
+    events: tuple[Event, ...] = ()
+    chain_loss_pct: int = 0               # chain frames dropped on LB hosts (nftables)
+    params: dict = field(default_factory=dict)   # TestbedParams overrides
+
+    @property
+    def traffic_s(self) -> float:
+        return max(b.start_s + b.spread_s + b.duration_s for b in self.batches)
+
+
+BASE = (FlowBatch(12, 0.0, 3.0, 24.0),)
+LATE = FlowBatch(8, 11.0, 3.0, 12.0)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("scale-out", "an NF is added while flows run; more flows start after it",
+             BASE + (LATE,), (Event(8.0, "add_nf"),)),
+    Scenario("scale-in", "an NF is drained (no new connections, old ones finish), then leaves",
+             (FlowBatch(12, 0.0, 3.0, 14.0), LATE), (Event(6.0, "drain_nf", "nf1"),
+                                                     Event(24.0, "remove_nf", "nf1"))),
+    Scenario("nf-failure", "an NF is killed: only its own connections may break",
+             BASE + (LATE,), (Event(8.0, "kill_nf", "nf2"),)),
+    Scenario("lb-failure", "an LB agent is killed (SIGKILL) while flows run",
+             BASE + (LATE,), (Event(8.0, "kill_lb", "lb2"),)),
+    Scenario("lb-join", "an LB node is added live and gets its state before it serves",
+             BASE + (LATE,), (Event(8.0, "add_lb"),)),
+    Scenario("lb-failure-during-scale-out", "an NF is added and an LB node killed 0.5 s apart",
+             BASE + (LATE,), (Event(8.0, "add_nf"), Event(8.5, "kill_lb", "lb2"))),
+    Scenario("churn", "many short connections open and close across NF and LB changes",
+             (FlowBatch(60, 0.0, 22.0, 2.0, 1.0),),
+             (Event(7.0, "add_nf"), Event(15.0, "kill_lb", "lb3"))),
+    Scenario("lossy-chain", "scale-out with 3% of chain frames dropped on the LB hosts",
+             BASE + (LATE,), (Event(8.0, "add_nf"),), chain_loss_pct=3),
+]}
+
+
+def get(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; valid scenarios: "
+                         f"{', '.join(SCENARIOS)}, all") from None
+
+
+def plan_flows(scenario: Scenario, params: TestbedParams, seed: int) -> list[dict]:
+    """The flows of a run (same seed -> same flows), in start order."""
+    rng = random.Random(seed)
+    clients = [f"c{i}" for i in range(1, params.clients + 1)]
+    servers = [f"s{i}" for i in range(1, params.servers + 1)]
+    flows = []
+    for batch in scenario.batches:
+        for j in range(batch.count):
+            i = len(flows)
+            start = batch.start_s + (batch.spread_s * j / max(1, batch.count - 1)
+                                     if batch.count > 1 else 0.0)
+            start += rng.uniform(0.0, 0.2)
+            client, server = rng.choice(clients), servers[i % len(servers)]
+            flows.append({
+                "flow_id": f"f{i + 1:03d}", "client": client, "server": server,
+                "client_ip": ip_of(client), "server_ip": ip_of(server),
+                "server_port": 5201 + i, "client_port": 20001 + i,
+                "start_s": round(start, 3), "duration_s": batch.duration_s,
+                "rate_mbit": batch.rate_mbit, "proto": batch.proto,
+            })
+    flows.sort(key=lambda f: f["start_s"])
+    return flows

@@ -1,0 +1,176 @@
+"""Run one named scenario in one LB mode and write its results folder.
+
+results/<scenario>/<run-id>/: flows.csv, summary.csv, params.json, timeline.csv (table size
+and view per second), logs/ (controller, agents, decisions, iperf3 JSON, NF dumps);
+results/latest points at the newest run.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+from scenarios import registry, report
+from scenarios.testbed import ROOT, Testbed, TestbedFailure
+from topo.testbed import TestbedParams
+
+RESULTS = ROOT / "results"
+
+
+def _versions() -> dict:
+    def out(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+    import os_ken
+    import pandas
+    import scapy
+    return {"python": platform.python_version(), "os_ken": getattr(os_ken, "__version__", "?"),
+            "scapy": scapy.VERSION, "pandas": pandas.__version__,
+            "ovs": out(["ovs-vsctl", "--version"]), "iperf3": out(["iperf3", "--version"]),
+            "kernel": platform.release(),
+            "git_commit": out(["git", "-C", str(ROOT), "rev-parse", "HEAD"])}
+
+
+def new_run_dir(scenario: str, mode: str) -> tuple[str, Path]:
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{mode}"
+    path = RESULTS / scenario / run_id
+    path.mkdir(parents=True, exist_ok=False)
+    latest = RESULTS / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(path.relative_to(RESULTS))
+    return run_id, path
+
+
+class Traffic:
+    """iperf3 servers (one per port) and paced clients, started on schedule."""
+
+    def __init__(self, tb: Testbed, flows: list[dict]):
+        self.tb, self.flows = tb, flows
+        self.dir = tb.logs / "iperf"
+        self.dir.mkdir(exist_ok=True)
+        self.clients: dict[str, object] = {}
+
+    def start_servers(self) -> None:
+        for f in self.flows:
+            self.tb._spawn(f"iperf-s-{f['flow_id']}",
+                           ["iperf3", "-s", "-1", "-p", str(f["server_port"])],
+                           host=self.tb.net[f["server"]])
+
+    def start(self, f: dict) -> None:
+        cmd = ["iperf3", "-c", f["server_ip"], "-p", str(f["server_port"]), "--cport",
+               str(f["client_port"]), "-t", str(f["duration_s"]), "-b", f"{f['rate_mbit']}M",
+               "-J", "--logfile", str(self.dir / f"{f['flow_id']}.json")]
+        if f["proto"] == "udp":
+            cmd.append("-u")
+        self.clients[f["flow_id"]] = self.tb._spawn(f"iperf-c-{f['flow_id']}", cmd,
+                                                    host=self.tb.net[f["client"]])
+
+    def running(self) -> int:
+        return sum(1 for p in self.clients.values() if p.poll() is None)
+
+    def results(self) -> dict:
+        return {f["flow_id"]: report.load_iperf_json(self.dir / f"{f['flow_id']}.json")
+                for f in self.flows}
+
+
+def _do_event(tb: Testbed, ev: registry.Event) -> str:
+    if ev.action == "add_nf":
+        return tb.add_nf(ev.target)
+    if ev.action == "add_lb":
+        return tb.add_lb(ev.target)
+    getattr(tb, ev.action)(ev.target)
+    return ev.target
+
+
+def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedParams | None = None,
+                 cli: bool = False, log=print) -> Path:
+    scenario = registry.get(name)
+    params = (params or TestbedParams(**scenario.params)).validate()
+    flows = registry.plan_flows(scenario, params, seed)
+    run_id, run_dir = new_run_dir(name, mode)
+    log(f"== scenario {name} ({scenario.description}), mode {mode}, seed {seed}")
+    log(f"   results: {run_dir}")
+    meta = {"scenario": name, "mode": mode, "run_id": run_id}
+    (run_dir / "params.json").write_text(json.dumps({
+        **meta, "seed": seed, "testbed": params.asdict(), "chain_loss_pct": scenario.chain_loss_pct,
+        "flows": flows, "events": [vars(e) for e in scenario.events], "versions": _versions(),
+    }, indent=1))
+    events_done: list[tuple[float, str, str]] = []
+    timeline: list[dict] = []
+    failure = None
+    with Testbed(params, mode, run_dir, scenario.chain_loss_pct, log) as tb:
+        traffic = Traffic(tb, flows)
+        traffic.start_servers()
+        schedule = sorted([(f["start_s"], "flow", f) for f in flows]
+                          + [(e.at_s, "event", e) for e in scenario.events],
+                          key=lambda x: (x[0], x[1] != "event"))
+        t0 = time.monotonic()
+        next_sample = 0.0
+        end = scenario.traffic_s + 15.0
+        try:
+            while True:
+                now = time.monotonic() - t0
+                while schedule and schedule[0][0] <= now:
+                    _, kind, item = schedule.pop(0)
+                    if kind == "flow":
+                        traffic.start(item)
+                    else:
+                        target = _do_event(tb, item)
+                        events_done.append((round(now, 3), item.action, target))
+                        log(f"   t={now:5.1f}s  {item.action} {target}")
+                if now >= next_sample:
+                    next_sample += 1.0
+                    timeline.append(_sample(tb, now))
+                    log(f"   t={now:5.1f}s  flows running {traffic.running():3d}/"
+                        f"{len(traffic.clients)}  epoch {timeline[-1]['epoch']}  "
+                        f"table entries {timeline[-1]['entries']}")
+                if not schedule and traffic.running() == 0:
+                    break
+                if now > end:
+                    log(f"   t={now:5.1f}s  flows still running past the scenario end: stopping them")
+                    break
+                time.sleep(min(0.05, max(0.0, (schedule[0][0] - now) if schedule else 0.05)))
+            if cli:
+                from scenarios.cli import run_cli
+                run_cli(tb, run_dir)
+        except TestbedFailure as e:
+            failure = e
+            if cli:
+                from scenarios.cli import run_cli
+                log(f"scenario failed: {e}; opening the CLI")
+                run_cli(tb, run_dir)
+        dumps = {nf: tb.nf_dumps.get(nf) if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
+        _write_timeline(run_dir, timeline)
+    iperf = traffic.results()
+    flows_df = report.build_flows(meta, flows, iperf, dumps)
+    summary = report.build_summary(flows_df, events_done, meta, dumps, flows)
+    report.write_results(run_dir, flows_df, summary)
+    log("")
+    log(report.format_summary(summary))
+    log(f"\nresults: {run_dir}  (flows.csv, summary.csv, params.json, timeline.csv, logs/)")
+    if failure is not None:
+        raise failure
+    return run_dir
+
+
+def _sample(tb: Testbed, now: float) -> dict:
+    try:
+        v = tb.rest("GET", "/view")
+    except (TestbedFailure, OSError):
+        return {"t_s": round(now, 2), "epoch": None, "entries": None, "lbs": "", "nfs": ""}
+    return {"t_s": round(now, 2), "epoch": v["epoch"],
+            "entries": sum(m.get("entries") or 0 for m in v["lbs"]),
+            "lbs": ";".join(f"{m['name']}:{m['status']}" for m in v["lbs"]),
+            "nfs": ";".join(f"{n['name']}:{n['state']}" for n in v["nfs"])}
+
+
+def _write_timeline(run_dir: Path, rows: list[dict]) -> None:
+    import pandas as pd
+    pd.DataFrame(rows, columns=["t_s", "epoch", "entries", "lbs", "nfs"]).to_csv(
+        run_dir / "timeline.csv", index=False)

@@ -1,0 +1,354 @@
+"""A running testbed: Mininet net, os-ken controller, LB agents and NF services.
+
+``Testbed`` is a context manager. On entry it takes the machine-wide lock, cleans what an
+earlier crashed run left behind, and brings every part up, checking each step; on exit
+(normal, Ctrl-C or failure) it stops every process it started, by PID, and the net.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from topo import testbed as topo
+from topo.testbed import TestbedParams, ip_of, mac_of, next_free_name
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+RUN_DIR = Path("/run/chainlb")
+PID_DIR = RUN_DIR / "pids"
+REST = "http://127.0.0.1:8080"
+OUR_COMMANDS = ("agents.lb", "ryu_apps.launch", "iperf3", "mininet:")
+
+
+class TestbedFailure(RuntimeError):
+    """A part of the testbed did not come up or misbehaved (message says which)."""
+
+
+def wait_for(what: str, check, timeout: float, interval: float = 0.1):
+    """Poll ``check()`` until it returns a truthy value; raise TestbedFailure on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as e:          # noqa: BLE001 - the condition is not met yet
+            last_error = e
+        time.sleep(interval)
+    detail = f" (last error: {last_error})" if last_error else ""
+    raise TestbedFailure(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+
+
+def run_checked(cmd: list[str], what: str) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise TestbedFailure(f"{what} failed ({' '.join(cmd)}): {p.stderr.strip() or p.stdout.strip()}")
+    return p.stdout
+
+
+def host_checked(host, cmd: list[str], what: str) -> str:
+    out, err, code = host.pexec(cmd, cwd=str(ROOT))
+    if code != 0:
+        raise TestbedFailure(f"{what} on {host.name} failed (exit {code}): {(err or out).strip()}")
+    return out
+
+
+class Lock:
+    """Only one testbed run per machine (names, OVS bridges and namespaces would clash)."""
+
+    def __init__(self, path: Path = RUN_DIR / "lock"):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fd.seek(0)
+            holder = self.fd.read().strip() or "unknown"
+            self.fd.close()
+            raise TestbedFailure(
+                f"another testbed run is in progress (pid {holder}); only one network can run "
+                f"on a machine at a time. Wait for it to finish.") from None
+        self.fd.seek(0)
+        self.fd.truncate()
+        self.fd.write(str(os.getpid()))
+        self.fd.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.fd.seek(0)
+        self.fd.truncate()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.fd.close()
+
+
+def cleanup_leftovers(log=print) -> list[str]:
+    """Remove what an earlier run of this project left: its processes, bridge and links."""
+    done = []
+    PID_DIR.mkdir(parents=True, exist_ok=True)
+    for pidfile in PID_DIR.glob("*.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            cmdline = ""
+        if any(c in cmdline for c in OUR_COMMANDS):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                done.append(f"killed {pidfile.stem} (pid {pid})")
+            except ProcessLookupError:
+                pass
+        pidfile.unlink(missing_ok=True)
+    if subprocess.run(["ovs-vsctl", "br-exists", topo.SWITCH], capture_output=True).returncode == 0:
+        run_checked(["ovs-vsctl", "--if-exists", "del-br", topo.SWITCH], "removing bridge gw")
+        done.append("removed OVS bridge gw")
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(f"{topo.SWITCH}-eth"):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+            done.append(f"removed link {name}")
+    for sock in RUN_DIR.glob("*.sock"):
+        sock.unlink(missing_ok=True)
+    for line in done:
+        log(f"cleanup: {line}")
+    return done
+
+
+def check_ovs() -> None:
+    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
+        raise TestbedFailure("Open vSwitch is not running: run `sudo make setup` (it starts the "
+                             "OVS daemons with the userspace datapath)")
+
+
+class Testbed:
+    def __init__(self, params: TestbedParams, mode: str, run_dir: Path, chain_loss_pct: int = 0,
+                 log=print):
+        self.params = params.validate()
+        self.mode = mode
+        self.run_dir = Path(run_dir)
+        self.logs = self.run_dir / "logs"
+        self.chain_loss_pct = chain_loss_pct
+        self.log = log
+        self.net = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.nfs: list[str] = []
+        self.lbs: list[str] = []
+        self.nf_dumps: dict[str, dict | None] = {}    # taken before an NF is killed
+        self.lock = Lock()
+        self.t0 = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self):
+        self.lock.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _start(self) -> None:
+        check_ovs()
+        cleanup_leftovers(self.log)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.secret_file = RUN_DIR / "secret"
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, secrets.token_hex(32).encode())
+        os.close(fd)
+        p = self.params
+        self.nfs = [f"nf{i}" for i in range(1, p.nfs + 1)]
+        self.lbs = [f"lb{i}" for i in range(1, p.lbs + 1)]
+        self.log(f"building the net: {p.clients} clients, {p.servers} servers, {p.lbs} LB nodes, "
+                 f"{p.nfs} NFs, L={p.chain_len}, mode {self.mode}")
+        self.net = topo.build_net(p)
+        self._start_controller()
+        self.net.start()
+        for h in self.net.hosts:
+            self._pidfile(f"host-{h.name}", h.pid)
+        wait_for("the switch to connect to the controller",
+                 lambda: self.rest("GET", "/health").get("switch_connected"), 20)
+        for nf in self.nfs:
+            self._start_nf(nf)
+        for lb in self.lbs:
+            self._start_agent(lb)
+        self.wait_agents_current(20)
+        self._check_reachability()
+        self.log(f"testbed up in {time.monotonic() - self.t0:.1f} s")
+
+    def __exit__(self, *exc):
+        try:
+            self.stop_processes()
+            if self.net is not None:
+                self.log("stopping the net")
+                try:
+                    self.net.stop()
+                except Exception as e:      # noqa: BLE001 - keep cleaning
+                    self.log(f"net.stop: {e}")
+                self.net = None
+            cleanup_leftovers(lambda m: None)
+        finally:
+            self.lock.__exit__(*exc)
+        return False
+
+    def stop_processes(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5
+        for name, proc in list(self.procs.items()):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            (PID_DIR / f"{name}.pid").unlink(missing_ok=True)
+        self.procs.clear()
+
+    # ------------------------------------------------------------------ parts
+
+    def _pidfile(self, name: str, pid: int) -> None:
+        (PID_DIR / f"{name}.pid").write_text(str(pid))
+
+    def _spawn(self, name: str, cmd: list[str], host=None) -> subprocess.Popen:
+        out = open(self.logs / f"{name}.log", "w")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        if host is None:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        else:
+            proc = host.popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
+        self.procs[name] = proc
+        self._pidfile(name, proc.pid)
+        return proc
+
+    def _start_controller(self) -> None:
+        p = self.params
+        cfg = {
+            "secret_file": str(self.secret_file), "chain_len": p.chain_len, "mode": self.mode,
+            "heartbeat_timeout": 0.5,
+            "edge_ports": {h: {"mac": mac_of(h), "port": topo.port_number(h)}
+                           for h in topo.initial_hosts(p) if topo.kind_of(h) in ("client", "server")},
+            "lbs": [self._member(lb) for lb in self.lbs],
+            "nfs": [self._member(nf) for nf in self.nfs],
+        }
+        path = self.run_dir / "controller.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        proc = self._spawn("controller", [PY, "-m", "ryu_apps.launch", "--config", str(path)])
+        wait_for("the controller's REST API", lambda: proc.poll() is None and self.rest("GET", "/health"),
+                 20)
+        if proc.poll() is not None:
+            raise TestbedFailure(f"the controller exited: see {self.logs / 'controller.log'}")
+
+    @staticmethod
+    def _member(name: str) -> dict:
+        return {"name": name, "mac": mac_of(name), "port": topo.port_number(name)}
+
+    def _start_nf(self, nf: str) -> None:
+        host_checked(self.net[nf], [PY, "-m", "agents.nf", "start", "--name", nf],
+                     f"starting NF service {nf}")
+
+    def _start_agent(self, lb: str) -> None:
+        host = self.net[lb]
+        if self.chain_loss_pct:
+            rule = (f"table netdev chainloss {{ chain egress {{ type filter hook egress device "
+                    f"{topo.intf_of(lb)} priority 0; ether type 0x88b5 numgen random mod 100 < "
+                    f"{self.chain_loss_pct} counter drop; }} }}")
+            host_checked(host, ["nft", rule], f"installing chain-frame loss on {lb}")
+        self._spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
+                         "--secret-file", str(self.secret_file), "--mode", self.mode,
+                         "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs)], host=host)
+
+    def wait_agents_current(self, timeout: float) -> dict:
+        """Until every LB in the view heartbeats the current epoch."""
+        def current():
+            v = self.rest("GET", "/view")
+            lbs = v["lbs"]
+            return v if lbs and all(m["reported_epoch"] == v["epoch"] and m["status"] == "up"
+                                    for m in lbs) else None
+        return wait_for("every LB agent to run the current view", current, timeout)
+
+    def _check_reachability(self) -> None:
+        c1, s1 = self.net["c1"], self.net["s1"]
+        wait_for("c1 to reach s1 through the LB and NF path",
+                 lambda: c1.pexec(["ping", "-c1", "-W1", ip_of("s1")])[2] == 0, 20, 0.2)
+
+    # ------------------------------------------------------------------ REST
+
+    def rest(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(REST + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            try:
+                msg = json.loads(e.read()).get("error", str(e))
+            except ValueError:
+                msg = str(e)
+            raise TestbedFailure(f"controller refused {method} {path}: {msg}") from None
+
+    # ------------------------------------------------------------------ pool changes
+
+    def add_nf(self, name: str = "") -> str:
+        name = name or next_free_name([h.name for h in self.net.hosts], "nf")
+        host = topo.add_host_live(self.net, name)
+        self._pidfile(f"host-{name}", host.pid)
+        self._start_nf(name)
+        self.rest("POST", "/nfs", self._member(name))
+        self.nfs.append(name)
+        return name
+
+    def drain_nf(self, name: str) -> None:
+        self.rest("POST", f"/nfs/{name}/drain")
+
+    def remove_nf(self, name: str) -> None:
+        self.rest("DELETE", f"/nfs/{name}")
+
+    def kill_nf(self, name: str) -> None:
+        """The NF stops forwarding at once (its service dies), then the controller is told."""
+        self.nf_dumps[name] = self.dump_nf(name)
+        host_checked(self.net[name], [PY, "-m", "agents.nf", "stop"], f"stopping NF {name}")
+        self.rest("DELETE", f"/nfs/{name}")
+
+    def kill_lb(self, name: str) -> None:
+        """SIGKILL the agent; the controller notices by missed heartbeats."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            raise TestbedFailure(f"no running LB agent {name!r}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.lbs.remove(name)
+
+    def add_lb(self, name: str = "") -> str:
+        name = name or next_free_name([h.name for h in self.net.hosts], "lb")
+        host = topo.add_host_live(self.net, name)
+        self._pidfile(f"host-{name}", host.pid)
+        self.rest("POST", "/lbs", self._member(name))
+        self._start_agent(name)
+        self.lbs.append(name)
+        return name
+
+    def dump_nf(self, name: str) -> dict | None:
+        out = self.logs / f"{name}.nf.json"
+        try:
+            host_checked(self.net[name], [PY, "-m", "agents.nf", "dump", "--name", name,
+                                          "--out", str(out)], f"dumping NF {name}")
+        except (TestbedFailure, KeyError) as e:
+            self.log(f"warning: {e}")
+            return None
+        return json.loads(out.read_text())
