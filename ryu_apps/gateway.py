@@ -1,0 +1,332 @@
+"""os-ken application (OpenFlow 1.3) driving the gateway switch ``gw`` from a ``Policy``.
+
+Started by ``python -m ryu_apps.launch`` (which calls ``configure`` first). It
+
+- steers IPv4 arriving on client/server ports per connection onto the LB ports that are
+  up, hashed in the switch by the Nicira ``bundle`` action (symmetric 5-tuple, HRW), and
+  rewrites the member list live as LB nodes join or fail;
+- delivers frames from LB and NF ports (chain frames, LB->NF, NF->host) by destination MAC;
+- receives agents' heartbeats (Ethertype 0x88B5 to 02:00:00:00:ff:01) as packet-ins and
+  sends views to the agents as packet-outs, both authenticated by ``agents.wire``;
+- serves a small JSON REST API (os-ken's eventlet WSGI server)::
+
+    GET    /health              {"status": "ok", "switch_connected": bool, "epoch": n}
+    GET    /view                the whole state (Policy.state + counters)
+    POST   /nfs                 {"name", "mac", "port"}: add an NF (active)
+    POST   /nfs/<name>/drain    no new connections for that NF
+    DELETE /nfs/<name>          mark it failed (agents purge its entries)
+    POST   /lbs                 {"name", "mac", "port"}: add an LB node
+    DELETE /lbs/<name>          remove an LB node
+
+  Mutations answer 200 with the new state; bad input 400, unknown names/paths 404, wrong
+  method 405, always as ``{"error": "..."}``.
+
+Flow table (table 0): 300 heartbeats -> controller; 200 IPv4 from an edge port -> bundle
+over LB ports (drop when none is up); 150 anything else from an edge port -> drop;
+100 dst MAC -> its port; 0 drop.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import nicira_ext, ofproto_v1_3
+
+from agents import messages, wire
+from ryu_apps.policy import (CONTROLLER_MAC, AddHostRoute, DelHostRoute, Note, Policy,
+                             PolicyError, PushView, SetSteering, UnknownName)
+
+ETH_CHAINLB = wire.ETHERTYPE
+ETH_IPV4 = 0x0800
+NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3  # OVS flow_hash_fields; os-ken names only 0 and 1
+COOKIE = 0xC4A1
+PRIO_HEARTBEAT, PRIO_STEER, PRIO_EDGE_DROP, PRIO_ROUTE, PRIO_MISS = 300, 200, 150, 100, 0
+TICK = 0.1
+
+_SETTINGS: dict | None = None
+
+
+def configure(cfg: dict, secret: bytes, rest_host: str = "127.0.0.1", rest_port: int = 8080) -> None:
+    """Hand the app its config before os-ken instantiates it (see ``ryu_apps.launch``)."""
+    global _SETTINGS
+    _SETTINGS = {"cfg": cfg, "secret": secret, "rest_host": rest_host, "rest_port": rest_port}
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+class Gateway(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if _SETTINGS is None:
+            raise RuntimeError("ryu_apps.gateway needs configure(); start it with python -m ryu_apps.launch")
+        self.secret = _SETTINGS["secret"]
+        self.policy = Policy.from_config(_SETTINGS["cfg"], now=time.monotonic())
+        self.dp = None
+        self.counters: Counter = Counter()
+        self.rest = RestApp(self)
+        self._rest_addr = (_SETTINGS["rest_host"], _SETTINGS["rest_port"])
+        self._rest_server = hub.WSGIServer(self._rest_addr, self.rest)  # binds now: errors surface early
+
+    def start(self):
+        super().start()
+        self.threads.append(hub.spawn(self._rest_server.serve_forever))
+        self.threads.append(hub.spawn(self._ticker))
+        self.logger.info("REST API on http://%s:%d", *self._rest_addr)
+
+    # --- switch events ---
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _on_features(self, ev):
+        dp = ev.msg.datapath
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        self.dp = dp
+        self.logger.info("switch %016x connected", dp.id)
+        dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
+        self._flow(PRIO_MISS, parser.OFPMatch(), [])
+        self._flow(PRIO_HEARTBEAT, parser.OFPMatch(eth_type=ETH_CHAINLB, eth_dst=CONTROLLER_MAC),
+                   [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])
+        self.apply(self.policy.start(time.monotonic()))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def _on_disconnect(self, ev):
+        if ev.datapath is self.dp:
+            self.dp = None
+            self.logger.warning("switch disconnected")
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _on_packet_in(self, ev):
+        msg = ev.msg
+        data = bytes(msg.data)
+        self.counters["packet_in"] += 1
+        if len(data) < 14 or int.from_bytes(data[12:14], "big") != ETH_CHAINLB:
+            self.counters["dropped_other"] += 1
+            return
+        try:
+            hb = wire.decode(data[14:], self.secret)
+        except wire.WireError as e:
+            self.counters["dropped_bad_frame"] += 1
+            self.logger.warning("dropped control frame from port %s: %s", msg.match.get("in_port"), e)
+            return
+        if not isinstance(hb, messages.Heartbeat):
+            self.counters["dropped_not_heartbeat"] += 1
+            return
+        member = self.policy.lbs.get(hb.lb)
+        if member is not None and member.port != msg.match.get("in_port"):
+            self.counters["dropped_wrong_port"] += 1
+            self.logger.warning("heartbeat of %s on port %s, expected %s",
+                                hb.lb, msg.match.get("in_port"), member.port)
+            return
+        try:
+            acts = self.policy.heartbeat(hb.lb, hb.epoch, hb.entries, time.monotonic())
+        except UnknownName as e:
+            self.counters["dropped_unknown_lb"] += 1
+            self.logger.debug("%s", e)
+            return
+        self.counters["heartbeats"] += 1
+        self.apply(acts)
+
+    def _ticker(self):
+        while True:
+            hub.sleep(TICK)
+            try:
+                self.apply(self.policy.tick(time.monotonic()))
+            except Exception:  # keep ticking; the log says what broke
+                self.logger.exception("tick failed")
+
+    # --- policy actions -> switch ---
+
+    def apply(self, actions) -> None:
+        for act in actions:
+            if isinstance(act, Note):
+                self.logger.info("%s", act.text)
+            elif isinstance(act, PushView):
+                self._push_view(act)
+            elif self.dp is None:
+                continue  # installed in full when the switch connects
+            elif isinstance(act, AddHostRoute):
+                parser = self.dp.ofproto_parser
+                self._flow(PRIO_ROUTE, parser.OFPMatch(eth_dst=act.mac),
+                           [parser.OFPActionOutput(act.port)])
+            elif isinstance(act, DelHostRoute):
+                self._delete(PRIO_ROUTE, self.dp.ofproto_parser.OFPMatch(eth_dst=act.mac))
+            elif isinstance(act, SetSteering):
+                self._set_steering(act)
+            else:
+                raise TypeError(f"unknown policy action {act!r}")
+
+    def _set_steering(self, act: SetSteering) -> None:
+        parser = self.dp.ofproto_parser
+        if act.lb_ports:
+            actions = [parser.NXActionBundle(
+                algorithm=nicira_ext.NX_MP_ALG_HRW, fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP,
+                basis=0, slave_type=nicira_ext.NXM_OF_IN_PORT, n_slaves=len(act.lb_ports),
+                ofs_nbits=0, dst=0, slaves=list(act.lb_ports))]
+        else:
+            actions = []  # no LB node up: drop
+        for port in act.edge_ports:
+            self._flow(PRIO_STEER, parser.OFPMatch(in_port=port, eth_type=ETH_IPV4), actions)
+            self._flow(PRIO_EDGE_DROP, parser.OFPMatch(in_port=port), [])
+        self.logger.info("steering over LB ports %s", list(act.lb_ports))
+
+    def _push_view(self, act: PushView) -> None:
+        self.counters["views_pushed"] += 1
+        if self.dp is None:
+            return
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        for t in act.targets:
+            try:
+                frame = wire.frame_bytes(mac_bytes(t.mac), mac_bytes(CONTROLLER_MAC), act.view, self.secret)
+            except ValueError as e:
+                self.logger.error("cannot send view epoch %d to %s: %s", act.view.epoch, t.name, e)
+                continue
+            self.dp.send_msg(parser.OFPPacketOut(
+                self.dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                actions=[parser.OFPActionOutput(t.port)], data=frame))
+            self.counters["view_frames"] += 1
+
+    def _flow(self, prio: int, match, actions) -> None:
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+        self.dp.send_msg(parser.OFPFlowMod(self.dp, cookie=COOKIE, priority=prio, match=match,
+                                           instructions=inst, command=ofp.OFPFC_ADD))
+
+    def _delete(self, prio: int, match) -> None:
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        self.dp.send_msg(parser.OFPFlowMod(self.dp, priority=prio, match=match,
+                                           command=ofp.OFPFC_DELETE_STRICT,
+                                           out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
+
+    # --- REST helpers ---
+
+    def state(self) -> dict:
+        st = self.policy.state(time.monotonic())
+        st["switch_connected"] = self.dp is not None
+        st["counters"] = dict(self.counters)
+        return st
+
+
+# --- REST ------------------------------------------------------------------------------
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error"}
+_NAME = r"(?P<name>[^/]+)"
+
+
+class RestApp:
+    """WSGI callable: the JSON API over a ``Gateway``."""
+
+    def __init__(self, gw: Gateway):
+        self.gw = gw
+        self.routes = [
+            (re.compile(r"^/health$"), {"GET": self.health}),
+            (re.compile(r"^/view$"), {"GET": self.view}),
+            (re.compile(r"^/nfs$"), {"POST": self.add_nf}),
+            (re.compile(rf"^/nfs/{_NAME}/drain$"), {"POST": self.drain_nf}),
+            (re.compile(rf"^/nfs/{_NAME}$"), {"DELETE": self.remove_nf}),
+            (re.compile(r"^/lbs$"), {"POST": self.add_lb}),
+            (re.compile(rf"^/lbs/{_NAME}$"), {"DELETE": self.remove_lb}),
+        ]
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/").rstrip("/") or "/"
+        try:
+            status, body = self.dispatch(method, path, environ)
+        except HttpError as e:
+            status, body = e.status, {"error": str(e)}
+        except UnknownName as e:
+            status, body = 404, {"error": str(e)}
+        except PolicyError as e:
+            status, body = 400, {"error": str(e)}
+        except Exception as e:  # a bug: say so, keep serving
+            self.gw.logger.exception("REST %s %s failed", method, path)
+            status, body = 500, {"error": f"internal error: {e}"}
+        if status != 200 or method != "GET":
+            self.gw.logger.info("REST %s %s -> %d %s", method, path, status,
+                                body.get("error", "") if status != 200 else "")
+        data = (json.dumps(body, indent=1) + "\n").encode()
+        start_response(f"{status} {_REASONS.get(status, '')}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def dispatch(self, method, path, environ):
+        for regex, handlers in self.routes:
+            m = regex.match(path)
+            if m is None:
+                continue
+            if method not in handlers:
+                raise HttpError(405, f"{method} not allowed on {path}; use {', '.join(handlers)}")
+            return 200, handlers[method](environ, **m.groupdict())
+        raise HttpError(404, f"no such resource {path}; try GET /view, GET /health, POST /nfs, "
+                             "POST /nfs/<name>/drain, DELETE /nfs/<name>, POST /lbs, DELETE /lbs/<name>")
+
+    @staticmethod
+    def body(environ) -> dict:
+        try:
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HttpError(400, "bad Content-Length") from None
+        raw = environ["wsgi.input"].read(n) if n else b""
+        try:
+            obj = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise HttpError(400, f"body is not JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise HttpError(400, 'body must be a JSON object like {"name": "nf4", '
+                                 '"mac": "02:00:00:00:04:04", "port": 12}')
+        return obj
+
+    def member(self, environ) -> tuple:
+        b = self.body(environ)
+        missing = [k for k in ("name", "mac", "port") if k not in b]
+        if missing:
+            raise HttpError(400, f"body lacks {', '.join(missing)}: expected "
+                                 '{"name": ..., "mac": "02:00:00:00:KK:II", "port": <switch port>}')
+        extra = sorted(set(b) - {"name", "mac", "port"})
+        if extra:
+            raise HttpError(400, f"unknown fields {extra}: expected name, mac, port")
+        return b["name"], b["mac"], b["port"]
+
+    def _do(self, acts) -> dict:
+        self.gw.apply(acts)
+        return self.gw.state()
+
+    def health(self, environ):
+        return {"status": "ok", "switch_connected": self.gw.dp is not None,
+                "epoch": self.gw.policy.epoch}
+
+    def view(self, environ):
+        return self.gw.state()
+
+    def add_nf(self, environ):
+        return self._do(self.gw.policy.add_nf(*self.member(environ), now=time.monotonic()))
+
+    def drain_nf(self, environ, name):
+        return self._do(self.gw.policy.drain_nf(name, now=time.monotonic()))
+
+    def remove_nf(self, environ, name):
+        return self._do(self.gw.policy.remove_nf(name, now=time.monotonic()))
+
+    def add_lb(self, environ):
+        return self._do(self.gw.policy.add_lb(*self.member(environ), now=time.monotonic()))
+
+    def remove_lb(self, environ, name):
+        return self._do(self.gw.policy.remove_lb(name, now=time.monotonic()))
+
