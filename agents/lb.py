@@ -29,8 +29,9 @@ from agents.messages import Frame, Heartbeat, ViewMsg
 from agents.modes import MODES, Picker
 
 ETH_P_ALL = 0x0003
+SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23
-CTRL_MAC = bytes.fromhex("0200000000ff01")
+CTRL_MAC = bytes.fromhex("02000000ff01")
 IPV4 = b"\x08\x00"
 CHAIN = struct.pack("!H", wire.ETHERTYPE)
 TICK = 0.02            # engine timers
@@ -62,7 +63,7 @@ class Agent:
                        "dropped_buffer_full": 0, "chain_rx": 0, "bad_frames": 0,
                        "deletes": 0, "decisions": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.setsockopt(socket.SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((intf, 0))
         self.sock.setblocking(False)

@@ -169,7 +169,7 @@ class Gateway(app_manager.OSKenApp):
         parser = self.dp.ofproto_parser
         if act.lb_ports:
             actions = [parser.NXActionBundle(
-                algorithm=nicira_ext.NX_MP_ALG_HRW, fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP,
+                algorithm=nicira_ext.NX_BD_ALG_HRW, fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP,
                 basis=0, slave_type=nicira_ext.NXM_OF_IN_PORT, n_slaves=len(act.lb_ports),
                 ofs_nbits=0, dst=0, slaves=list(act.lb_ports))]
         else:

@@ -42,6 +42,8 @@ def wait_for(what: str, check, timeout: float, interval: float = 0.1):
             value = check()
             if value:
                 return value
+        except TestbedFailure:
+            raise
         except Exception as e:          # noqa: BLE001 - the condition is not met yet
             last_error = e
         time.sleep(interval)
@@ -275,11 +277,21 @@ class Testbed:
     def wait_agents_current(self, timeout: float) -> dict:
         """Until every LB in the view heartbeats the current epoch."""
         def current():
+            self.check_alive()
             v = self.rest("GET", "/view")
             lbs = v["lbs"]
             return v if lbs and all(m["reported_epoch"] == v["epoch"] and m["status"] == "up"
                                     for m in lbs) else None
         return wait_for("every LB agent to run the current view", current, timeout)
+
+    def check_alive(self) -> None:
+        """Raise if the controller or an LB agent that should run has exited."""
+        for name in ["controller"] + self.lbs:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text().strip().splitlines()[-3:]
+                raise TestbedFailure(f"{name} exited (status {proc.returncode}): "
+                                     + " | ".join(tail) + f"  [log: {self.logs / name}.log]")
 
     def _check_reachability(self) -> None:
         c1, s1 = self.net["c1"], self.net["s1"]
