@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     r.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--cli", action="store_true", help="open the Mininet CLI at the end or on failure")
+    r.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every time and duration (0.1..10; e.g. 0.5 for a quick run)")
     sub.add_parser("list", help="list scenarios and modes")
     sub.add_parser("cleanup", help="remove what a crashed run left behind")
     c = sub.add_parser("cli", help="start the testbed and open the interactive CLI")
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
         names = list(registry.SCENARIOS) if args.name == "all" else [args.name]
         for n in names:
             try:
-                registry.get(n)
+                registry.get(n).scaled(args.time_scale)
             except ValueError as e:
                 sys.exit(f"error: {e}")
     _need_root(f"`{args.cmd}`")
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
         elif args.cmd == "run":
             from scenarios.run import run_scenario
             for n in names:
-                run_scenario(n, args.mode, args.seed, cli=args.cli)
+                run_scenario(n, args.mode, args.seed, cli=args.cli, time_scale=args.time_scale)
         elif args.cmd == "cli":
             from scenarios.cli import interactive
             interactive(args.mode)

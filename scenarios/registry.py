@@ -6,7 +6,7 @@ and a seed only, so every LB mode replays the same flows.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from topo.testbed import TestbedParams, ip_of
 
@@ -38,6 +38,17 @@ class Scenario:
     events: tuple[Event, ...] = ()
     chain_loss_pct: int = 0               # chain frames dropped on LB hosts (nftables)
     params: dict = field(default_factory=dict)   # TestbedParams overrides
+
+    def scaled(self, factor: float) -> "Scenario":
+        """The same scenario with every time and duration multiplied by ``factor``."""
+        if not 0.1 <= factor <= 10:
+            raise ValueError(f"time scale must be within 0.1..10, got {factor}")
+        return replace(self,
+                       batches=tuple(replace(b, start_s=b.start_s * factor,
+                                             spread_s=b.spread_s * factor,
+                                             duration_s=max(1.0, round(b.duration_s * factor)))
+                                     for b in self.batches),
+                       events=tuple(replace(e, at_s=e.at_s * factor) for e in self.events))
 
     @property
     def traffic_s(self) -> float:

@@ -89,8 +89,10 @@ def _do_event(tb: Testbed, ev: registry.Event) -> str:
 
 
 def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedParams | None = None,
-                 cli: bool = False, log=print) -> Path:
+                 cli: bool = False, time_scale: float = 1.0, log=print) -> Path:
     scenario = registry.get(name)
+    if time_scale != 1.0:
+        scenario = scenario.scaled(time_scale)
     params = (params or TestbedParams(**scenario.params)).validate()
     flows = registry.plan_flows(scenario, params, seed)
     run_id, run_dir = new_run_dir(name, mode)
@@ -98,7 +100,7 @@ def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedP
     log(f"   results: {run_dir}")
     meta = {"scenario": name, "mode": mode, "run_id": run_id}
     (run_dir / "params.json").write_text(json.dumps({
-        **meta, "seed": seed, "testbed": params.asdict(), "chain_loss_pct": scenario.chain_loss_pct,
+        **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(), "chain_loss_pct": scenario.chain_loss_pct,
         "flows": flows, "events": [vars(e) for e in scenario.events], "versions": _versions(),
     }, indent=1))
     events_done: list[tuple[float, str, str]] = []

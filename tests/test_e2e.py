@@ -1,0 +1,73 @@
+"""End-to-end: short real scenarios in Mininet (OVS userspace, os-ken, agents, NFs, iperf3).
+
+Each test runs a scenario at half its time scale and asserts from the CSVs it wrote.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def _run(name: str, mode: str) -> tuple[Path, pd.DataFrame, pd.Series, dict]:
+    from scenarios.run import run_scenario
+    run_dir = run_scenario(name, mode, seed=1, time_scale=0.5, log=lambda *_: None)
+    flows = pd.read_csv(run_dir / "flows.csv", keep_default_na=False)
+    summary = pd.read_csv(run_dir / "summary.csv").iloc[0]
+    params = json.loads((run_dir / "params.json").read_text())
+    return run_dir, flows, summary, params
+
+
+def _nothing_left_behind() -> None:
+    assert "gw" not in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True,
+                                      text=True).stdout.split()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "agents.lb" not in ps and "ryu_apps.launch" not in ps
+
+
+def _data_rows(flows: pd.DataFrame) -> pd.DataFrame:
+    return flows[flows["role"] == "data"]
+
+
+def test_scale_out_chain_moves_nothing_and_uses_the_new_nf():
+    run_dir, flows, summary, params = _run("scale-out", "chain")
+    planned = {f["flow_id"] for f in params["flows"]}
+    assert set(flows["flow_id"]) == planned, "flows.csv must hold every started flow"
+    data = _data_rows(flows)
+    assert len(data) == len(planned)
+    assert not flows["moved"].astype(str).eq("True").any(), flows[["flow_id", "packets_by_nf"]]
+    assert int(summary["moved"]) == 0
+    completed = data["completed"].astype(str).eq("True").mean()
+    assert completed >= 0.95, data[["flow_id", "error"]]
+    add_at = params["events"][0]["at_s"]
+    late = data[data["start_s"].astype(float) > add_at]
+    assert (late["nf_first"] == "nf4").any(), "the added NF carries new connections"
+    assert not (data[data["start_s"].astype(float) < add_at]["nf_first"] == "nf4").any()
+    for name in ("flows.csv", "summary.csv", "params.json", "timeline.csv"):
+        assert (run_dir / name).stat().st_size > 0
+    assert (run_dir.parent.parent / "latest").resolve() == run_dir.resolve()
+    _nothing_left_behind()
+
+
+def test_lb_failure_chain_keeps_every_connection_on_its_nf():
+    run_dir, flows, summary, params = _run("lb-failure", "chain")
+    assert int(summary["moved"]) == 0
+    data = _data_rows(flows)
+    assert data["completed"].astype(str).eq("True").mean() >= 0.95, data[["flow_id", "error"]]
+    timeline = pd.read_csv(run_dir / "timeline.csv", keep_default_na=False)
+    assert timeline["epoch"].astype(float).max() >= 2, "the controller removed the killed LB"
+    assert not timeline["lbs"].iloc[-1].count("lb2"), "lb2 left the view"
+    _nothing_left_behind()
+
+
+def test_scale_out_maglev_moves_connections():
+    run_dir, flows, summary, params = _run("scale-out", "maglev")
+    moved = flows[flows["moved"].astype(str).eq("True")]
+    assert int(summary["moved"]) == len(moved) > 0, "stateless Maglev re-maps live connections"
+    assert moved["nfs_seen"].str.contains("nf4").all()
+    _nothing_left_behind()
