@@ -35,7 +35,7 @@ scenario: setup
 	$(PY) -m scenarios run $(NAME) --mode $(MODE) $(CLI_ARG)
 
 cli: setup
-	$(PY) -m scenarios cli
+	$(PY) -m scenarios cli --mode $(MODE)
 
 matrix: setup
 	$(PY) -m scenarios matrix
