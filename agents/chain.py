@@ -230,11 +230,12 @@ class ChainNode:
         if msg.seq:
             link.ack_due = True
             if msg.seq == link.expected:
+                link.expected += 1          # first, so replies on this link carry the ack
                 self._deliver(src, msg, now)
-                link.expected += 1
                 while link.expected in link.ooo:
-                    self._deliver(src, link.ooo.pop(link.expected), now)
+                    frame = link.ooo.pop(link.expected)
                     link.expected += 1
+                    self._deliver(src, frame, now)
             elif msg.seq > link.expected:
                 link.ooo.setdefault(msg.seq, msg)
         return self._finish(now)
@@ -288,6 +289,10 @@ class ChainNode:
             self._pending.clear()
             return self._finish(now)
         was_member = self.id in old.members and not self.removed
+        if self.removed:
+            # named again after a removal: start over with fresh links, like a restart
+            self.inc = max(self.inc + 1, view.epoch)
+            self._links.clear()
         self.removed = False
         batches: dict[str, list[SyncEntry]] = {}
         for key, rec in list(self.store.items()):

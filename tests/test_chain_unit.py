@@ -523,10 +523,6 @@ def test_pure_acks_stop_retransmissions():
     assert net.decided() == [("a", k, "nf1")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ChainNode.receive runs the handler before advancing link.expected, so a reply sent to the "
-    "frame's sender piggybacks ack=seq-1 and clears ack_due: the frame is never acked and is "
-    "retransmitted after rto although it was delivered"))
 def test_a_frame_answered_on_the_same_link_is_not_retransmitted():
     net, view = three()
     k = KEYS[1]
@@ -876,17 +872,7 @@ def test_write_in_flight_through_a_failed_middle_is_resent():
         assert net.nodes[name].replica() == {k: "nf1"} and net.nodes[name].uncommitted() == {}
 
 
-READMIT_BUG = (
-    "a node removed by one view and named again by a later view without a restart keeps its "
-    "old links (next seq, expected seq) while the other members dropped theirs: its frames "
-    "are buffered forever as out of order, theirs are discarded (and acked) as duplicates, so "
-    "no member of the new view ever receives its SyncDone and none becomes synced again")
-
-
-@pytest.mark.parametrize("restart", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=READMIT_BUG)),
-])
+@pytest.mark.parametrize("restart", [True, False])
 def test_removed_node_named_again_by_a_later_view_works(restart):
     view1 = View(1, ("a", "b", "c"), 2)
     net = Net(view1)
