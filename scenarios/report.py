@@ -43,7 +43,8 @@ FLOW_COLUMNS = [
 ]
 
 SUMMARY_COLUMNS = [
-    "scenario", "mode", "run_id", "flows", "connections", "observed", "moved", "moved_flows",
+    "scenario", "mode", "run_id", "flows", "connections", "observed", "moved", "moved_unexpected",
+    "moved_flows",
     "broken", "completed_pct", "pcc_pct", "throughput_bps_mean", "invalid", "dropped",
     "nf_flows", "nf_flows_by_phase", "events", "event_times", "missing_dumps",
     "unmatched_entries",
@@ -329,7 +330,9 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
     """One row per run (columns SUMMARY_COLUMNS).
 
     flows = planned flows (iperf3 runs); connections / observed = rows / rows seen at an NF;
-    moved = connections seen at more than one NF; moved_flows = flows with a moved connection;
+    moved = connections seen at more than one NF; moved_unexpected = those of them that did not
+    start on an NF killed or removed during the run (whose connections must move);
+    moved_flows = flows with a moved connection;
     broken = flows not completed; pcc_pct = 100 * (observed - moved) / observed;
     nf_flows = data connections per nf_first; nf_flows_by_phase splits them by the flow's start
     time at each event time ("<10s: nf1:4;nf2:3 | >=10s: nf1:1;nf4:2").
@@ -346,6 +349,8 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
                                                      moved=("moved", "any"))
     observed = df[df["nfs_seen"] != ""]
     moved = int(observed["moved"].sum())
+    failed = {detail for _, name, detail in evs if name in ("kill_nf", "remove_nf")}
+    moved_unexpected = int((observed["moved"] & ~observed["nf_first"].isin(failed)).sum())
     data = df[df["role"] == "data"]
     done = data[data["completed"] & data["throughput_bps"].notna()]
     phases = []
@@ -356,7 +361,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
     row = {
         "scenario": meta["scenario"], "mode": meta["mode"], "run_id": meta["run_id"],
         "flows": len(per_flow), "connections": len(df), "observed": len(observed),
-        "moved": moved, "moved_flows": int(per_flow["moved"].sum()),
+        "moved": moved, "moved_unexpected": moved_unexpected, "moved_flows": int(per_flow["moved"].sum()),
         "broken": int((~per_flow["completed"]).sum()),
         "completed_pct": round(100.0 * per_flow["completed"].mean(), 2) if len(per_flow)
         else math.nan,
@@ -408,11 +413,13 @@ def format_summary(summary_df: pd.DataFrame) -> str:
     """A one-screen table: the counts per run, then each run's NF split by phase and events."""
     if summary_df is None or len(summary_df) == 0:
         return "(no runs)"
-    table = summary_df[["scenario", "mode", "run_id", "flows", "moved", "broken",
-                        "pcc_pct", "completed_pct", "throughput_bps_mean"]].copy()
+    table = summary_df[["scenario", "mode", "run_id", "flows", "moved", "moved_unexpected",
+                        "broken", "pcc_pct", "completed_pct", "throughput_bps_mean"]].copy()
     table["Mbit/s"] = (table.pop("throughput_bps_mean") / 1e6).round(2)
-    table = table.rename(columns={"pcc_pct": "PCC %", "completed_pct": "done %"})
-    lines = [table.to_string(index=False, na_rep="-")]
+    table = table.rename(columns={"pcc_pct": "PCC %", "completed_pct": "done %",
+                                  "moved_unexpected": "moved*"})
+    lines = [table.to_string(index=False, na_rep="-"),
+             "(moved*: moved connections that were not on an NF killed or removed in the run)"]
     for r in summary_df.itertuples(index=False):
         lines.append(f"{r.scenario}/{r.mode}/{r.run_id}:")
         lines.append(f"  events: {r.events or '-'}")

@@ -317,3 +317,23 @@ def test_roles_without_iperf_output():
     assert (u["data"]["proto"], u["data"]["client_port"]) == ("udp", 41001)
     t = df[df["flow_id"] == "t"]
     assert sorted(t["role"]) == ["unknown", "unknown"] and not t["completed"].any()
+
+
+def test_moved_unexpected_excludes_connections_of_a_killed_nf():
+    import pandas as pd
+    from scenarios.report import build_summary
+    rows = [
+        # flow, role, nf_first, nfs_seen, moved
+        ("f1", "data", "nf2", "nf1;nf2", True),      # on the killed NF: expected to move
+        ("f2", "data", "nf1", "nf1;nf3", True),      # on a healthy NF: must not move
+        ("f3", "data", "nf3", "nf3", False),
+    ]
+    df = pd.DataFrame([{"scenario": "nf-failure", "mode": "chain", "run_id": "r", "flow_id": f,
+                        "role": role, "nf_first": first, "nfs_seen": seen, "moved": moved,
+                        "completed": True, "start_s": 0.0, "throughput_bps": 1e6}
+                       for f, role, first, seen, moved in rows])
+    summary = build_summary(df, [(4.0, "kill_nf", "nf2")]).iloc[0]
+    assert summary["moved"] == 2
+    assert summary["moved_unexpected"] == 1
+    no_kill = build_summary(df, [(4.0, "add_nf", "nf4")]).iloc[0]
+    assert no_kill["moved_unexpected"] == 2
