@@ -53,6 +53,7 @@ class Agent:
         self.picker = Picker(mode)
         self.node: ChainNode | None = None
         self.epoch = 0
+        self.ready_epoch = 0
         self.nf_mac: dict[str, bytes] = {}      # usable NFs (active or draining)
         self.lb_mac: dict[str, bytes] = {}
         self.failed: set[str] = set()
@@ -243,8 +244,12 @@ class Agent:
             self.apply(self.node.purge_nf(nf, now), now)
 
     def heartbeat(self) -> None:
-        entries = len(self.node.store) if self.node is not None else len(self.picker.local)
-        hb = Heartbeat(self.name, self.epoch, entries)
+        """Alive, at the newest view this node is ready to serve (chain: synchronized)."""
+        node = self.node
+        if node is None or node.synced:
+            self.ready_epoch = self.epoch
+        entries = len(node.store) if node is not None else len(self.picker.local)
+        hb = Heartbeat(self.name, self.ready_epoch, entries)
         self.sock.send(wire.frame_bytes(CTRL_MAC, self.mac, hb, self.secret))
 
     def housekeeping(self, now: float) -> None:
