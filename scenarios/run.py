@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 from scenarios import registry, report
-from scenarios.testbed import ROOT, Testbed, TestbedFailure
+from agents.lb import query
+from scenarios.testbed import ROOT, RUN_DIR, Testbed, TestbedFailure
 from topo.testbed import TestbedParams
 
 RESULTS = ROOT / "results"
@@ -131,7 +132,7 @@ def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedP
                     timeline.append(_sample(tb, now))
                     log(f"   t={now:5.1f}s  flows running {traffic.running():3d}/"
                         f"{len(traffic.clients)}  epoch {timeline[-1]['epoch']}  "
-                        f"table entries {timeline[-1]['entries']}")
+                        f"table entries {timeline[-1]['entries']}  deletes {timeline[-1]['deletes']}")
                 if not schedule and traffic.running() == 0:
                     break
                 if now > end:
@@ -162,17 +163,25 @@ def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedP
 
 
 def _sample(tb: Testbed, now: float) -> dict:
+    """One timeline row: the view, table entries held (all replicas) and deletes so far."""
+    deletes = 0
+    for lb in tb.lbs:
+        try:
+            deletes += query(str(RUN_DIR), lb, "status", timeout=0.5)["counts"]["deletes"]
+        except (OSError, ValueError, KeyError):
+            pass
     try:
         v = tb.rest("GET", "/view")
     except (TestbedFailure, OSError):
-        return {"t_s": round(now, 2), "epoch": None, "entries": None, "lbs": "", "nfs": ""}
+        return {"t_s": round(now, 2), "epoch": None, "entries": None, "deletes": deletes,
+                "lbs": "", "nfs": ""}
     return {"t_s": round(now, 2), "epoch": v["epoch"],
-            "entries": sum(m.get("entries") or 0 for m in v["lbs"]),
+            "entries": sum(m.get("entries") or 0 for m in v["lbs"]), "deletes": deletes,
             "lbs": ";".join(f"{m['name']}:{m['status']}" for m in v["lbs"]),
             "nfs": ";".join(f"{n['name']}:{n['state']}" for n in v["nfs"])}
 
 
 def _write_timeline(run_dir: Path, rows: list[dict]) -> None:
     import pandas as pd
-    pd.DataFrame(rows, columns=["t_s", "epoch", "entries", "lbs", "nfs"]).to_csv(
+    pd.DataFrame(rows, columns=["t_s", "epoch", "entries", "deletes", "lbs", "nfs"]).to_csv(
         run_dir / "timeline.csv", index=False)

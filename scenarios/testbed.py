@@ -266,10 +266,14 @@ class Testbed:
     def _start_agent(self, lb: str) -> None:
         host = self.net[lb]
         if self.chain_loss_pct:
-            rule = (f"table netdev chainloss {{ chain egress {{ type filter hook egress device "
-                    f"{topo.intf_of(lb)} priority 0; ether type 0x88b5 numgen random mod 100 < "
-                    f"{self.chain_loss_pct} counter drop; }} }}")
-            host_checked(host, ["nft", rule], f"installing chain-frame loss on {lb}")
+            # netem is unavailable: drop chain frames at random as they leave the LB host
+            rules = self.logs / f"{lb}.chainloss.nft"
+            rules.write_text(
+                "table netdev chainloss {\n  chain egress {\n"
+                f"    type filter hook egress device {topo.intf_of(lb)} priority 0;\n"
+                f"    ether type 0x88b5 numgen random mod 100 < {self.chain_loss_pct} counter drop\n"
+                "  }\n}\n")
+            host_checked(host, ["nft", "-f", str(rules)], f"installing chain-frame loss on {lb}")
         self._spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs)], host=host)
