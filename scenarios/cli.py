@@ -143,8 +143,8 @@ class TestbedCommands:
                  + (", ".join(f"{k} {v}" for k, v in roles.items()) or "- (no chain: "
                     f"{self.tb.mode} mode keeps a local table)"))
         chains = t.get("chains") or []
-        self.say(f"chains {name} belongs to (keys per chain): "
-                 + ("" if chains else "none yet (no entry stored here)"))
+        self.say(f"chains {name} belongs to (keys per chain):"
+                 + ("" if chains else " none yet (no entry stored here)"))
         for c in chains:
             self.say(f"  {c['chain']:24s} {c['keys']:6d} keys")
         rows = t.get("rows") or []
