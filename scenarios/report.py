@@ -331,7 +331,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
 
     flows = planned flows (iperf3 runs); connections / observed = rows / rows seen at an NF;
     moved = connections seen at more than one NF; moved_unexpected = those of them that did not
-    start on an NF killed or removed during the run (whose connections must move);
+    start on an NF killed during the run (whose connections must move);
     moved_flows = flows with a moved connection;
     broken = flows not completed; pcc_pct = 100 * (observed - moved) / observed;
     nf_flows = data connections per nf_first; nf_flows_by_phase splits them by the flow's start
@@ -349,7 +349,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
                                                      moved=("moved", "any"))
     observed = df[df["nfs_seen"] != ""]
     moved = int(observed["moved"].sum())
-    failed = {detail for _, name, detail in evs if name in ("kill_nf", "remove_nf")}
+    failed = {detail for _, name, detail in evs if name == "kill_nf"}
     moved_unexpected = int((observed["moved"] & ~observed["nf_first"].isin(failed)).sum())
     data = df[df["role"] == "data"]
     done = data[data["completed"] & data["throughput_bps"].notna()]
@@ -419,7 +419,7 @@ def format_summary(summary_df: pd.DataFrame) -> str:
     table = table.rename(columns={"pcc_pct": "PCC %", "completed_pct": "done %",
                                   "moved_unexpected": "moved*"})
     lines = [table.to_string(index=False, na_rep="-"),
-             "(moved*: moved connections that were not on an NF killed or removed in the run)"]
+             "(moved*: moved connections that were not on an NF killed during the run)"]
     for r in summary_df.itertuples(index=False):
         lines.append(f"{r.scenario}/{r.mode}/{r.run_id}:")
         lines.append(f"  events: {r.events or '-'}")

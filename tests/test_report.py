@@ -335,5 +335,5 @@ def test_moved_unexpected_excludes_connections_of_a_killed_nf():
     summary = build_summary(df, [(4.0, "kill_nf", "nf2")]).iloc[0]
     assert summary["moved"] == 2
     assert summary["moved_unexpected"] == 1
-    no_kill = build_summary(df, [(4.0, "add_nf", "nf4")]).iloc[0]
-    assert no_kill["moved_unexpected"] == 2
+    for event in [(4.0, "add_nf", "nf4"), (4.0, "drain_nf", "nf2"), (9.0, "remove_nf", "nf2")]:
+        assert build_summary(df, [event]).iloc[0]["moved_unexpected"] == 2, event
