@@ -137,16 +137,18 @@ class TestbedCommands:
             raise UsageError(f"{name}'s agent did not answer within 2 s") from None
         if "error" in t:
             raise UsageError(f"{name}: {t['error']}")
-        roles = t.get("roles") or {}
         epoch = f" (epoch {t['epoch']})" if "epoch" in t else ""
-        self.say(f"{name}: {t['entries']} entries{epoch}; roles: "
-                 + (", ".join(f"{k} {v}" for k, v in roles.items()) or "- (no chain: "
-                    f"{self.tb.mode} mode keeps a local table)"))
-        chains = t.get("chains") or []
-        self.say(f"chains {name} belongs to (keys per chain):"
-                 + ("" if chains else " none yet (no entry stored here)"))
-        for c in chains:
-            self.say(f"  {c['chain']:24s} {c['keys']:6d} keys")
+        if "roles" not in t:            # not chain mode: the agent keeps a local table
+            self.say(f"{name}: {t['entries']} entries{epoch}; no chains ({self.tb.mode} mode: "
+                     f"each LB node keeps its own connection table, if any)")
+        else:
+            self.say(f"{name}: {t['entries']} entries{epoch}; roles: "
+                     + ", ".join(f"{k} {v}" for k, v in t["roles"].items()))
+            chains = t.get("chains") or []
+            self.say(f"chains {name} belongs to (keys per chain):"
+                     + ("" if chains else " none yet (no entry stored here)"))
+            for c in chains:
+                self.say(f"  {c['chain']:24s} {c['keys']:6d} keys")
         rows = t.get("rows") or []
         if rows:
             self.say(f"first rows ({min(len(rows), TABLE_ROWS)} of {t['entries']}):")

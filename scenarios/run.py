@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scenarios import registry, report
 from agents.lb import query
-from scenarios.testbed import ROOT, RUN_DIR, Testbed, TestbedFailure
+from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedFailure
 from topo.testbed import TestbedParams
 
 RESULTS = ROOT / "results"
@@ -95,6 +95,12 @@ def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedP
     if time_scale != 1.0:
         scenario = scenario.scaled(time_scale)
     params = (params or TestbedParams(**scenario.params)).validate()
+    with Lock() as lock:              # before anything is written: a refused run leaves nothing
+        return _run(scenario, mode, seed, params, cli, time_scale, log, lock)
+
+
+def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
+    name = scenario.name
     flows = registry.plan_flows(scenario, params, seed)
     run_id, run_dir = new_run_dir(name, mode)
     log(f"== scenario {name} ({scenario.description}), mode {mode}, seed {seed}")
@@ -107,7 +113,7 @@ def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedP
     events_done: list[tuple[float, str, str]] = []
     timeline: list[dict] = []
     failure = None
-    with Testbed(params, mode, run_dir, scenario.chain_loss_pct, log) as tb:
+    with Testbed(params, mode, run_dir, scenario.chain_loss_pct, log, lock=lock) as tb:
         traffic = Traffic(tb, flows)
         traffic.start_servers()
         schedule = sorted([(f["start_s"], "flow", f) for f in flows]

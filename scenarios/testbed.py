@@ -138,7 +138,7 @@ def check_ovs() -> None:
 
 class Testbed:
     def __init__(self, params: TestbedParams, mode: str, run_dir: Path, chain_loss_pct: int = 0,
-                 log=print):
+                 log=print, lock: "Lock | None" = None):
         self.params = params.validate()
         self.mode = mode
         self.run_dir = Path(run_dir)
@@ -150,13 +150,15 @@ class Testbed:
         self.nfs: list[str] = []
         self.lbs: list[str] = []
         self.nf_dumps: dict[str, dict | None] = {}    # taken before an NF is killed
-        self.lock = Lock()
+        self.own_lock = lock is None          # a caller holding the lock passes it in
+        self.lock = lock or Lock()
         self.t0 = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self):
-        self.lock.__enter__()
+        if self.own_lock:
+            self.lock.__enter__()
         try:
             self._start()
         except BaseException:
@@ -204,7 +206,8 @@ class Testbed:
                 self.net = None
             cleanup_leftovers(lambda m: None)
         finally:
-            self.lock.__exit__(*exc)
+            if self.own_lock:
+                self.lock.__exit__(*exc)
         return False
 
     def stop_processes(self) -> None:
