@@ -292,7 +292,9 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
            log=print) -> pd.DataFrame:
     """Run every scenario in every mode (continuing past failures), then compare into ``out``.
 
-    Failures are listed in OUT/matrix.csv (scenario, mode, status, run_dir, error).
+    Every run is listed in OUT/matrix.csv (scenario, mode, status ok / failed / skipped,
+    run_dir, error). When another testbed run holds the machine, the remaining runs are
+    skipped (they could not start either).
     """
     from agents.modes import MODES
     from scenarios.registry import SCENARIOS
@@ -304,8 +306,13 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
     modes = list(modes or MODES)
     done = []
     t0 = time.monotonic()
+    busy = False
     for name in scenarios:
         for mode in modes:
+            if busy:
+                done.append({"scenario": name, "mode": mode, "status": "skipped",
+                             "run_dir": "", "error": "another testbed run held the lock"})
+                continue
             latest = RESULTS / "latest"
             before = latest.resolve() if latest.is_symlink() else None
             try:
@@ -321,6 +328,9 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
                              "run_dir": "" if run_dir is None else str(run_dir),
                              "error": f"{type(e).__name__}: {e}"})
                 log(f"!! {name} / {mode} failed: {e}")
+                busy = "another testbed run is in progress" in str(e)
+                if busy:
+                    log("!! another testbed run holds the machine: the matrix stops here")
     out_dir.mkdir(parents=True, exist_ok=True)
     status = pd.DataFrame(done, columns=["scenario", "mode", "status", "run_dir", "error"])
     status.to_csv(out_dir / "matrix.csv", index=False)
@@ -328,7 +338,7 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
     log(f"\nmatrix: {len(status) - len(failed)} of {len(status)} runs ok "
         f"in {time.monotonic() - t0:.0f} s")
     for r in failed.itertuples(index=False):
-        log(f"  failed: {r.scenario} / {r.mode}: {r.error}")
+        log(f"  {r.status}: {r.scenario} / {r.mode}: {r.error}")
     dirs = [d for d in status["run_dir"] if d and (Path(d) / "summary.csv").is_file()]
     if not dirs:
         raise SystemExit(f"error: no run of the matrix produced results (see {out_dir / 'matrix.csv'})")

@@ -152,12 +152,42 @@ def test_view_lists_epoch_lbs_and_nfs(shell):
     assert re.search(r"nf2\s+draining", text)
 
 
-def test_table_formats_the_agents_answer(shell, tmp_path, monkeypatch):
-    """A unix socket answering like an agent's control socket (agents.lb.Agent.table)."""
+class AgentSocket:
+    """A unix socket answering one request like an agent's control socket (agents.lb)."""
+
+    def __init__(self, directory: Path, name: str, reply: dict):
+        self.path = directory / f"{name}.sock"
+        self.path.unlink(missing_ok=True)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(self.path))
+        self.srv.listen(1)
+        self.requests: list[str] = []
+        self.thread = threading.Thread(target=self._serve, args=(reply,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, reply):
+        conn, _ = self.srv.accept()
+        with conn:
+            self.requests.append(conn.recv(100).decode().strip())
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def close(self):
+        self.thread.join(5)
+        self.srv.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def sock_dir(monkeypatch):
+    d = Path(f"/tmp/cli-test-{os.getpid()}")       # short: unix socket paths are limited
+    d.mkdir(exist_ok=True)
+    monkeypatch.setattr(cli, "RUN_DIR", d)
+    yield d
+    d.rmdir()
+
+
+def test_table_formats_the_agents_answer(shell, sock_dir):
     commands, tb, run = shell
-    sock_dir = Path(f"/tmp/cli-test-{os.getpid()}")
-    sock_dir.mkdir(exist_ok=True)
-    monkeypatch.setattr(cli, "RUN_DIR", sock_dir)
     assert "lb1's agent does not answer" in run("table lb1")
     reply = {"name": "lb1", "epoch": 3, "entries": 2,
              "roles": {"head": 1, "middle": 0, "tail": 1, "handoff": 0},
@@ -165,32 +195,36 @@ def test_table_formats_the_agents_answer(shell, tmp_path, monkeypatch):
                        "committed": True, "role": "tail", "chain": "lb3 > lb4 > lb1"}],
              "chains": [{"chain": "lb3 > lb4 > lb1", "keys": 1},
                         {"chain": "lb1 > lb2 > lb3", "keys": 1}]}
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    path = sock_dir / "lb1.sock"
-    path.unlink(missing_ok=True)
-    srv.bind(str(path))
-    srv.listen(1)
-    got = []
-
-    def serve():
-        conn, _ = srv.accept()
-        with conn:
-            got.append(conn.recv(100).decode().strip())
-            conn.sendall(json.dumps(reply).encode() + b"\n")
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    agent = AgentSocket(sock_dir, "lb1", reply)
     try:
         text = run("table lb1")
     finally:
-        t.join(5)
-        srv.close()
-        path.unlink(missing_ok=True)
-        sock_dir.rmdir()
-    assert got == ["table 30"]
+        agent.close()
+    assert agent.requests == ["table 30"]
     assert "lb1: 2 entries (epoch 3); roles: head 1, middle 0, tail 1, handoff 0" in text
     assert re.search(r"chains lb1 belongs to.*\n\s+lb3 > lb4 > lb1\s+1 keys\n\s+lb1 > lb2 > lb3",
                      text)
-    assert re.search(r"tcp 10.0.1.1:20001 10.0.2.1:5201\s+-> nf2\s+tail\s+lb3 > lb4 > lb1", text)
+    assert re.search(r"tcp 10.0.1.1:20001 10.0.2.1:5201\s+-> nf2\s+tail\s+lb3 > lb4 > lb1"
+                     r"\s+ver 1\s+committed", text)
+
+
+def test_table_of_a_local_mode_agent_and_an_agent_error(shell, sock_dir):
+    commands, tb, run = shell
+    tb.mode = "local"
+    agent = AgentSocket(sock_dir, "lb2", {"name": "lb2", "entries": 1, "chains": [], "rows": [
+        {"key": "tcp 10.0.1.2:30002<->10.0.2.2:6202", "nf": "nf1", "role": "local"}]})
+    try:
+        text = run("table lb2")
+    finally:
+        agent.close()
+    assert "lb2: 1 entries; no chains (local mode" in text
+    assert "belongs to" not in text
+    assert re.search(r"tcp 10.0.1.2:30002<->10.0.2.2:6202\s+-> nf1\s+local", text)
+    agent = AgentSocket(sock_dir, "lb3", {"error": "unknown command 'table'"})
+    try:
+        assert run("table lb3") == "error: lb3: unknown command 'table'\n"
+    finally:
+        agent.close()
 
 
 def test_plan_uses_fresh_ports_and_takes_hosts_in_turn(shell, tmp_path):

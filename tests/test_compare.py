@@ -211,3 +211,21 @@ def test_matrix_with_nothing_produced_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no run of the matrix produced results"):
         cmp.matrix(str(tmp_path / "m"), ["scale-out"], ["chain"], runner, log=lambda *a: None)
     assert (tmp_path / "m" / "matrix.csv").is_file()
+
+
+def test_matrix_stops_when_another_run_holds_the_machine(tmp_path):
+    from scenarios.testbed import TestbedFailure
+    calls = []
+
+    def runner(name, mode):
+        calls.append((name, mode))
+        if len(calls) == 1:
+            return make_run(tmp_path / "runs", name, mode, "r1",
+                            [{"id": "f001", "start": 0.0, "nf": "nf1"}])
+        raise TestbedFailure("another testbed run is in progress (pid 1); only one network ...")
+
+    cmp.matrix(str(tmp_path / "m"), ["scale-out", "lb-join"], ["chain", "hash"], runner,
+               log=lambda *a: None)
+    assert len(calls) == 2
+    status = pd.read_csv(tmp_path / "m" / "matrix.csv", keep_default_na=False)
+    assert status["status"].tolist() == ["ok", "failed", "skipped", "skipped"]
