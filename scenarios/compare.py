@@ -192,7 +192,8 @@ def plot_timeline(run_dir: Path, path: Path) -> Path:
     if (data["nf_first"] == "").any():
         handles.append(Patch(color="lightgrey", label="(no NF saw it)"))
     if handles:
-        ax.legend(handles=handles, loc="lower right", fontsize=8)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                  title="NF")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
