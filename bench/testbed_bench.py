@@ -1,0 +1,612 @@
+"""The testbed benchmark: each figure of ``bench.csv`` measured on a running testbed.
+
+Several testbeds run one after the other (only one may run at a time on a machine):
+
+- ``datapath``: 1 client, 1 server, 1 LB, 1 NF. ``c1`` floods one UDP 5-tuple at the LB host
+  (raw frames, 60 bytes); what the LB host sends back is dropped at ``gw``, so that the switch,
+  the NF and the server do not compete for the 2 cores. The LB agent's ``forwarded`` counter
+  over a fixed window, then (agent killed) the bare forwarder's (``bench.forwarder``) on the
+  same host, under the same flood.
+- ``maglev``, ``chain-L1``, ``chain-L2``: 4 clients, 2 servers, 3 LBs, 3 NFs: TCP connect
+  times (sequential connects from c1 to s1, each a new connection).
+- ``chain`` (L=3): connect times at N=3, then on the direct path (higher-priority flows at
+  ``gw`` that send edge traffic straight to its host); paced and unpaced iperf3 through the
+  LBs and on the direct path; the new-connection rate ramp; an NF add; an LB kill under
+  sequence-numbered UDP probes; then LB nodes added live to N=5 and N=8, connect times at each.
+- ``entries``: 4 LBs, L=3: one UDP packet per distinct 5-tuple until the cluster holds
+  ``plan.entries`` entries; entries from the agents' status, memory from their RSS.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from agents import lb as lb_agent
+from bench import Row
+from bench import measure as m
+from scenarios.testbed import PY, RUN_DIR, Testbed, TestbedFailure, wait_for
+from topo import testbed as topo
+from topo.testbed import TestbedParams, ip_of, mac_of
+
+COOKIE = "0xbe0c"            # every flow this benchmark installs at gw
+LOCKED = "another testbed run is in progress"
+SERVER_PORTS = (9000, 9001, 9002, 9003)
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed (message says which and where its log is)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything to do; ``QUICK`` is a smoke-sized plan."""
+    connect_samples: int = 200
+    connect_interval_s: float = 0.01
+    datapath_window_s: float = 3.0
+    datapath_repeats: int = 2
+    throughput_s: float = 8.0
+    e2e_flows: int = 12                  # the default scenario's first batch ...
+    e2e_rate_mbit: float = 2.0           # ... and its pacing
+    rate_steps: tuple = (100, 200, 300, 400, 500, 600, 800, 1000, 1300, 1600, 2000)
+    rate_step_s: float = 3.0
+    rate_timeout_s: float = 1.0          # a connect slower than this lost its SYN: an error
+    probe_interval_s: float = 0.01
+    probe_flows_per_client: int = 8
+    entries: int = 110_000
+    spray_rate: float = 2000.0
+    spray_chunk: int = 10_000
+    lock_wait_s: float = 600.0
+    lock_poll_s: float = 20.0
+
+    def asdict(self) -> dict:
+        return asdict(self)
+
+
+QUICK = Plan(connect_samples=30, datapath_window_s=1.5, datapath_repeats=1, throughput_s=3.0,
+             rate_steps=(100, 200), rate_step_s=1.5, entries=3000, spray_chunk=1500)
+
+GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain", "entries")
+
+
+# --- running tools in hosts -------------------------------------------------------------
+
+class Session:
+    """One running testbed plus the helpers every phase uses."""
+
+    def __init__(self, tb: Testbed, plan: Plan, log):
+        self.tb, self.plan, self.log = tb, plan, log
+        self.out = tb.run_dir / "tools"
+        self.out.mkdir(exist_ok=True)
+        self.n = 0
+
+    def start(self, host: str, args: list[str], name: str):
+        """Start ``python -m bench.traffic ARGS --out FILE`` (or another module) in a host."""
+        self.n += 1
+        name = f"bench-{self.n:03d}-{name}"
+        out = self.out / f"{name}.json"
+        cmd = [PY, "-m", *args, "--out", str(out)]
+        return self.tb._spawn(name, cmd, host=self.tb.net[host]), out, name
+
+    def finish(self, started, timeout: float) -> dict:
+        proc, out, name = started
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise BenchError(f"{name} did not finish within {timeout:.0f} s "
+                             f"(log: {self.tb.logs / name}.log)") from None
+        if proc.returncode != 0:
+            raise BenchError(f"{name} failed (exit {proc.returncode}): {self._tail(name)}")
+        try:
+            return json.loads(out.read_text())
+        except (OSError, ValueError) as e:
+            raise BenchError(f"{name}: unreadable result {out}: {e}") from None
+
+    def stop(self, started, timeout: float = 5.0) -> dict:
+        """SIGTERM a tool that runs until told (``server``), then read its result."""
+        started[0].terminate()
+        return self.finish(started, timeout)
+
+    def run(self, host: str, args: list[str], name: str, timeout: float) -> dict:
+        return self.finish(self.start(host, args, name), timeout)
+
+    def _tail(self, name: str) -> str:
+        try:
+            lines = (self.tb.logs / f"{name}.log").read_text().strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-3:]) or "(empty log)"
+
+    # --- switch and agents ---
+
+    def ofctl(self, *args: str) -> str:
+        p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise BenchError(f"ovs-ofctl {' '.join(args)} failed: {p.stderr.strip()}")
+        return p.stdout
+
+    def add_flow(self, spec: str) -> None:
+        self.ofctl("add-flow", topo.SWITCH, f"cookie={COOKIE},{spec}")
+
+    def del_flows(self) -> None:
+        self.ofctl("del-flows", topo.SWITCH, f"cookie={COOKIE}/-1")
+
+    @contextmanager
+    def direct_path(self):
+        """Edge traffic goes straight to its host at gw (no LB, no NF) while inside."""
+        for h in self.tb.net.hosts:
+            if topo.kind_of(h.name) in ("client", "server"):
+                self.add_flow(f"priority=250,ip,dl_dst={mac_of(h.name)},"
+                              f"actions=output:{topo.port_number(h.name)}")
+        try:
+            yield
+        finally:
+            self.del_flows()
+
+    def port_rx(self, host: str) -> int:
+        port = topo.port_number(host)
+        return m.ovs_port_rx(self.ofctl("dump-ports", topo.SWITCH, str(port)), port)
+
+    def status(self, lb: str) -> dict:
+        try:
+            return lb_agent.query(str(RUN_DIR), lb, "status")
+        except (OSError, ValueError) as e:
+            raise BenchError(f"cannot read the status of agent {lb}: {e}") from None
+
+    def cluster(self) -> dict:
+        """Sum of entries and pending lookups over the running agents."""
+        sts = [self.status(lb) for lb in self.tb.lbs]
+        return {"entries": sum(s.get("entries") or 0 for s in sts),
+                "pending": sum(s.get("pending") or 0 for s in sts)}
+
+    def settle(self, timeout: float = 15.0) -> None:
+        """Until no agent has a lookup pending."""
+        wait_for("every agent's pending lookups to drain",
+                 lambda: self.cluster()["pending"] == 0, timeout, 0.2)
+
+    def rss(self, lb: str) -> int:
+        pid = self.tb.procs[lb].pid
+        try:
+            return m.rss_bytes(Path(f"/proc/{pid}/status").read_text())
+        except OSError as e:
+            raise BenchError(f"cannot read the memory of agent {lb} (pid {pid}): {e}") from None
+
+    def servers(self, hosts=("s1", "s2")) -> list:
+        """Accept-and-close TCP servers on SERVER_PORTS; returns the started tools."""
+        started = []
+        for h in hosts:
+            ready = self.out / f"ready-{h}-{self.n}"
+            ready.unlink(missing_ok=True)
+            args = ["bench.traffic", "server", *[f"--port={p}" for p in SERVER_PORTS],
+                    "--ready", str(ready)]
+            started.append(self.start(h, args, f"server-{h}"))
+            wait_for(f"the TCP server on {h}", ready.exists, 10, 0.05)
+        return started
+
+
+@contextmanager
+def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, log):
+    """A running Testbed; waits (polling) while another run holds the machine's lock."""
+    deadline = time.monotonic() + plan.lock_wait_s
+    while True:
+        tb = Testbed(params, mode, run_dir, log=lambda msg: log(f"   {msg}"))
+        try:
+            tb.__enter__()
+            break
+        except TestbedFailure as e:
+            if LOCKED not in str(e) or time.monotonic() + plan.lock_poll_s > deadline:
+                raise
+            log(f"   another testbed run holds the machine; retrying in {plan.lock_poll_s:.0f} s")
+            time.sleep(plan.lock_poll_s)
+    try:
+        yield tb
+    finally:
+        tb.__exit__(*sys.exc_info())
+
+
+# --- phases -----------------------------------------------------------------------------
+
+def connect_ms(s: Session, label: str, samples: int | None = None) -> dict:
+    """Sequential TCP connects c1 -> s1 (each a new connection): p50, p99, errors."""
+    n = samples or s.plan.connect_samples
+    args = ["bench.traffic", "connect", "--dst-ip", ip_of("s1"), "--port", str(SERVER_PORTS[0]),
+            "--interval", str(s.plan.connect_interval_s)]
+    s.run("c1", args + ["--count", "5"], f"warmup-{label}", 30)
+    doc = s.run("c1", args + ["--count", str(n)], f"connect-{label}", 30 + n * 3.1)
+    ms, errors = m.connect_times(doc)
+    out = {"p50": m.percentile(ms, 50), "p99": m.percentile(ms, 99), "errors": errors, "n": n}
+    s.log(f"   connect {label}: p50 {out['p50']:.3f} ms, p99 {out['p99']:.3f} ms, "
+          f"{errors} errors of {n}")
+    return out
+
+
+def datapath(s: Session) -> list[Row]:
+    p, tb = s.plan, s.tb
+    c1, lb1, nf1 = "c1", "lb1", "nf1"
+    s.add_flow(f"priority=250,in_port={topo.port_number(c1)},udp,"
+               f"actions=output:{topo.port_number(lb1)}")
+    s.add_flow(f"priority=250,in_port={topo.port_number(lb1)},udp,actions=drop")
+    flood = ["bench.traffic", "flood", "--intf", topo.intf_of(c1), "--dst-mac", mac_of("s1"),
+             "--src-ip", ip_of(c1), "--dst-ip", ip_of("s1"),
+             "--duration", str(1.0 + p.datapath_window_s + 0.5)]
+    agent, agent_gw, offered_a = 0.0, 0.0, 0.0
+    for r in range(p.datapath_repeats):
+        started = s.start(c1, flood, "flood-agent")
+        wait_for("the agent to forward the flood",
+                 lambda: s.status(lb1)["counts"]["forwarded"] > 1000, 10, 0.05)
+        time.sleep(0.5)
+        f1, g1, t1 = s.status(lb1)["counts"]["forwarded"], s.port_rx(lb1), time.monotonic()
+        time.sleep(p.datapath_window_s)
+        f2, g2, t2 = s.status(lb1)["counts"]["forwarded"], s.port_rx(lb1), time.monotonic()
+        sent = s.finish(started, 30)
+        pps, gw = (f2 - f1) / (t2 - t1), (g2 - g1) / (t2 - t1)
+        s.log(f"   datapath agent run {r + 1}: {pps:,.0f} pps forwarded ({gw:,.0f} seen at gw), "
+              f"{sent['sent'] / sent['elapsed_s']:,.0f} pps offered")
+        if pps > agent:
+            agent, agent_gw, offered_a = pps, gw, sent["sent"] / sent["elapsed_s"]
+    tb.kill_lb(lb1)
+    bare, bare_gw, offered_b = 0.0, 0.0, 0.0
+    for r in range(p.datapath_repeats):
+        fwd = s.start(lb1, ["bench.forwarder", "--intf", topo.intf_of(lb1), "--dst-mac",
+                            mac_of(nf1), "--warmup", "1.0", "--duration", str(p.datapath_window_s)],
+                      "forwarder")
+        started = s.start(c1, flood, "flood-bare")
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        g1, t1 = s.port_rx(lb1), time.monotonic()
+        time.sleep(p.datapath_window_s)
+        g2, t2 = s.port_rx(lb1), time.monotonic()
+        doc = s.finish(fwd, 30)
+        sent = s.finish(started, 30)
+        gw = (g2 - g1) / (t2 - t1)
+        s.log(f"   datapath bare forwarder run {r + 1}: {doc['pps']:,.0f} pps forwarded "
+              f"({gw:,.0f} seen at gw), {sent['sent'] / sent['elapsed_s']:,.0f} pps offered "
+              f"(started {t0 - sent['t0']:+.2f} s apart)")
+        if doc["pps"] > bare:
+            bare, bare_gw, offered_b = doc["pps"], gw, sent["sent"] / sent["elapsed_s"]
+    s.del_flows()
+    return [Row("datapath_pps", agent, "packets/s", "bare AF_PACKET forwarder", bare),
+            Row("datapath_pps_seen_at_gw", agent_gw, "packets/s", "bare forwarder, seen at gw",
+                bare_gw),
+            Row("datapath_offered_pps", offered_a, "packets/s", "offered in the bare run",
+                offered_b)]
+
+
+def connect_only(s: Session, label: str) -> dict:
+    servers = s.servers(("s1",))
+    out = connect_ms(s, label)
+    for started in servers:
+        s.stop(started)
+    return out
+
+
+def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> float:
+    """Sum of received bits/s of ``plan.e2e_flows`` iperf3 TCP flows started together."""
+    from scenarios.run import Traffic
+    clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
+    servers = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
+    base = 5201 + 100 * s.n
+    s.n += 1
+    flows = []
+    for i in range(s.plan.e2e_flows):
+        c, srv = clients[i % len(clients)], servers[i % len(servers)]
+        flows.append({"flow_id": f"{label}-{i + 1:02d}", "client": c, "server": srv,
+                      "client_ip": ip_of(c), "server_ip": ip_of(srv), "server_port": base + i,
+                      "client_port": 20001 + 100 * s.n + i, "duration_s": duration,
+                      "rate_mbit": rate_mbit, "proto": "tcp"})
+    traffic = Traffic(s.tb, flows)
+    traffic.start_servers()
+    for f in flows:
+        wait_for(f"iperf3 server port {f['server_port']}", lambda f=f: _listening(
+            s.tb.net[f["server"]], f["server_port"]), 10, 0.05)
+    for f in flows:
+        traffic.start(f)
+    wait_for(f"the iperf3 flows of {label}", lambda: traffic.running() == 0, duration + 20, 0.2)
+    results = traffic.results()
+    try:
+        total = sum(m.iperf_bps(results[f["flow_id"]]) for f in flows)
+    except m.ParseError as e:
+        raise BenchError(f"{label}: {e} (iperf3 JSON under {traffic.dir})") from None
+    s.log(f"   throughput {label}: {total / 1e6:.1f} Mbit/s over {len(flows)} flows")
+    return total
+
+
+def _listening(host, port: int) -> bool:
+    out, _, code = host.pexec(["ss", "-Hltn", f"sport = :{port}"])
+    return code == 0 and bool(out.strip())
+
+
+def setup_rate(s: Session) -> list[Row]:
+    p = s.plan
+    clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
+    dsts = [f"--dst={ip_of(h)}:{port}" for h in ("s1", "s2") for port in SERVER_PORTS]
+    steps, best_detail = [], None
+    for rate in p.rate_steps:
+        s.settle()
+        started = [s.start(c, ["bench.traffic", "rate", *dsts, "--rate", str(rate / len(clients)),
+                               "--duration", str(p.rate_step_s), "--timeout",
+                               str(p.rate_timeout_s)], f"rate{rate}-{c}") for c in clients]
+        out = m.rate_outcome([s.finish(x, p.rate_step_s + p.rate_timeout_s + 30) for x in started])
+        steps.append((rate, out["errors"]))
+        s.log(f"   setup rate {rate}/s: {out['ok']}/{out['attempted']} ok, p50 "
+              f"{out['p50_ms']:.2f} ms, p99 {out['p99_ms']:.2f} ms, errors {out['reasons'] or 0}")
+        if out["errors"]:
+            break
+        best_detail = out
+    best = m.best_rate(steps)
+    rows = [Row("setup_rate_cps", best, "connections/s")]
+    if best_detail is not None:
+        rows.append(Row("setup_rate_connect_ms_p99", best_detail["p99_ms"], "ms"))
+    if steps and not steps[-1][1]:
+        s.log(f"   setup rate: no errors up to the highest step tried ({best}/s)")
+    return rows
+
+
+def nf_add(s: Session) -> list[Row]:
+    dsts = [f"--dst={ip_of('s1')}:{port}" for port in SERVER_PORTS]
+    s.settle()
+    started = s.start("c1", ["bench.traffic", "rate", *dsts, "--rate", "50", "--duration", "6",
+                             "--timeout", "2"], "rate-nf-add")
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    name = s.tb.add_nf()
+    t1 = time.monotonic()
+    doc = s.finish(started, 40)
+    dump = s.tb.dump_nf(name)
+    if dump is None:
+        raise BenchError(f"no flow dump from the added NF {name}")
+    first = m.first_use(doc["conns"], ip_of("c1"), dump["flows"])
+    if first is None:
+        raise BenchError(f"no new connection used the added NF {name} within "
+                         f"{doc['t0'] + 6 - t1:.1f} s")
+    s.log(f"   NF add: {name} up in {t1 - t0:.2f} s (host, service, REST); first new connection "
+          f"through it {first - t1:.3f} s after the controller took it")
+    return [Row("nf_add_first_flow_s", max(0.0, first - t1), "s"),
+            Row("nf_add_host_bringup_s", t1 - t0, "s")]
+
+
+def lb_kill(s: Session, victim: str) -> list[Row]:
+    p = s.plan
+    clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
+    servers = ["s1", "s2"]
+    k = p.probe_flows_per_client
+    duration = 7.0
+    recv = []
+    for srv in servers:
+        recv.append(s.start(srv, ["bench.traffic", "probe-recv", "--duration", str(duration + 1),
+                                  *[f"--port={7100 + j}" for j in range(k)]], f"probe-recv-{srv}"))
+    time.sleep(0.5)      # receivers bind within a few ms; they only count from the senders
+    send = [s.start(c, ["bench.traffic", "probe-send", "--duration", str(duration),
+                        "--interval", str(p.probe_interval_s),
+                        *[f"--flow={ip_of(servers[j % 2])}:{7000 + j}:{7100 + j}"
+                          for j in range(k)]], f"probe-send-{c}") for c in clients]
+    time.sleep(2.5)
+    t_kill = time.monotonic()
+    s.tb.kill_lb(victim)
+    for x in send:
+        s.finish(x, duration + 20)
+    arrivals = {}
+    for x in recv:
+        arrivals.update(s.finish(x, duration + 20)["arrivals"])
+    out = m.restore_time(arrivals, t_kill, gap_s=5 * p.probe_interval_s)
+    s.log(f"   LB kill ({victim}): every flow forwards again after {out['restore_s']:.3f} s; "
+          f"{out['interrupted_flows']}/{out['live_flows']} flows interrupted, longest gap "
+          f"{out['max_gap_s']:.3f} s, {out['lost_flows']} never came back, "
+          f"{out['lost_probes']} probes lost")
+    s.tb.wait_agents_current(20)
+    return [Row("lb_kill_restore_s", out["restore_s"], "s"),
+            Row("lb_kill_max_gap_s", out["max_gap_s"], "s"),
+            Row("lb_kill_interrupted_flows", out["interrupted_flows"], "flows",
+                "live probe flows", out["live_flows"])]
+
+
+def add_lbs(s: Session, count: int) -> None:
+    for _ in range(count):
+        s.tb.add_lb()
+    s.tb.wait_agents_current(30)
+    s.settle()
+
+
+def dict_bytes_per_entry(n: int) -> float:
+    """RSS growth per entry of a plain ``{key: nf}`` dict of ``n`` 13-byte keys, in a fresh
+    process (the same measure as the agents')."""
+    code = ("import sys; from bench.measure import rss_bytes; from agents.keys import flow_key_raw\n"
+            "from bench.traffic import spray_tuple\n"
+            "rss = lambda: rss_bytes(open('/proc/self/status').read())\n"
+            "n = int(sys.argv[1]); a, b = bytes((10,0,1,1)), bytes((10,0,2,1)); before = rss()\n"
+            "d = {flow_key_raw(a, b, 17, *spray_tuple(i, 10000, 50000, 30000)): 'nf1' "
+            "for i in range(n)}\n"
+            "print((rss() - before) / len(d))\n")
+    p = subprocess.run([PY, "-c", code, str(n)], capture_output=True, text=True,
+                       cwd=str(Path(__file__).resolve().parents[1]))
+    if p.returncode != 0:
+        raise BenchError(f"dict memory baseline failed: {p.stderr.strip()}")
+    return float(p.stdout)
+
+
+def entries(s: Session) -> list[Row]:
+    p, tb = s.plan, s.tb
+    L = tb.params.chain_len
+    s.settle()
+    before = s.cluster()["entries"]
+    rss0 = {lb: s.rss(lb) for lb in tb.lbs}
+    spray = ["bench.traffic", "spray", "--intf", topo.intf_of("c1"), "--dst-mac", mac_of("s1"),
+             "--src-ip", ip_of("c1"), "--dst-ip", ip_of("s1")]
+    t0 = time.monotonic()
+    peak = before
+    for offset in range(0, p.entries, p.spray_chunk):
+        count = min(p.spray_chunk, p.entries - offset)
+        s.run("c1", spray + ["--offset", str(offset), "--count", str(count), "--rate",
+                             str(p.spray_rate)], f"spray-{offset}", count / p.spray_rate + 30)
+        want = before + (offset + count) * L
+
+        def caught_up():
+            c = s.cluster()
+            return c if c["pending"] == 0 and c["entries"] >= 0.995 * want else None
+        try:
+            c = wait_for("the cluster to commit the sprayed keys", caught_up, 60, 0.5)
+        except TestbedFailure:
+            c = s.cluster()
+        peak = max(peak, c["entries"])
+        s.log(f"   entries: {(c['entries'] - before) / L:,.0f} distinct keys held after "
+              f"{offset + count:,} sprayed ({time.monotonic() - t0:.0f} s), {c['pending']} pending")
+    elapsed = time.monotonic() - t0
+    final = s.cluster()["entries"]
+    rss1 = {lb: s.rss(lb) for lb in tb.lbs}
+    held = (final - before) / L
+    grown = sum(rss1.values()) - sum(rss0.values())
+    per_entry = grown / max(1, final - before)
+    base = dict_bytes_per_entry(p.entries)
+    s.log(f"   entries: {held:,.0f} held ({final:,} replicas over {len(tb.lbs)} agents, L={L}), "
+          f"agents' RSS +{grown / 2**20:.1f} MiB, {per_entry:.0f} B per entry per replica "
+          f"(plain dict {base:.0f} B)")
+    return [Row("entries_held", held, "entries", "keys sent", p.entries),
+            Row("entries_insert_rate", (final - before) / L / elapsed, "entries/s"),
+            Row("memory_per_entry_bytes", per_entry, "bytes", "dict {key: nf}", base)]
+
+
+# --- groups (one testbed each) ----------------------------------------------------------
+
+def base_params(**kw) -> TestbedParams:
+    return TestbedParams(**{"clients": 4, "servers": 2, "lbs": 3, "nfs": 3, "spare_nfs": 0,
+                            "spare_lbs": 0, "chain_len": 3, **kw})
+
+
+@dataclass
+class Results:
+    rows: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+    connect: dict = field(default_factory=dict)     # label -> {p50, p99, errors, n}
+
+
+def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log) -> None:
+    tb_dir = run_dir / "testbeds" / group
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    if group == "datapath":
+        params = TestbedParams(clients=1, servers=1, lbs=1, nfs=1, spare_nfs=0, spare_lbs=0,
+                               chain_len=1)
+        with open_testbed(params, "chain", tb_dir, plan, log) as tb:
+            res.rows += datapath(Session(tb, plan, log))
+    elif group in ("maglev", "chain-L1", "chain-L2"):
+        mode = "maglev" if group == "maglev" else "chain"
+        L = {"maglev": 3, "chain-L1": 1, "chain-L2": 2}[group]
+        with open_testbed(base_params(chain_len=L), mode, tb_dir, plan, log) as tb:
+            res.connect[group if mode == "maglev" else f"L{L}_N3"] = connect_only(
+                Session(tb, plan, log), group)
+    elif group == "chain":
+        with open_testbed(base_params(spare_nfs=1, spare_lbs=6), "chain", tb_dir, plan, log) as tb:
+            chain_group(Session(tb, plan, log), res)
+    elif group == "entries":
+        params = TestbedParams(clients=1, servers=1, lbs=4, nfs=2, spare_nfs=0, spare_lbs=0,
+                               chain_len=3)
+        with open_testbed(params, "chain", tb_dir, plan, log) as tb:
+            res.rows += entries(Session(tb, plan, log))
+    else:
+        raise ValueError(f"unknown benchmark group {group!r}; valid: {', '.join(GROUPS)}")
+
+
+def chain_group(s: Session, res: Results) -> None:
+    p = s.plan
+    servers = s.servers()
+    res.connect["L3_N3"] = connect_ms(s, "chain-L3-N3")
+    with s.direct_path():
+        res.connect["direct"] = connect_ms(s, "direct")
+    paced = throughput(s, "e2e-lb", p.e2e_rate_mbit, p.throughput_s)
+    with s.direct_path():
+        paced_direct = throughput(s, "e2e-direct", p.e2e_rate_mbit, p.throughput_s)
+    res.rows.append(Row("e2e_throughput", paced / 1e6, "Mbit/s", "direct path", paced_direct / 1e6))
+    unpaced = throughput(s, "max-lb", 0, p.throughput_s)
+    with s.direct_path():
+        unpaced_direct = throughput(s, "max-direct", 0, p.throughput_s)
+    res.rows.append(Row("max_throughput", unpaced / 1e6, "Mbit/s", "direct path",
+                        unpaced_direct / 1e6))
+    res.rows += setup_rate(s)
+    res.rows += nf_add(s)
+    add_lbs(s, 1)                                   # N=4, the default cluster size
+    res.rows += lb_kill(s, "lb2")                   # back to N=3
+    add_lbs(s, 2)
+    res.connect["L3_N5"] = connect_ms(s, "chain-L3-N5")
+    add_lbs(s, 3)
+    res.connect["L3_N8"] = connect_ms(s, "chain-L3-N8")
+    for started in servers:
+        s.stop(started)
+
+
+def connect_rows(connect: dict) -> list[Row]:
+    """connect_ms_* rows and the first-packet overhead, from what the groups measured."""
+    rows = []
+    maglev = connect.get("maglev")
+    base, base_name = (maglev["p50"], "maglev, N=3") if maglev else (None, "")
+    chain = connect.get("L3_N3")
+    if chain and maglev:
+        rows.append(Row("first_packet_overhead_ms_p50", chain["p50"] - maglev["p50"], "ms",
+                        "maglev connect p50", maglev["p50"]))
+        rows.append(Row("first_packet_overhead_ms_p99", chain["p99"] - maglev["p99"], "ms",
+                        "maglev connect p99", maglev["p99"]))
+    if maglev:
+        rows.append(Row("connect_ms_p50_maglev", maglev["p50"], "ms"))
+    if connect.get("direct"):
+        d = connect["direct"]
+        rows.append(Row("connect_ms_p50_direct", d["p50"], "ms"))
+        rows.append(Row("connect_ms_p99_direct", d["p99"], "ms"))
+    for label in ("L1_N3", "L2_N3", "L3_N3", "L3_N5", "L3_N8"):
+        c = connect.get(label)
+        if c:
+            rows.append(Row(f"connect_ms_p50_{label}", c["p50"], "ms", base_name, base))
+            rows.append(Row(f"connect_ms_p99_{label}", c["p99"], "ms"))
+    errors = sum(c["errors"] for c in connect.values())
+    if connect:
+        rows.append(Row("connect_errors", errors, "connections", "connects tried",
+                        sum(c["n"] for c in connect.values())))
+    return rows
+
+
+ORDER = ("datapath_pps", "datapath_pps_seen_at_gw", "datapath_offered_pps",
+         "first_packet_overhead_ms_p50", "first_packet_overhead_ms_p99")
+
+
+def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
+    res = Results()
+    for group in groups:
+        t = time.monotonic()
+        log(f"== {group}")
+        try:
+            run_group(group, run_dir, plan, res, log)
+        except (BenchError, TestbedFailure, m.ParseError, topo.TestbedError) as e:
+            res.failures.append(f"{group}: {e}")
+            log(f"   FAILED: {e}")
+        log(f"   ({time.monotonic() - t:.0f} s)")
+    res.rows += connect_rows(res.connect)
+    rank = {name: i for i, name in enumerate(ORDER)}
+    res.rows.sort(key=lambda r: rank.get(r.metric, len(ORDER)))
+    return res
+
+
+TARGETS = {   # metric -> (test on the row, text)
+    "datapath_pps": (lambda r: r.ratio is not None and r.ratio >= 0.60, "ratio >= 0.60"),
+    "first_packet_overhead_ms_p50": (lambda r: r.value <= 1.0, "<= 1 ms"),
+    "lb_kill_restore_s": (lambda r: r.value < 1.5, "< 1.5 s"),
+    "entries_held": (lambda r: r.value >= 100_000, ">= 100,000"),
+    "e2e_throughput": (lambda r: r.ratio is not None and r.ratio >= 0.9, "ratio >= 0.9"),
+}
+
+
+def target_lines(rows) -> list[str]:
+    """'met' / 'MISSED' per targeted metric present in rows."""
+    out = []
+    for r in rows:
+        if r.metric in TARGETS and not (isinstance(r.value, float) and math.isnan(r.value)):
+            ok, text = TARGETS[r.metric]
+            out.append(f"{r.metric:32s} target {text:14s} {'met' if ok(r) else 'MISSED'}")
+    return out
+
+
+def with_plan(plan: Plan, **kw) -> Plan:
+    return replace(plan, **kw)
