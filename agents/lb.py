@@ -62,7 +62,7 @@ class Agent:
         self.closing: dict[bytes, float] = {}
         self.counts = {"rx": 0, "forwarded": 0, "buffered": 0, "dropped_no_nf": 0,
                        "dropped_buffer_full": 0, "chain_rx": 0, "bad_frames": 0,
-                       "deletes": 0, "decisions": 0}
+                       "deletes": 0, "decisions": 0, "tx_errors": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -154,8 +154,7 @@ class Agent:
             if hit is not None:
                 mac = self.nf_mac.get(hit[1])
                 if mac is not None:
-                    self.sock.send(mac + self.mac + buf[12:])
-                    self.counts["forwarded"] += 1
+                    self.tx(mac + self.mac + buf[12:])
                 else:
                     self.counts["dropped_no_nf"] += 1
                 return
@@ -172,8 +171,7 @@ class Agent:
             return
         if first and key not in self.closing:
             self.log_decision(now, key, nf)
-        self.sock.send(mac + self.mac + buf[12:])
-        self.counts["forwarded"] += 1
+        self.tx(mac + self.mac + buf[12:])
 
     def lookup(self, key: bytes, buf: bytes, now: float) -> None:
         held = self.buffered.get(key)
@@ -197,7 +195,7 @@ class Agent:
             if isinstance(a, Send):
                 mac = self.lb_mac.get(a.dst)
                 if mac is not None:
-                    self.sock.send(wire.frame_bytes(mac, self.mac, a.msg, self.secret))
+                    self.tx(wire.frame_bytes(mac, self.mac, a.msg, self.secret), data=False)
             elif isinstance(a, Decision):
                 self.counts["decisions"] += 1
                 self.log_decision(now, a.key, a.nf)
@@ -207,8 +205,17 @@ class Agent:
                     self.counts["dropped_no_nf"] += len(held)
                     continue
                 for buf in held:
-                    self.sock.send(mac + self.mac + buf[12:])
-                self.counts["forwarded"] += len(held)
+                    self.tx(mac + self.mac + buf[12:])
+
+    def tx(self, frame: bytes, data: bool = True) -> None:
+        """Send a frame; a dropped send (full queue, egress filter) is a lost frame."""
+        try:
+            self.sock.send(frame)
+        except OSError:
+            self.counts["tx_errors"] += 1
+            return
+        if data:
+            self.counts["forwarded"] += 1
 
     def log_decision(self, now: float, key: bytes, nf: str) -> None:
         self.decisions_log.write(f"{time.time():.6f},{key_str(key)},{nf},{self.mode}\n")
@@ -250,7 +257,7 @@ class Agent:
             self.ready_epoch = self.epoch
         entries = len(node.store) if node is not None else len(self.picker.local)
         hb = Heartbeat(self.name, self.ready_epoch, entries)
-        self.sock.send(wire.frame_bytes(CTRL_MAC, self.mac, hb, self.secret))
+        self.tx(wire.frame_bytes(CTRL_MAC, self.mac, hb, self.secret), data=False)
 
     def housekeeping(self, now: float) -> None:
         """Connections that closed (FIN/RST, then quiet) or went idle are deleted."""

@@ -147,13 +147,13 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
                 time.sleep(min(0.05, max(0.0, (schedule[0][0] - now) if schedule else 0.05)))
             if cli:
                 from scenarios.cli import run_cli
-                run_cli(tb, run_dir)
+                run_cli(tb, run_dir, traffic)
         except TestbedFailure as e:
             failure = e
             if cli:
                 from scenarios.cli import run_cli
                 log(f"scenario failed: {e}; opening the CLI")
-                run_cli(tb, run_dir)
+                run_cli(tb, run_dir, traffic)
         dumps = {nf: tb.nf_dumps.get(nf) if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         _write_timeline(run_dir, timeline)
     iperf = traffic.results()
