@@ -301,7 +301,7 @@ class Testbed:
                                      + " | ".join(tail) + f"  [log: {self.logs / name}.log]")
 
     def _check_reachability(self) -> None:
-        c1, s1 = self.net["c1"], self.net["s1"]
+        c1 = self.net["c1"]
         wait_for("c1 to reach s1 through the LB and NF path",
                  lambda: c1.pexec(["ping", "-c1", "-W1", ip_of("s1")])[2] == 0, 20, 0.2)
 
