@@ -53,6 +53,14 @@ def parse_groups(text: str | None, valid) -> list[str]:
     return [g for g in valid if g in asked]
 
 
+def save(run_dir: Path, rows, meta: dict) -> Path:
+    """Write bench.csv and meta.json into run_dir and point ``latest`` at it; the CSV path."""
+    path = write_csv(Path(run_dir) / CSV_NAME, rows)
+    (Path(run_dir) / "meta.json").write_text(json.dumps(meta, indent=1))
+    point_latest(run_dir)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench import testbed_bench as tbb
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
@@ -86,12 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}")
     res = tbb.run_all(groups, run_dir, plan, print)
     elapsed = time.monotonic() - started
-    path = write_csv(run_dir / CSV_NAME, res.rows)
-    (run_dir / "meta.json").write_text(json.dumps({
+    path = save(run_dir, res.rows, {
         "machine": info, "groups": groups, "plan": plan.asdict(), "elapsed_s": round(elapsed, 1),
-        "failures": res.failures, "command": "sudo make bench" if not args.quick else
-        "python -m bench --quick"}, indent=1))
-    point_latest(run_dir)
+        "failures": res.failures,
+        "command": "python -m bench --quick" if args.quick else "sudo make bench"})
     print()
     print(format_table(res.rows))
     lines = tbb.target_lines(res.rows)

@@ -203,16 +203,21 @@ def server(a) -> dict:
     end = time.monotonic() + a.duration
     while not _stop and time.monotonic() < end:
         for key, _ in sel.select(0.2):
-            while True:
-                try:
-                    conn, _ = key.fileobj.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                conn.close()
-                accepted += 1
+            accepted += _accept_all(key.fileobj)
+    for key in list(sel.get_map().values()):       # what is queued when told to stop
+        accepted += _accept_all(key.fileobj)
     return {"tool": "server", "accepted": accepted}
+
+
+def _accept_all(listener: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:             # BlockingIOError: the queue is empty
+            return n
+        conn.close()
+        n += 1
 
 
 def connect(a) -> dict:

@@ -31,6 +31,7 @@ OUR_COMMANDS = ("agents.lb", "ryu_apps.launch", "iperf3", "mininet:")
 
 class TestbedFailure(RuntimeError):
     """A part of the testbed did not come up or misbehaved (message says which)."""
+    __test__ = False
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.1):
@@ -137,6 +138,8 @@ def check_ovs() -> None:
 
 
 class Testbed:
+    __test__ = False
+
     def __init__(self, params: TestbedParams, mode: str, run_dir: Path, chain_loss_pct: int = 0,
                  log=print, lock: "Lock | None" = None):
         self.params = params.validate()
