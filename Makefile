@@ -16,7 +16,7 @@ help:
 	@echo "  sudo make scenario NAME=scale-out MODE=chain [CLI=1]"
 	@echo "                                       run one scenario (MODE: chain|maglev|local|hash; NAME=all for every one)"
 	@echo "  sudo make cli                        open the interactive testbed CLI"
-	@echo "  sudo make matrix                     run every scenario in every mode and compare"
+	@echo "  sudo make matrix [SCALE=0.5]         run every scenario in every mode and compare"
 	@echo "  make compare RUNS=\"DIR ...\" OUT=DIR  compare result folders (table + plots)"
 	@echo "  sudo make bench                      testbed benchmarks"
 	@echo "  make bench-engine                    benchmark the chain engine alone (no root)"
@@ -38,7 +38,7 @@ cli: setup
 	$(PY) -m scenarios cli --mode $(MODE)
 
 matrix: setup
-	$(PY) -m scenarios matrix
+	$(PY) -m scenarios matrix $(if $(SCALE),--time-scale $(SCALE),)
 
 compare: venv-check
 	$(PY) -m scenarios compare $(RUNS) --out $(OUT)

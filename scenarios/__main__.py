@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     c.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
     m = sub.add_parser("matrix", help="run every scenario in every mode, then compare")
     m.add_argument("--out", default=None)
+    m.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every scenario's times (0.1..10; 0.5 halves the matrix's run time)")
     cmp_ = sub.add_parser("compare", help="compare runs: table and plots")
     cmp_.add_argument("runs", nargs="+", help="run folders (or folders holding runs)")
     cmp_.add_argument("--out", required=True)
@@ -76,7 +78,9 @@ def main(argv=None) -> int:
             interactive(args.mode)
         elif args.cmd == "matrix":
             from scenarios.compare import matrix
-            matrix(args.out)
+            from scenarios.run import run_scenario
+            matrix(args.out, runner=lambda name, mode: run_scenario(
+                name, mode, time_scale=args.time_scale))
     except TestbedFailure as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
