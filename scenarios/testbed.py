@@ -182,8 +182,8 @@ class Testbed:
         self.lbs = [f"lb{i}" for i in range(1, p.lbs + 1)]
         self.log(f"building the net: {p.clients} clients, {p.servers} servers, {p.lbs} LB nodes, "
                  f"{p.nfs} NFs, L={p.chain_len}, mode {self.mode}")
+        self._start_controller()          # first, so that Mininet finds it listening
         self.net = topo.build_net(p)
-        self._start_controller()
         self.net.start()
         for h in self.net.hosts:
             self._pidfile(f"host-{h.name}", h.pid)
