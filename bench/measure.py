@@ -137,17 +137,19 @@ def first_use(conns: Sequence[Sequence], client_ip: str, nf_flows: Iterable[Mapp
     """When (``time.monotonic()``) the first connection of a ``rate`` result that went
     through the NF whose dump flows are ``nf_flows`` was established; None if none did.
 
-    A connection is known by (client_ip, its source port); the NF's dump lists each
-    direction of a flow with its own src/sport.
+    A connection is known by (client_ip, its source port, server port): a source port may
+    be reused towards another server port. The NF's dump lists each direction of a flow with
+    its own src/sport.
     """
-    ports = set()
+    seen = set()
     for f in nf_flows:
         if f.get("proto") not in (6, "tcp"):
             continue
         if f.get("src") == client_ip:
-            ports.add(int(f["sport"]))
+            seen.add((int(f["sport"]), int(f["dport"])))
         elif f.get("dst") == client_ip:
-            ports.add(int(f["dport"]))
-    times = [t_start + took / 1000 for t_start, sport, _dst, took, error in conns
-             if not error and took is not None and sport in ports]
+            seen.add((int(f["dport"]), int(f["sport"])))
+    times = [t_start + took / 1000 for t_start, sport, dst, took, error in conns
+             if not error and took is not None
+             and (sport, int(str(dst).rsplit(":", 1)[1])) in seen]
     return min(times) if times else None

@@ -1,0 +1,385 @@
+"""The testbed benchmark's parsing, figures and writing (bench.measure, bench.traffic,
+bench.__main__, bench.testbed_bench). Timings are never asserted.
+
+The traffic tools that need no root (TCP server, connects, connect rate, UDP probes) run for
+real on the loopback interface; the bare forwarder runs in a scratch network namespace
+(root only).
+"""
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bench import COLUMNS, Row, read_csv
+from bench import __main__ as cli
+from bench import measure as m
+from bench import testbed_bench as tbb
+from bench import traffic
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+PY = sys.executable
+
+DUMP_PORTS = """\
+OFPST_PORT reply (OF1.3) (xid=0x2): 2 ports
+  port 2001: rx pkts=139854, bytes=10785785, drop=0, errs=0, frame=0, over=0, crc=0
+           tx pkts=504927, bytes=761618577, drop=0, errs=0, coll=0
+           duration=36.266s
+  port 3001: rx pkts=87649, bytes=98614861, drop=0, errs=0, frame=0, over=0, crc=0
+           tx pkts=87276, bytes=98592829, drop=0, errs=0, coll=0
+           duration=36.249s
+  port LOCAL: rx pkts=0, bytes=0, drop=0, errs=0, frame=0, over=0, crc=0
+           tx pkts=0, bytes=0, drop=12, errs=0, coll=0
+"""
+
+
+# --- measure ------------------------------------------------------------------------------
+
+def test_percentile():
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert m.percentile(xs, 50) == 3.0
+    assert m.percentile(xs, 0) == 1.0 and m.percentile(xs, 100) == 5.0
+    assert m.percentile(xs, 25) == 2.0
+    assert m.percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert math.isnan(m.percentile([], 50))
+    with pytest.raises(ValueError):
+        m.percentile(xs, 101)
+
+
+def test_connect_times():
+    doc = {"samples": [{"t": 1.0, "sport": 4000, "ms": 2.5, "error": ""},
+                       {"t": 1.1, "sport": None, "ms": None, "error": "timeout"},
+                       {"t": 1.2, "sport": 4001, "ms": 1.5, "error": ""}]}
+    assert m.connect_times(doc) == ([2.5, 1.5], 1)
+    with pytest.raises(m.ParseError):
+        m.connect_times({"conns": []})
+
+
+def test_rate_outcome_sums_several_clients():
+    a = {"conns": [[1.0, 4000, "10.0.2.1:9000", 2.0, ""], [1.01, 4001, "10.0.2.1:9000", None, "timeout"]]}
+    b = {"conns": [[1.0, 5000, "10.0.2.2:9000", 4.0, ""],
+                   [1.0, 5001, "10.0.2.2:9000", None, "Connection refused"],
+                   [1.0, 5002, "10.0.2.2:9000", None, "timeout"]]}
+    out = m.rate_outcome([a, b])
+    assert (out["attempted"], out["ok"], out["errors"]) == (5, 2, 3)
+    assert out["reasons"] == {"timeout": 2, "Connection refused": 1}
+    assert out["p50_ms"] == 3.0
+    with pytest.raises(m.ParseError):
+        m.rate_outcome([{"samples": []}])
+
+
+@pytest.mark.parametrize("steps, best", [
+    ([(100, 0), (200, 0), (400, 3), (800, 0)], 200),   # stops at the first step with errors
+    ([(100, 0), (200, 0)], 200),
+    ([(100, 1)], 0),
+    ([], 0),
+])
+def test_best_rate(steps, best):
+    assert m.best_rate(steps) == best
+
+
+def _flow(times, seq0=0):
+    return [(seq0 + i, t, t - 0.001) for i, t in enumerate(times)]
+
+
+def test_restore_time():
+    every = [round(0.01 * i, 3) for i in range(300)]            # 0 .. 2.99 s, 10 ms apart
+    gap = [t for t in every if not 1.00 < t < 1.60]             # out from 1.0 to 1.6 s
+    two_gaps = [t for t in every if not (1.00 < t < 1.20 or 1.50 < t < 1.90)]
+    out = m.restore_time({"steady": _flow(every), "gap": _flow(gap), "two": _flow(two_gaps),
+                          "late": _flow([2.5, 2.6])}, t_kill=1.005, gap_s=0.05)
+    assert out["live_flows"] == 3                   # 'late' started after the kill
+    assert out["interrupted_flows"] == 2
+    assert out["restore_s"] == pytest.approx(1.90 - 1.005)   # the end of the last gap counts
+    assert out["max_gap_s"] == pytest.approx(0.60)
+    assert out["lost_flows"] == 0 and out["lost_probes"] == 0
+
+
+def test_restore_time_counts_lost_probes_and_dead_flows():
+    arrivals = {"dead": _flow([0.1, 0.2, 0.3]),
+                "holes": [(0, 0.1, 0), (1, 0.2, 0), (4, 0.5, 0), (5, 0.6, 0)]}
+    out = m.restore_time(arrivals, t_kill=0.35, gap_s=0.05)
+    assert out["restore_s"] == math.inf and out["lost_flows"] == 1
+    assert out["lost_probes"] == 2
+    assert m.restore_time({}, 1.0, 0.05)["restore_s"] == 0.0
+
+
+def test_iperf_bps_from_real_outputs():
+    tcp = json.loads((FIXTURES / "iperf3_tcp_ok.json").read_text())
+    assert m.iperf_bps(tcp) == tcp["end"]["sum_received"]["bits_per_second"] > 0
+    udp = json.loads((FIXTURES / "iperf3_udp_ok.json").read_text())
+    assert m.iperf_bps(udp) > 0
+    with pytest.raises(m.ParseError, match="iperf3 error"):
+        m.iperf_bps(json.loads((FIXTURES / "iperf3_refused.json").read_text()))
+    with pytest.raises(m.ParseError):
+        m.iperf_bps({"end": {}})
+
+
+def test_ovs_port_rx():
+    assert m.ovs_port_rx(DUMP_PORTS, 3001) == 87649
+    assert m.ovs_port_rx(DUMP_PORTS, "2001") == 139854
+    assert m.ovs_port_rx(DUMP_PORTS, "LOCAL") == 0
+    with pytest.raises(m.ParseError):
+        m.ovs_port_rx(DUMP_PORTS, 4001)
+
+
+def test_rss_bytes():
+    assert m.rss_bytes(Path("/proc/self/status").read_text()) > 1 << 20
+    assert m.rss_bytes("Name:\tpython\nVmRSS:\t   2048 kB\n") == 2048 * 1024
+    with pytest.raises(m.ParseError):
+        m.rss_bytes("Name:\tkthreadd\n")
+
+
+def test_first_use():
+    conns = [[10.0, 4000, "10.0.2.1:9000", 2.0, ""],       # not through the NF
+             [10.5, 4001, "10.0.2.1:9000", 3.0, ""],       # through it (forward direction)
+             [10.2, 4002, "10.0.2.1:9000", None, "timeout"],
+             [10.1, 4003, "10.0.2.1:9001", 1.0, ""],       # same source port, other server port
+             [10.3, 4003, "10.0.2.1:9000", 1.0, ""]]       # through it (reply direction)
+    flows = [{"src": "10.0.1.1", "dst": "10.0.2.1", "proto": "tcp", "sport": 4001, "dport": 9000},
+             {"src": "10.0.2.1", "dst": "10.0.1.1", "proto": "tcp", "sport": 9000, "dport": 4003},
+             {"src": "10.0.1.1", "dst": "10.0.2.1", "proto": "tcp", "sport": 4002, "dport": 9000},
+             {"src": "10.0.1.1", "dst": "10.0.2.1", "proto": "udp", "sport": 4000, "dport": 9000}]
+    assert m.first_use(conns, "10.0.1.1", flows) == pytest.approx(10.301)
+    assert m.first_use(conns, "10.0.1.2", flows) is None
+
+
+def test_first_use_with_a_real_nf_dump():
+    dump = json.loads((FIXTURES / "run_ns" / "nf1.json").read_text())
+    f = next(f for f in dump["flows"] if f["src"] == "10.0.1.1" and f["proto"] == "tcp")
+    conns = [[5.0, f["sport"], f"{f['dst']}:{f['dport']}", 1.0, ""]]
+    assert m.first_use(conns, "10.0.1.1", dump["flows"]) == pytest.approx(5.001)
+
+
+# --- figures -------------------------------------------------------------------------------
+
+def test_connect_rows():
+    c = {"maglev": {"p50": 1.2, "p99": 3.0, "errors": 0, "n": 200},
+         "direct": {"p50": 0.5, "p99": 1.0, "errors": 0, "n": 200},
+         "L3_N3": {"p50": 2.0, "p99": 5.0, "errors": 1, "n": 200},
+         "L1_N3": {"p50": 1.5, "p99": 4.0, "errors": 0, "n": 200}}
+    rows = {r.metric: r for r in tbb.connect_rows(c)}
+    over = rows["first_packet_overhead_ms_p50"]
+    assert over.value == pytest.approx(0.8) and over.baseline_value == 1.2
+    assert rows["first_packet_overhead_ms_p99"].value == pytest.approx(2.0)
+    assert rows["connect_ms_p50_L1_N3"].baseline_value == 1.2
+    assert rows["connect_ms_p50_direct"].value == 0.5
+    assert "connect_ms_p50_L3_N8" not in rows
+    assert (rows["connect_errors"].value, rows["connect_errors"].baseline_value) == (1, 800)
+    assert tbb.connect_rows({}) == []
+    # without the maglev baseline: no overhead row, connect rows without a baseline
+    rows = {r.metric: r for r in tbb.connect_rows({"L3_N3": c["L3_N3"]})}
+    assert "first_packet_overhead_ms_p50" not in rows
+    assert rows["connect_ms_p50_L3_N3"].ratio is None
+
+
+def test_target_lines():
+    rows = [Row("datapath_pps", 90.0, "packets/s", "bare", 100.0),
+            Row("first_packet_overhead_ms_p50", 1.7, "ms", "maglev", 1.2),
+            Row("lb_kill_restore_s", 0.6, "s"),
+            Row("entries_held", math.nan, "entries"),
+            Row("setup_rate_cps", 200, "connections/s")]
+    lines = tbb.target_lines(rows)
+    assert len(lines) == 3
+    assert "datapath_pps" in lines[0] and lines[0].endswith("met")
+    assert lines[1].endswith("MISSED") and lines[2].endswith("met")
+
+
+def test_parse_groups():
+    assert cli.parse_groups(None, tbb.GROUPS) == list(tbb.GROUPS)
+    assert cli.parse_groups("entries, datapath", tbb.GROUPS) == ["datapath", "entries"]
+    with pytest.raises(ValueError, match="valid: datapath"):
+        cli.parse_groups("datapath,nope", tbb.GROUPS)
+    with pytest.raises(ValueError):
+        cli.parse_groups(",", tbb.GROUPS)
+
+
+def test_bad_group_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--only", "nope"])
+    assert e.value.code == 2
+    assert "unknown group(s) nope" in capsys.readouterr().err
+
+
+def test_save_writes_csv_meta_and_latest(tmp_path):
+    from bench import new_run_dir
+    rows = [Row("datapath_pps", 104905.2, "packets/s", "bare AF_PACKET forwarder", 144425.0),
+            Row("lb_kill_restore_s", 0.563, "s"), Row("lb_kill_restore_s_never", math.inf, "s")]
+    first = new_run_dir(tmp_path, "r1")
+    cli.save(first, rows, {"machine": cli.machine(), "failures": []})
+    second = new_run_dir(tmp_path, "r1")
+    path = cli.save(second, rows[:1], {"machine": cli.machine(), "failures": ["x: y"]})
+    assert path == second / "bench.csv" and second.name == "r1-2"
+    assert os.readlink(tmp_path / "latest") == "r1-2"
+    with path.open() as f:
+        lines = list(csv.reader(f))
+    assert tuple(lines[0]) == COLUMNS
+    assert lines[1] == ["datapath_pps", "104905", "packets/s", "bare AF_PACKET forwarder",
+                        "144425", "0.7264"]
+    back = read_csv(first / "bench.csv")
+    assert [r.metric for r in back] == [r.metric for r in rows] and back[2].value == math.inf
+    meta = json.loads((second / "meta.json").read_text())
+    assert meta["failures"] == ["x: y"]
+    assert meta["machine"]["nproc"] == os.cpu_count() and meta["machine"]["kernel"]
+
+
+def test_machine_names_the_cpu():
+    info = cli.machine()
+    assert info["cpu"] != "unknown" and info["nproc"] >= 1
+
+
+# --- traffic tools -------------------------------------------------------------------------
+
+def test_udp_frame_is_valid_ipv4_udp():
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    frame = traffic.udp_frame(bytes.fromhex("020000000201"), bytes.fromhex("020000000101"),
+                              "10.0.1.1", "10.0.2.1", 40000, 9)
+    assert len(frame) == 60
+    pkt = Ether(frame)
+    assert pkt[IP].src == "10.0.1.1" and pkt[IP].dst == "10.0.2.1"
+    assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].len) == (40000, 9, 8)
+    rebuilt = Ether(frame)
+    del rebuilt[IP].chksum
+    assert Ether(bytes(rebuilt))[IP].chksum == pkt[IP].chksum
+    assert traffic.ip_checksum(bytes(pkt[IP])[:20]) == 0        # a valid header sums to 0xffff
+
+
+def test_spray_tuples_are_distinct():
+    tuples = {traffic.spray_tuple(i, 10000, 50000, 30000) for i in range(120_000)}
+    assert len(tuples) == 120_000
+    assert traffic.spray_tuple(50_001, 10000, 50000, 30000) == (10001, 30001)
+    assert all(1 <= p <= 65535 for t in tuples for p in t)
+
+
+def _tool(args, timeout=30):
+    return subprocess.run([PY, "-m", "bench.traffic", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tcp_server(tmp_path):
+    port = _free_port()
+    out, ready = tmp_path / "server.json", tmp_path / "ready"
+    proc = subprocess.Popen([PY, "-m", "bench.traffic", "server", "--port", str(port),
+                             "--ready", str(ready), "--out", str(out)], cwd=ROOT)
+    deadline = time.monotonic() + 10
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield port, proc, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_connect_and_rate_tools_against_the_server(tmp_path, tcp_server):
+    port, server, server_out = tcp_server
+    out = tmp_path / "connect.json"
+    p = _tool(["connect", "--dst-ip", "127.0.0.1", "--port", str(port), "--count", "5",
+               "--interval", "0.001", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    ms, errors = m.connect_times(json.loads(out.read_text()))
+    assert len(ms) == 5 and errors == 0
+    out = tmp_path / "rate.json"
+    p = _tool(["rate", "--dst", f"127.0.0.1:{port}", "--dst", f"127.0.0.1:{_free_port()}",
+               "--rate", "40", "--duration", "0.5", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    outcome = m.rate_outcome([doc])
+    assert outcome["attempted"] == 20
+    assert outcome["ok"] == 10                                  # every other one: nobody listens
+    assert outcome["reasons"] == {os.strerror(111): 10}
+    assert all(c[1] for c in doc["conns"])                      # source ports are recorded
+    server.terminate()
+    server.wait(10)
+    assert json.loads(server_out.read_text())["accepted"] == 15
+
+
+def test_probe_tools_show_no_outage_on_a_steady_path(tmp_path):
+    ports = [_free_port(), _free_port()]
+    recv_out, send_out = tmp_path / "recv.json", tmp_path / "send.json"
+    recv = subprocess.Popen([PY, "-m", "bench.traffic", "probe-recv", "--duration", "2.5",
+                             *[f"--port={p}" for p in ports], "--out", str(recv_out)], cwd=ROOT)
+    time.sleep(0.5)
+    sport = _free_port()
+    p = _tool(["probe-send", "--duration", "1.0", "--interval", "0.01",
+               f"--flow=127.0.0.1:{sport}:{ports[0]}", f"--flow=127.0.0.1:{sport + 1}:{ports[1]}",
+               "--out", str(send_out)])
+    assert p.returncode == 0, p.stderr
+    assert recv.wait(20) == 0
+    sent = json.loads(send_out.read_text())
+    arrivals = json.loads(recv_out.read_text())["arrivals"]
+    assert sorted(arrivals) == sorted([f"127.0.0.1:{sport}->{ports[0]}",
+                                       f"127.0.0.1:{sport + 1}->{ports[1]}"])
+    assert all(len(a) == sent["sent_per_flow"] for a in arrivals.values())
+    middle = sent["t0"] + 0.5
+    out = m.restore_time(arrivals, middle, gap_s=0.5)
+    assert (out["live_flows"], out["interrupted_flows"], out["restore_s"]) == (2, 0, 0.0)
+
+
+def test_tool_usage_errors():
+    p = _tool(["rate", "--dst", "127.0.0.1:1", "--rate", "0", "--duration", "1", "--out", "/dev/null"])
+    assert p.returncode == 2 and "--rate must be > 0" in p.stderr
+    p = _tool(["nope"])
+    assert p.returncode == 2
+
+
+# --- the bare forwarder (root: a scratch network namespace) --------------------------------
+
+def _ns(ns, *cmd, **kw):
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                          check=True, **kw)
+
+
+@pytest.mark.root
+def test_forwarder_rewrites_the_destination_mac(tmp_path):
+    ns = f"benchtest-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        _ns(ns, "ip", "link", "add", "fw0", "type", "veth", "peer", "name", "tx0")
+        _ns(ns, "ip", "link", "set", "fw0", "address", "02:00:00:00:03:01")
+        for intf in ("fw0", "tx0"):
+            _ns(ns, "ip", "link", "set", intf, "up")
+        out = tmp_path / "fwd.json"
+        fwd = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "bench.forwarder",
+                                "--intf", "fw0", "--dst-mac", "02:00:00:00:04:01", "--warmup",
+                                "0", "--duration", "3", "--out", str(out)], cwd=ROOT)
+        # send 200 frames from the peer, catch what comes back with the new MAC
+        code = (
+            "import socket, time, sys\n"
+            "from bench.traffic import udp_frame\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))\n"
+            "s.bind(('tx0', 0)); s.settimeout(0.2)\n"
+            "mine = s.getsockname()[4][:6]\n"
+            "f = udp_frame(bytes.fromhex('020000000301'), mine, '10.0.1.1', '10.0.2.1', 4000, 9)\n"
+            "time.sleep(1.0)\n"
+            "for _ in range(200): s.send(f)\n"
+            "back = 0; end = time.monotonic() + 1.5\n"
+            "while time.monotonic() < end:\n"
+            "    try: b = s.recv(2048)\n"
+            "    except socket.timeout: continue\n"
+            "    if b[:6] == bytes.fromhex('020000000401') and b[6:12] == bytes.fromhex('020000000301')"
+            " and b[12:] == f[12:]: back += 1\n"
+            "print(back)\n")
+        p = _ns(ns, PY, "-c", code, cwd=ROOT, timeout=30)
+        assert fwd.wait(20) == 0
+        doc = json.loads(out.read_text())
+        assert int(p.stdout) == 200
+        assert doc["total"] == 200 and doc["forwarded"] == 200 and doc["window_s"] > 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
