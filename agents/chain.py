@@ -168,6 +168,7 @@ class ChainNode:
         self.tombstone_ttl = tombstone_ttl
         self.max_delete_tries = max_delete_tries
         self.store: dict[bytes, _Rec] = {}
+        self.live = 0                                       # records naming an NF (not tombstones)
         self.cache: dict[bytes, tuple[int, str]] = {}     # answers: key -> (ver, nf)
         self.synced = False
         self.removed = node_id not in view.members
@@ -466,6 +467,7 @@ class ChainNode:
             chain = self.view.chain(key)
             if self.id not in chain:
                 del self.store[key]          # handed off to its chain when the view came
+                self.live -= bool(rec.nf)
             elif not rec.committed and chain[-1] == self.id:
                 self._commit(key, now)
         for key in list(self._waiters):
@@ -478,7 +480,9 @@ class ChainNode:
         rec = self.store.get(key)
         if rec is None:
             rec = self.store[key] = _Rec(ver, nf, 0, now)
+            self.live += bool(nf)
         elif ver > rec.ver:
+            self.live += bool(nf) - bool(rec.nf)
             rec.ver, rec.nf, rec.t = ver, nf, now
         else:
             return rec

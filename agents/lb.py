@@ -255,7 +255,7 @@ class Agent:
         node = self.node
         if node is None or node.synced:
             self.ready_epoch = self.epoch
-        entries = len(node.store) if node is not None else len(self.picker.local)
+        entries = node.live if node is not None else len(self.picker.local)
         hb = Heartbeat(self.name, self.ready_epoch, entries)
         self.tx(wire.frame_bytes(CTRL_MAC, self.mac, hb, self.secret), data=False)
 
@@ -281,7 +281,8 @@ class Agent:
                "active_nfs": list(self.picker.active), "counts": self.counts,
                "pending": len(self.buffered), "connections": len(self.last_seen)}
         if node is not None:
-            out.update(entries=len(node.store), cached=len(node.cache), synced=node.synced,
+            out.update(entries=node.live, records=len(node.store), cached=len(node.cache),
+                       synced=node.synced,
                        roles=node.roles(), engine=node.stats, members=list(node.view.members),
                        chain_len=node.view.chain_len)
         else:

@@ -123,3 +123,4 @@ def test_chain_protocol_invariants(spec):
     for m in sim.live_nodes():
         node = sim.nodes[m]
         assert node.synced and not node.uncommitted(), (m, node.uncommitted())
+        assert node.live == sum(1 for r in node.store.values() if r.nf), m
