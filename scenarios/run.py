@@ -107,8 +107,8 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
     log(f"   results: {run_dir}")
     meta = {"scenario": name, "mode": mode, "run_id": run_id}
     (run_dir / "params.json").write_text(json.dumps({
-        **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(), "chain_loss_pct": scenario.chain_loss_pct,
-        "flows": flows, "events": [vars(e) for e in scenario.events], "versions": _versions(),
+        **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(),
+        "chain_loss_pct": scenario.chain_loss_pct, "flows": flows, "events": [vars(e) for e in scenario.events], "versions": _versions(),
     }, indent=1))
     events_done: list[tuple[float, str, str]] = []
     timeline: list[dict] = []
@@ -148,13 +148,14 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
             if cli:
                 from scenarios.cli import run_cli
                 run_cli(tb, run_dir, traffic)
-        except TestbedFailure as e:
-            failure = e
-            if cli:
+        except (TestbedFailure, KeyboardInterrupt) as e:
+            failure = e                   # still collect and write what the run measured
+            log(f"   stopping early: {e or 'interrupted'}")
+            if cli and isinstance(e, TestbedFailure):
                 from scenarios.cli import run_cli
                 log(f"scenario failed: {e}; opening the CLI")
                 run_cli(tb, run_dir, traffic)
-        dumps = {nf: tb.nf_dumps.get(nf) if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
+        dumps = {nf: tb.nf_dumps[nf] if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         _write_timeline(run_dir, timeline)
     iperf = traffic.results()
     flows_df = report.build_flows(meta, flows, iperf, dumps)
