@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-id", help="run folder name (default: a timestamp)")
     p.add_argument("--only", help=f"comma-separated groups (default all: {','.join(tbb.GROUPS)})")
     p.add_argument("--quick", action="store_true", help="smoke-sized plan (minutes, not figures)")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the LB agents during the datapath and entries runs "
+                        "(profiles/ in the run folder; needs py-spy: .venv/bin/pip install py-spy)")
     args = p.parse_args(argv)
     try:
         groups = parse_groups(args.only, tbb.GROUPS)
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     plan = tbb.QUICK if args.quick else tbb.Plan()
+    if args.profile:
+        if tbb.py_spy() is None:
+            print("error: --profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+            return 2
+        plan = tbb.with_plan(plan, profile=True)
     try:
         run_dir = new_run_dir(args.out, args.run_id)
     except (OSError, ValueError) as e:

@@ -153,3 +153,26 @@ def first_use(conns: Sequence[Sequence], client_ip: str, nf_flows: Iterable[Mapp
              if not error and took is not None
              and (sport, int(str(dst).rsplit(":", 1)[1])) in seen]
     return min(times) if times else None
+
+
+def top_frames(collapsed: str, n: int = 15) -> tuple[int, list[tuple[float, str]], list[tuple[float, str]]]:
+    """From py-spy's raw (collapsed-stack) output: the number of samples, and the ``n``
+    frames with the most samples on top of the stack (self) and anywhere in it (inclusive),
+    as (percent, frame)."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        total += k
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + k
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + k
+
+    def top(d):
+        return [(100 * c / total, f) for f, c in sorted(d.items(), key=lambda x: -x[1])[:n]]
+    return total, (top(own) if total else []), (top(incl) if total else [])

@@ -29,7 +29,7 @@ import math
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class Plan:
     spray_chunk: int = 10_000
     lock_wait_s: float = 600.0
     lock_poll_s: float = 20.0
+    profile: bool = False                # py-spy the agents during datapath and entries
 
     def asdict(self) -> dict:
         return asdict(self)
@@ -219,6 +220,45 @@ class Session:
         return started
 
 
+def py_spy() -> str | None:
+    for path in (Path(PY).parent / "py-spy", Path("/usr/local/bin/py-spy"), Path("/usr/bin/py-spy")):
+        if path.exists():
+            return str(path)
+    return None
+
+
+@contextmanager
+def profiled(s: Session, lb: str, name: str, seconds: float):
+    """py-spy samples agent ``lb`` while inside (when the plan asks for profiles); writes
+    ``profiles/<name>.txt`` (collapsed stacks) and ``profiles/<name>.top.txt`` (a summary)."""
+    spy = py_spy() if s.plan.profile else None
+    proc = None
+    if spy:
+        out = s.tb.run_dir.parent.parent / "profiles"
+        out.mkdir(exist_ok=True)
+        raw = out / f"{name}.txt"
+        proc = subprocess.Popen([spy, "record", "-p", str(s.tb.procs[lb].pid), "-d",
+                                 str(max(1, int(seconds))), "-r", "200", "--nonblocking", "-f",
+                                 "raw", "-o", str(raw)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        if proc is not None:
+            try:
+                proc.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if raw.exists():
+                total, own, incl = m.top_frames(raw.read_text(), 20)
+                lines = [f"py-spy of {lb} ({name}): {total} samples", "", "self:"]
+                lines += [f"  {pct:5.1f}%  {f}" for pct, f in own]
+                lines += ["", "inclusive:"] + [f"  {pct:5.1f}%  {f}" for pct, f in incl]
+                (out / f"{name}.top.txt").write_text("\n".join(lines) + "\n")
+                s.log(f"   profile of {lb}: {out / name}.top.txt")
+
+
 @contextmanager
 def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, log):
     """A running Testbed; waits (polling) while another run holds the machine's lock."""
@@ -271,9 +311,10 @@ def datapath(s: Session) -> list[Row]:
         wait_for("the agent to forward the flood",
                  lambda: s.status(lb1)["counts"]["forwarded"] > 1000, 10, 0.05)
         time.sleep(0.5)
-        f1, g1, t1 = s.status(lb1)["counts"]["forwarded"], s.port_rx(lb1), time.monotonic()
-        time.sleep(p.datapath_window_s)
-        f2, g2, t2 = s.status(lb1)["counts"]["forwarded"], s.port_rx(lb1), time.monotonic()
+        with profiled(s, lb1, "datapath-agent", p.datapath_window_s) if r == 0 else nullcontext():
+            f1, g1, t1 = s.status(lb1)["counts"]["forwarded"], s.port_rx(lb1), time.monotonic()
+            time.sleep(p.datapath_window_s)
+            f2, g2, t2 = s.status(lb1)["counts"]["forwarded"], s.port_rx(lb1), time.monotonic()
         sent = s.finish(started, 30)
         pps, gw = (f2 - f1) / (t2 - t1), (g2 - g1) / (t2 - t1)
         s.log(f"   datapath agent run {r + 1}: {pps:,.0f} pps forwarded ({gw:,.0f} seen at gw), "
@@ -492,8 +533,10 @@ def entries(s: Session, res: "Results") -> None:
     sent, broken = 0, None
     for offset in range(0, p.entries, p.spray_chunk):
         count = min(p.spray_chunk, p.entries - offset)
-        s.run("c1", spray + ["--offset", str(offset), "--count", str(count), "--rate",
-                             str(p.spray_rate)], f"spray-{offset}", count / p.spray_rate + 30)
+        middle = offset <= p.entries // 2 < offset + count
+        with profiled(s, "lb1", "entries-lb1", count / p.spray_rate) if middle else nullcontext():
+            s.run("c1", spray + ["--offset", str(offset), "--count", str(count), "--rate",
+                                 str(p.spray_rate)], f"spray-{offset}", count / p.spray_rate + 30)
         sent = offset + count
         want = before + sent * L
         try:

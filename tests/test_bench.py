@@ -383,3 +383,15 @@ def test_forwarder_rewrites_the_destination_mac(tmp_path):
         assert doc["total"] == 200 and doc["forwarded"] == 200 and doc["window_s"] > 0
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_top_frames_of_collapsed_stacks():
+    raw = ("main (lb.py:1);run (lb.py:96) 60\n"
+           "main (lb.py:1);run (lb.py:103);decode (wire.py:451) 30\n"
+           "main (lb.py:1);run (lb.py:103);encode (wire.py:437) 10\n"
+           "garbage line\n")
+    total, own, incl = m.top_frames(raw, 2)
+    assert total == 100
+    assert own == [(60.0, "run (lb.py:96)"), (30.0, "decode (wire.py:451)")]
+    assert incl[0] == (100.0, "main (lb.py:1)") and incl[1] == (60.0, "run (lb.py:96)")
+    assert m.top_frames("") == (0, [], [])
