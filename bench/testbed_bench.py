@@ -4,8 +4,8 @@ Several testbeds run one after the other (only one may run at a time on a machin
 fresh, so that one measurement cannot spoil the next:
 
 - ``datapath``: 1 client, 1 server, 1 LB, 1 NF. ``c1`` floods one UDP 5-tuple at the LB host
-  (raw 60-byte frames); what the LB host sends back is dropped at ``gw``, so that the switch,
-  the NF and the server do not compete for the 2 cores. The LB agent's ``forwarded`` counter
+  (raw 60-byte frames, paced at ``datapath_flood_pps``); what the LB host sends back is
+  dropped at ``gw``, so that the switch, the NF and the server do not compete for the 2 cores. The LB agent's ``forwarded`` counter
   over a fixed window, then (agent killed) the bare forwarder's (``bench.forwarder``) on the
   same host under the same flood.
 - ``maglev``, ``chain-L1``, ``chain-L2``, ``chain-L3`` (3 LBs), ``chain-N5``, ``chain-N8``
@@ -55,7 +55,9 @@ class Plan:
     connect_samples: int = 200
     connect_interval_s: float = 0.01
     datapath_window_s: float = 3.0
-    datapath_repeats: int = 2
+    datapath_repeats: int = 3
+    datapath_flood_pps: float = 300_000  # above what either forwarder moves here; 0: unpaced
+    datapath_pin: bool = False           # flood on CPU 0, the LB agent / forwarder on CPU 1
     throughput_s: float = 8.0
     e2e_flows: int = 12                  # the default scenario's first batch ...
     e2e_rate_mbit: float = 2.0           # ... and its pacing
@@ -99,12 +101,15 @@ class Session:
         self.out.mkdir(exist_ok=True)
         self.n = 0
 
-    def start(self, host: str, args: list[str], name: str):
-        """Start ``python -m bench.traffic ARGS --out FILE`` (or another module) in a host."""
+    def start(self, host: str, args: list[str], name: str, cpu: int | None = None):
+        """Start ``python -m bench.traffic ARGS --out FILE`` (or another module) in a host,
+        on CPU ``cpu`` only if given."""
         self.n += 1
         name = f"bench-{self.n:03d}-{name}"
         out = self.out / f"{name}.json"
         cmd = [PY, "-m", *args, "--out", str(out)]
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
         return self.tb._spawn(name, cmd, host=self.tb.net[host]), out, name
 
     def finish(self, started, timeout: float) -> dict:
@@ -303,11 +308,14 @@ def datapath(s: Session) -> list[Row]:
                f"actions=output:{topo.port_number(lb1)}")
     s.add_flow(f"priority=250,in_port={topo.port_number(lb1)},udp,actions=drop")
     flood = ["bench.traffic", "flood", "--intf", topo.intf_of(c1), "--dst-mac", mac_of("s1"),
-             "--src-ip", ip_of(c1), "--dst-ip", ip_of("s1"),
+             "--src-ip", ip_of(c1), "--dst-ip", ip_of("s1"), "--rate", str(p.datapath_flood_pps),
              "--duration", str(1.0 + p.datapath_window_s + 0.5)]
+    cpu_flood, cpu_lb = (0, 1) if p.datapath_pin else (None, None)
+    if p.datapath_pin:
+        pin(tb.procs[lb1].pid, cpu_lb)
     agent, agent_gw, offered_a = 0.0, 0.0, 0.0
     for r in range(p.datapath_repeats):
-        started = s.start(c1, flood, "flood-agent")
+        started = s.start(c1, flood, "flood-agent", cpu_flood)
         wait_for("the agent to forward the flood",
                  lambda: s.status(lb1)["counts"]["forwarded"] > 1000, 10, 0.05)
         time.sleep(0.5)
@@ -326,8 +334,8 @@ def datapath(s: Session) -> list[Row]:
     for r in range(p.datapath_repeats):
         fwd = s.start(lb1, ["bench.forwarder", "--intf", topo.intf_of(lb1), "--dst-mac",
                             mac_of(nf1), "--warmup", "1.0", "--duration", str(p.datapath_window_s)],
-                      "forwarder")
-        started = s.start(c1, flood, "flood-bare")
+                      "forwarder", cpu_lb)
+        started = s.start(c1, flood, "flood-bare", cpu_flood)
         t0 = time.monotonic()
         time.sleep(1.0)
         g1, t1 = s.port_rx(lb1), time.monotonic()
@@ -349,12 +357,11 @@ def datapath(s: Session) -> list[Row]:
                 offered_b)]
 
 
-def connect_only(s: Session, label: str) -> dict:
-    servers = s.servers(("s1",))
-    out = connect_ms(s, label)
-    for started in servers:
-        s.stop(started)
-    return out
+def pin(pid: int, cpu: int) -> None:
+    p = subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True,
+                       text=True)
+    if p.returncode != 0:
+        raise BenchError(f"cannot pin pid {pid} to CPU {cpu}: {p.stderr.strip()}")
 
 
 def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> float:

@@ -87,8 +87,13 @@ def flood(a) -> dict:
             except OSError:              # ENOBUFS: the queue is full for a moment
                 errors += 1
         n += 256
-        if time.monotonic() >= end:
+        now = time.monotonic()
+        if now >= end:
             break
+        if a.rate:                       # paced: sleep until this batch is due
+            ahead = t0 + n / a.rate - now
+            if ahead > 0:
+                time.sleep(ahead)
     elapsed = time.monotonic() - t0
     return {"tool": "flood", "sent": n - errors, "send_errors": errors, "t0": t0,
             "elapsed_s": elapsed, "frame_bytes": len(frame)}
@@ -324,6 +329,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--sport", type=int, default=40000)
     sp.add_argument("--dport", type=int, default=9)
     sp.add_argument("--size", type=int, default=60, help="frame size without FCS (default 60)")
+    sp.add_argument("--rate", type=float, default=0, help="packets per second (default 0: unpaced)")
     sp.add_argument("--duration", type=float, required=True)
     sp = sub.choices["spray"]
     sp.add_argument("--count", type=int, required=True)
@@ -361,6 +367,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     for name in ("rate", "duration", "interval", "count"):
+        if a.tool == "flood" and name == "rate":
+            continue
         if getattr(a, name, 1) is not None and getattr(a, name, 1) <= 0:
             print(f"bench.traffic: error: --{name} must be > 0", file=sys.stderr)
             return 2
