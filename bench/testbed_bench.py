@@ -67,7 +67,7 @@ class Plan:
     probe_interval_s: float = 0.01
     probe_flows_per_client: int = 8
     entries: int = 110_000
-    spray_rate: float = 2000.0
+    spray_rate: float = 1500.0
     spray_chunk: int = 10_000
     lock_wait_s: float = 600.0
     lock_poll_s: float = 20.0
