@@ -15,7 +15,8 @@ head the same way and leave a versioned tombstone, so that a stale insert cannot
 deleted entry; on commit the tail tells every node (``Gone``) to drop cached answers.
 
 Links are reliable FIFO channels built here: per-link sequence numbers, cumulative acks
-(piggybacked), retransmission on ``tick``, duplicate suppression and reordering buffers.
+(piggybacked), retransmission on ``tick`` (bounded bursts, doubling timeout while no ack
+progresses), duplicate suppression and reordering buffers.
 
 Reconfiguration (a new ``View``): every node pushes (``Sync``) the entries it holds to
 the members of each key's new chain that may lack them (uncommitted ones to all), re-sends
@@ -40,6 +41,8 @@ __all__ = ["View", "Send", "Decision", "Action", "ChainNode", "Frame"]
 
 VNODES = 32          # ring points per member
 SYNC_BATCH = 16      # entries per Sync frame (keeps frames well under 1500 bytes)
+RETRANSMIT_BURST = 32  # frames resent per link per tick
+MAX_RTO = 1.0        # seconds: cap of the per-link retransmission timeout backoff
 
 
 def _h64(data: bytes) -> int:
@@ -127,6 +130,7 @@ class _Rec:
 
 @dataclass
 class _Link:
+    rto: float
     peer_inc: int = 0
     next_seq: int = 1
     expected: int = 1
@@ -212,12 +216,12 @@ class ChainNode:
             # unknown sender, or a view we do not have yet: the sender retransmits
             self.stats["dropped_in"] += 1
             return self._finish(now)
-        link = self._links.setdefault(src, _Link())
+        link = self._links.setdefault(src, _Link(self.rto))
         if msg.src_inc < link.peer_inc:
             return self._finish(now)                      # from a previous incarnation
         if msg.src_inc > link.peer_inc:
             if link.peer_inc:                              # the peer restarted
-                link = self._links[src] = _Link()
+                link = self._links[src] = _Link(self.rto)
             link.peer_inc = msg.src_inc
         if msg.dst_inc not in (0, self.inc):
             link.ack_due = True                            # tell the peer who we are now
@@ -228,6 +232,7 @@ class ChainNode:
             if first > msg.ack:
                 break
             del unacked[first]
+            link.rto = self.rto                             # the peer keeps up again
         if msg.seq:
             link.ack_due = True
             if msg.seq == link.expected:
@@ -245,21 +250,32 @@ class ChainNode:
         """Timers: retransmissions, retries, tombstone expiry."""
         self._start(now)
         for peer, link in self._links.items():
+            # oldest first, a bounded burst, and the timeout doubles until acks progress:
+            # an overloaded peer is not buried under copies of what it already buffers
+            sent = 0
             for entry in link.unacked.values():
-                if now - entry[1] >= self.rto:
-                    entry[0] = replace(entry[0], dst_inc=link.peer_inc, ack=link.expected - 1)
-                    entry[1] = now
-                    link.ack_due = False
-                    self.stats["retransmits"] += 1
-                    self._emit(peer, entry[0])
+                if now - entry[1] < link.rto or sent == RETRANSMIT_BURST:
+                    break
+                entry[0] = replace(entry[0], dst_inc=link.peer_inc, ack=link.expected - 1)
+                entry[1] = now
+                link.ack_due = False
+                sent += 1
+                self._emit(peer, entry[0])
+            if sent:
+                self.stats["retransmits"] += sent
+                link.rto = min(link.rto * 2, MAX_RTO)
+        # retries are a safety net for requests a peer dropped (it was not head or tail in
+        # its view): while the link to it still holds unacked frames, the request is on its way
+        chain = self.view.chain
         for key, p in self._pending.items():
-            if now - p.sent >= self.retry:
+            if now - p.sent >= self.retry and not self._backlogged(chain(key)[-1]):
                 self._query(key, now)
         if self.synced:
-            for key in [k for k, i in self._inserting.items() if now - i.sent >= self.retry]:
+            for key in [k for k, i in self._inserting.items()
+                        if now - i.sent >= self.retry and not self._backlogged(chain(k)[0])]:
                 self._serve(key, now, force=True)
         for key, d in list(self._deleting.items()):
-            if now - d.sent >= self.retry:
+            if now - d.sent >= self.retry and not self._backlogged(chain(key)[0]):
                 if d.tries >= self.max_delete_tries:
                     del self._deleting[key]
                 else:
@@ -391,13 +407,17 @@ class ChainNode:
             return
         if dst not in self.view.members:
             return
-        link = self._links.setdefault(dst, _Link())
+        link = self._links.setdefault(dst, _Link(self.rto))
         frame = Frame(self.id, self.inc, link.peer_inc, self.view.epoch, link.next_seq,
                       link.expected - 1, body)
         link.unacked[link.next_seq] = [frame, now]
         link.next_seq += 1
         link.ack_due = False
         self._emit(dst, frame)
+
+    def _backlogged(self, dst: str) -> bool:
+        link = self._links.get(dst)
+        return link is not None and bool(link.unacked)
 
     def _emit(self, dst: str, frame: Frame) -> None:
         self.stats["frames_out"] += 1

@@ -81,7 +81,7 @@ def run_schedule(spec) -> Sim:
         sim.crash(t, node)
     if spec["join"] is not None:
         sim.join(spec["join"], "j1")
-    sim.run(12.0)
+    sim.run(20.0)
     return sim
 
 

@@ -932,3 +932,23 @@ def test_every_message_of_a_multi_node_run_round_trips_through_the_wire():
         data = encode(msg, SECRET)
         assert len(data) <= 1500
         assert decode(data, SECRET) == msg
+
+
+def test_retransmissions_back_off_and_come_in_bounded_bursts():
+    from agents.chain import MAX_RTO, RETRANSMIT_BURST
+    view = View(1, ("a", "b"), 2)
+    a = ChainNode("a", view, rto=0.2)
+    keys = [bytes([9, i]) + b"z" * 11 for i in range(100)]
+    for k in keys:                                    # b never answers: frames pile up
+        a.lookup(k, "nf1", 0.0)
+    now, sends_at = 0.0, []
+    while now < 12.0:
+        now = round(now + 0.05, 2)
+        sent = [x for x in a.tick(now) if isinstance(x, Send)]
+        assert len(sent) <= RETRANSMIT_BURST
+        if sent:
+            sends_at.append(now)
+    gaps = [round(t2 - t1, 2) for t1, t2 in zip(sends_at, sends_at[1:])]
+    for gap, timeout in zip(gaps, [0.4, 0.8, MAX_RTO, MAX_RTO]):   # doubling, capped
+        assert timeout <= gap <= timeout + 0.1, gaps
+    assert max(gaps) <= MAX_RTO + 0.1
