@@ -99,7 +99,8 @@ class Session:
         self.tb, self.plan, self.log = tb, plan, log
         self.out = tb.run_dir / "tools"
         self.out.mkdir(exist_ok=True)
-        self.n = 0
+        self.n = 0                  # tools started
+        self.iperf_runs = 0
 
     def start(self, host: str, args: list[str], name: str, cpu: int | None = None):
         """Start ``python -m bench.traffic ARGS --out FILE`` (or another module) in a host,
@@ -369,14 +370,14 @@ def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> flo
     from scenarios.run import Traffic
     clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
     servers = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
-    base = 5201 + 100 * s.n
-    s.n += 1
+    s.iperf_runs += 1               # fresh server and client ports for every run
+    base = 5100 + 100 * s.iperf_runs
     flows = []
     for i in range(s.plan.e2e_flows):
         c, srv = clients[i % len(clients)], servers[i % len(servers)]
         flows.append({"flow_id": f"{label}-{i + 1:02d}", "client": c, "server": srv,
                       "client_ip": ip_of(c), "server_ip": ip_of(srv), "server_port": base + i,
-                      "client_port": 20001 + 100 * s.n + i, "duration_s": duration,
+                      "client_port": 20000 + 100 * s.iperf_runs + i, "duration_s": duration,
                       "rate_mbit": rate_mbit, "proto": "tcp"})
     traffic = Traffic(s.tb, flows)
     traffic.start_servers()
