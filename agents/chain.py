@@ -116,7 +116,7 @@ class Decision:
 Action = Union[Send, Decision]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Rec:
     ver: int        # version of the key's latest write held here
     nf: str         # '' for a tombstone
@@ -603,10 +603,11 @@ class ChainNode:
         """Tail: the key's current version is committed."""
         rec = self.store[key]
         rec.cver = max(rec.cver, rec.ver)
-        self._ack_up(key, rec.ver, now)
         if rec.nf:
-            self._answer_waiters(key, rec, now)
+            self._answer_waiters(key, rec, now)     # first: the waiting packets are on hold
+            self._ack_up(key, rec.ver, now)
         else:
+            self._ack_up(key, rec.ver, now)
             for m in self.view.members:
                 self._send(m, Gone(key, rec.ver), now)
             # waiters asked about the deleted connection (or are stale duplicates): an asker

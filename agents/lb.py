@@ -191,6 +191,8 @@ class Agent:
         self.apply(self.node.lookup(key, proposal, now), now)
 
     def apply(self, actions, now: float) -> None:
+        if len(actions) > 1:                       # release held packets before chain frames
+            actions = sorted(actions, key=lambda a: not isinstance(a, Decision))
         for a in actions:
             if isinstance(a, Send):
                 mac = self.lb_mac.get(a.dst)

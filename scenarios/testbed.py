@@ -247,7 +247,7 @@ class Testbed:
         p = self.params
         cfg = {
             "secret_file": str(self.secret_file), "chain_len": p.chain_len, "mode": self.mode,
-            "heartbeat_timeout": 0.5,
+            "heartbeat_timeout": 0.8,          # fast failover, no false removals under load
             "edge_ports": {h: {"mac": mac_of(h), "port": topo.port_number(h)}
                            for h in topo.initial_hosts(p) if topo.kind_of(h) in ("client", "server")},
             "lbs": [self._member(lb) for lb in self.lbs],

@@ -289,7 +289,7 @@ def test_lookup_path_query_insert_write_ack_answer():
     assert net.nodes[t].uncommitted() == {}, "the write commits at the tail"
     assert net.nodes[t].replica() == {k: "nf1"}
     assert net.nodes[h].replica() == {} and net.nodes[m].replica() == {}
-    assert net.decided() == []
+    assert net.decided() == [(m, k, "nf1")], "the tail answers the waiting asker before it acks"
 
     net.run()
     flow = [(s, d, kind(f)) for s, d, f in net.data(mark)]
@@ -299,6 +299,7 @@ def test_lookup_path_query_insert_write_ack_answer():
     assert [x for x in flow if x[2] == "Ack"] == [(t, m, "Ack"), (m, h, "Ack")]
     assert [x for x in flow if x[2] == "Answer"] == [(t, m, "Answer")]
     assert flow.index((m, t, "Write")) < flow.index((t, m, "Ack")) < flow.index((m, h, "Ack"))
+    assert flow.index((t, m, "Answer")) < flow.index((t, m, "Ack"))
     assert {f.body for _, _, f in net.data(mark, Write)} == {Write(k, 1, "nf1")}
     assert {f.body for _, _, f in net.data(mark, Ack)} == {Ack(k, 1)}
     assert [f.body for _, _, f in net.data(mark, InsertReq)] == [InsertReq(k, "nf1", 0)]
