@@ -58,6 +58,7 @@ class Agent:
         self.lb_mac: dict[str, bytes] = {}
         self.failed: set[str] = set()
         self.buffered: dict[bytes, list[bytes]] = {}
+        self.decided: dict[bytes, str] = {}      # stateless modes: the NF each key last went to
         self.last_seen: dict[bytes, float] = {}
         self.closing: dict[bytes, float] = {}
         self.counts = {"rx": 0, "forwarded": 0, "buffered": 0, "dropped_no_nf": 0,
@@ -163,13 +164,14 @@ class Agent:
         if self.mode == "chain":
             self.counts["dropped_no_nf"] += 1           # no view yet
             return
-        first = self.mode != "local" or key not in self.picker.local
         nf = self.picker.stateless(key)
         mac = self.nf_mac.get(nf) if nf else None
         if mac is None:
             self.counts["dropped_no_nf"] += 1
             return
-        if first and key not in self.closing:
+        if self.decided.get(key) != nf:               # a new connection, or a re-mapped one
+            self.decided[key] = nf
+            self.counts["decisions"] += 1
             self.log_decision(now, key, nf)
         self.tx(mac + self.mac + buf[12:])
 
@@ -270,6 +272,7 @@ class Agent:
         for key in done:
             self.closing.pop(key, None)
             self.last_seen.pop(key, None)
+            self.decided.pop(key, None)
             self.counts["deletes"] += 1
             if self.node is not None:
                 if key in self.node.cache:
