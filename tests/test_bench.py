@@ -310,12 +310,23 @@ def test_connect_and_rate_tools_against_the_server(tmp_path, tcp_server):
     assert json.loads(server_out.read_text())["accepted"] == 15
 
 
+def _wait_udp_bound(ports, timeout=10.0):
+    """Poll until a process listens on every UDP port (the receiver is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ss", "-Hlun"], capture_output=True, text=True).stdout
+        if all(f":{p} " in out for p in ports):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"no receiver bound UDP ports {ports} within {timeout} s")
+
+
 def test_probe_tools_show_no_outage_on_a_steady_path(tmp_path):
     ports = [_free_port(), _free_port()]
     recv_out, send_out = tmp_path / "recv.json", tmp_path / "send.json"
     recv = subprocess.Popen([PY, "-m", "bench.traffic", "probe-recv", "--duration", "2.5",
                              *[f"--port={p}" for p in ports], "--out", str(recv_out)], cwd=ROOT)
-    time.sleep(0.5)
+    _wait_udp_bound(ports)
     sport = _free_port()
     p = _tool(["probe-send", "--duration", "1.0", "--interval", "0.01",
                f"--flow=127.0.0.1:{sport}:{ports[0]}", f"--flow=127.0.0.1:{sport + 1}:{ports[1]}",
