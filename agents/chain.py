@@ -188,7 +188,7 @@ class ChainNode:
         self._local: deque[tuple[str, int, Body]] = deque()
         self._tombstones: deque[tuple[float, bytes, int]] = deque()
         self._gone: dict[bytes, int] = {}                 # key -> newest Gone version heard
-        self._gone_order: deque[tuple[float, bytes]] = deque()
+        self._gone_order: deque[tuple[float, bytes, int]] = deque()
         self._out: list[Action] = []
         self._started = False
 
@@ -283,8 +283,9 @@ class ChainNode:
                     d.sent = now
                     self._send(self.view.chain(key)[0], DeleteReq(key, d.ver), now)
         while self._gone_order and now - self._gone_order[0][0] >= self.tombstone_ttl:
-            _, key = self._gone_order.popleft()
-            self._gone.pop(key, None)
+            _, key, ver = self._gone_order.popleft()
+            if self._gone.get(key) == ver:        # a newer deletion of the key stays known
+                del self._gone[key]
         while self._tombstones and now - self._tombstones[0][0] >= self.tombstone_ttl:
             _, key, ver = self._tombstones.popleft()
             rec = self.store.get(key)
@@ -370,24 +371,21 @@ class ChainNode:
         rec = self.store.get(key)
         return rec.ver if rec else 0
 
+    def role(self, key: bytes) -> str:
+        """This node's part in the key's chain: head, middle, tail, or handoff (not in it)."""
+        c = self.view.chain(key)
+        if c[-1] == self.id:
+            return "tail"
+        if c[0] == self.id:
+            return "head"
+        return "middle" if self.id in c else "handoff"
+
     def roles(self) -> dict[str, int]:
         """How many stored keys this node heads, holds in the middle, tails, or hands off."""
         out = {"head": 0, "middle": 0, "tail": 0, "handoff": 0}
         for key in self.store:
-            c = self.view.chain(key)
-            if c[-1] == self.id:
-                out["tail"] += 1
-            elif c[0] == self.id:
-                out["head"] += 1
-            elif self.id in c:
-                out["middle"] += 1
-            else:
-                out["handoff"] += 1
+            out[self.role(key)] += 1
         return out
-
-    @property
-    def pending_lookups(self) -> int:
-        return len(self._pending)
 
     # ----------------------------------------------------------------- links
 
@@ -648,7 +646,7 @@ class ChainNode:
     def _on_gone(self, g: Gone, now: float) -> None:
         if g.ver > self._gone.get(g.key, 0):
             self._gone[g.key] = g.ver
-            self._gone_order.append((now, g.key))
+            self._gone_order.append((now, g.key, g.ver))
             if g.key in self._pending:
                 self._query(g.key, now)
         hit = self.cache.get(g.key)

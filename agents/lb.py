@@ -41,10 +41,6 @@ MAX_BUFFERED = 256     # packets held per key while its lookup is pending
 _PORTS = struct.Struct("!HH")
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
 class Agent:
     def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
                  log_dir: str, fin_grace: float, idle_timeout: float):
@@ -233,8 +229,8 @@ class Agent:
             print(f"{self.name}: controller runs mode {view.mode!r}, agent {self.mode!r}",
                   file=sys.stderr)
         self.epoch = view.epoch
-        self.lb_mac = {lb.name: mac_bytes(lb.mac) for lb in view.lbs}
-        self.nf_mac = {nf.name: mac_bytes(nf.mac) for nf in view.nfs if nf.state != "failed"}
+        self.lb_mac = {lb.name: wire.mac_bytes(lb.mac) for lb in view.lbs}
+        self.nf_mac = {nf.name: wire.mac_bytes(nf.mac) for nf in view.nfs if nf.state != "failed"}
         newly_failed = {nf.name for nf in view.nfs if nf.state == "failed"} - self.failed
         self.failed |= newly_failed
         self.picker.set_active(nf.name for nf in view.nfs if nf.state == "active")
@@ -306,10 +302,8 @@ class Agent:
             chain = node.view.chain(key)
             chains[chain] = chains.get(chain, 0) + 1
             if len(rows) < limit:
-                role = ("tail" if chain[-1] == self.name else "head" if chain[0] == self.name
-                        else "middle" if self.name in chain else "handoff")
                 rows.append({"key": key_str(key), "nf": rec.nf or "(deleted)", "ver": rec.ver,
-                             "committed": rec.committed, "role": role,
+                             "committed": rec.committed, "role": node.role(key),
                              "chain": " > ".join(chain)})
         return {"name": self.name, "epoch": node.view.epoch, "entries": len(node.store),
                 "roles": node.roles(), "rows": rows,

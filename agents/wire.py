@@ -198,7 +198,8 @@ for _cls, _code in _BODY_CODE.items():
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 
-def _mac_in(value):
+def mac_bytes(value: str) -> bytes:
+    """``02:00:00:00:04:01`` -> its 6 bytes (ValueError on anything else)."""
     if not isinstance(value, str) or not _MAC_RE.match(value):
         raise ValueError(f"MAC address must look like 02:00:00:00:04:01 (lowercase), got {value!r}")
     return bytes.fromhex(value.replace(":", ""))
@@ -281,7 +282,7 @@ class _Codec:
             conv = None
             if isinstance(field, MACField):
                 fmt += "6s"
-                conv = (_mac_in, _mac_out)
+                conv = (mac_bytes, _mac_out)
             elif field.name == "body_type":
                 fmt += field.fmt.lstrip("!")
                 enc.append((len(names), _body_code))  # the caller decodes the body

@@ -31,6 +31,7 @@ _PROBE = struct.Struct("!IId")              # flow index, sequence number, send 
 
 
 def mac_bytes(mac: str) -> bytes:
+    # not agents.wire.mac_bytes: these host-side tools start fast without importing scapy
     return bytes.fromhex(mac.replace(":", ""))
 
 

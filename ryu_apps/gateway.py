@@ -58,10 +58,6 @@ def configure(cfg: dict, secret: bytes, rest_host: str = "127.0.0.1", rest_port:
     _SETTINGS = {"cfg": cfg, "secret": secret, "rest_host": rest_host, "rest_port": rest_port}
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
 class Gateway(app_manager.OSKenApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
@@ -186,7 +182,8 @@ class Gateway(app_manager.OSKenApp):
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         for t in act.targets:
             try:
-                frame = wire.frame_bytes(mac_bytes(t.mac), mac_bytes(CONTROLLER_MAC), act.view, self.secret)
+                frame = wire.frame_bytes(wire.mac_bytes(t.mac), wire.mac_bytes(CONTROLLER_MAC),
+                                         act.view, self.secret)
             except ValueError as e:
                 self.logger.error("cannot send view epoch %d to %s: %s", act.view.epoch, t.name, e)
                 continue
