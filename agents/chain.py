@@ -247,8 +247,11 @@ class ChainNode:
         return self._finish(now)
 
     def tick(self, now: float) -> list[Action]:
-        """Timers: retransmissions, retries, tombstone expiry."""
+        """Timers: delayed acks, retransmissions, retries, tombstone expiry."""
         self._start(now)
+        self._expire(now)
+        if self.removed:
+            return self._finish(now)       # out of the view: links restart if it is named again
         for peer, link in self._links.items():
             # oldest first, a bounded burst, and the timeout doubles until acks progress:
             # an overloaded peer is not buried under copies of what it already buffers
@@ -264,6 +267,7 @@ class ChainNode:
             if sent:
                 self.stats["retransmits"] += sent
                 link.rto = min(link.rto * 2, MAX_RTO)
+        self._flush_acks()                 # after the retransmissions, which carry acks too
         # retries are a safety net for requests a peer dropped (it was not head or tail in
         # its view): while the link to it still holds unacked frames, the request is on its way
         chain = self.view.chain
@@ -282,6 +286,10 @@ class ChainNode:
                     d.tries += 1
                     d.sent = now
                     self._send(self.view.chain(key)[0], DeleteReq(key, d.ver), now)
+        return self._finish(now)
+
+    def _expire(self, now: float) -> None:
+        """Forget deletions heard and drop committed tombstones after ``tombstone_ttl``."""
         while self._gone_order and now - self._gone_order[0][0] >= self.tombstone_ttl:
             _, key, ver = self._gone_order.popleft()
             if self._gone.get(key) == ver:        # a newer deletion of the key stays known
@@ -291,7 +299,6 @@ class ChainNode:
             rec = self.store.get(key)
             if rec is not None and rec.ver == ver and not rec.nf and rec.committed:
                 del self.store[key]
-        return self._finish(now)
 
     def set_view(self, view: View, now: float) -> list[Action]:
         """Adopt a newer membership view and run the synchronization protocol."""
@@ -432,13 +439,16 @@ class ChainNode:
 
     def _finish(self, now: float) -> list[Action]:
         self._drain(now)
+        out, self._out = self._out, []
+        return out
+
+    def _flush_acks(self) -> None:
+        """Pure acks for links whose received frames no reply has acknowledged yet."""
         for peer, link in self._links.items():
             if link.ack_due:
                 link.ack_due = False
                 self._emit(peer, Frame(self.id, self.inc, link.peer_inc, self.view.epoch, 0,
                                        link.expected - 1, None))
-        out, self._out = self._out, []
-        return out
 
     # ----------------------------------------------------------------- protocol
 
@@ -527,7 +537,12 @@ class ChainNode:
             return
         self._waiters.setdefault(q.key, set()).add(src)
         if q.key not in self._inserting:
-            self._inserting[q.key] = _Insert(q.nf, -1, now)
+            # an asker other than this node sent the head InsertReq(key, nf, q.seen) along
+            # with its query: when that request is the one this tail would send, it counts
+            # as sent (the retry timer covers its loss)
+            base = rec.ver if rec else 0
+            asked = src != self.id and q.seen == base
+            self._inserting[q.key] = _Insert(q.nf, base if asked else -1, now)
         self._serve(q.key, now)
 
     def _serve(self, key: bytes, now: float, force: bool = False) -> None:
@@ -568,8 +583,11 @@ class ChainNode:
                 self._apply(req.key, max(cur, req.base) + 1, req.nf, now)
                 self._propagate(req.key, chain, now)
             elif live and rec.committed and src != self.id:
-                # the requester lacks a committed entry: hand it the committed value
-                self._send(src, Write(req.key, rec.ver, rec.nf), now)
+                if src == chain[-1]:
+                    # the tail lacks a committed entry: hand it the committed value
+                    self._send(src, Write(req.key, rec.ver, rec.nf), now)
+                else:
+                    self._send(src, Answer(req.key, rec.ver, rec.nf), now)   # an asker
         elif live and req.ver in (0, cur):
             self._apply(req.key, cur + 1, "", now)
             self.stats["deletes"] += 1
@@ -659,7 +677,13 @@ class ChainNode:
     def _query(self, key: bytes, now: float) -> None:
         p = self._pending[key]
         p.sent = now
-        self._send(self.view.chain(key)[-1], Query(key, p.nf, self._gone.get(key, 0)), now)
+        seen = self._gone.get(key, 0)
+        chain = self.view.chain(key)
+        if chain[-1] != self.id:
+            # the head inserts a new key right away, in parallel with the query: the tail
+            # answers it after L hops instead of L+2 (see ``_on_query``)
+            self._send(chain[0], InsertReq(key, p.nf, seen), now)
+        self._send(chain[-1], Query(key, p.nf, seen), now)
 
     def _request_delete(self, key: bytes, ver: int, now: float) -> None:
         self._deleting[key] = _Delete(ver, now)

@@ -118,6 +118,14 @@ class Net:
         for name in list(self.nodes):
             self.tick(name)
         self.run()
+        self.flush()
+
+    def flush(self) -> None:
+        """Timers at the current time: the delayed pure acks go out and are delivered."""
+        for name in list(self.nodes):
+            if name not in self.down:
+                self.tick(name)
+        self.run()
 
     def settle(self, duration: float = 3.0, step: float = 0.1) -> None:
         """Deliver everything, letting timers fire, for ``duration`` simulated seconds."""
@@ -279,7 +287,9 @@ def test_lookup_path_query_insert_write_ack_answer():
     mark = len(net.sent)
 
     out = net.lookup(m, k, "nf1")
-    assert [(s.dst, s.msg.body) for s in sends(out)] == [(t, Query(k, "nf1", 0))]
+    # the asker queries the tail and, in parallel, asks the head to insert its proposal
+    assert [(s.dst, s.msg.body) for s in sends(out)] == [(h, InsertReq(k, "nf1", 0)),
+                                                         (t, Query(k, "nf1", 0))]
     assert not [a for a in out if isinstance(a, Decision)]
 
     # deliver until the tail's first Ack is next: the write went down, nothing acked yet
@@ -294,7 +304,8 @@ def test_lookup_path_query_insert_write_ack_answer():
     net.run()
     flow = [(s, d, kind(f)) for s, d, f in net.data(mark)]
     assert [x for x in flow if x[2] == "Query"] == [(m, t, "Query")]
-    assert [x for x in flow if x[2] == "InsertReq"] == [(t, h, "InsertReq")]
+    assert [x for x in flow if x[2] == "InsertReq"] == [(m, h, "InsertReq")], \
+        "the tail does not repeat the asker's insert request"
     assert [x for x in flow if x[2] == "Write"] == [(h, m, "Write"), (m, t, "Write")]
     assert [x for x in flow if x[2] == "Ack"] == [(t, m, "Ack"), (m, h, "Ack")]
     assert [x for x in flow if x[2] == "Answer"] == [(t, m, "Answer")]
@@ -335,23 +346,43 @@ def test_tail_answers_a_committed_entry_without_a_new_write():
     assert net.nodes[h].cache[k][1] == "nf1"
 
 
+def test_head_answers_an_asker_the_committed_entry_it_holds():
+    net, view = three()
+    k = KEYS[1]
+    h, m, t = view.chain(k)
+    net.lookup(t, k, "nf1")
+    net.run()
+    net.flush()                         # the head learns that version 1 is committed
+    mark = len(net.sent)
+    net.lookup(m, k, "nf2")
+    (ins,) = net.take(lambda s, d, f: isinstance(f.body, InsertReq))
+    out = net.receive(*ins)
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(m, Answer(k, 1, "nf1"))]
+    net.run()                           # the tail's answer comes too, and changes nothing
+    assert net.decided(m) == [(m, k, "nf1")]
+    assert net.data(mark, Write) == []
+    assert len(net.data(mark, Answer)) == 2
+
+
 @pytest.mark.parametrize("first", [0, 1])
 def test_first_writer_wins(first):
     net, view = three()
     k = KEYS[2]
     h, m, t = view.chain(k)
-    askers = [(h, "nf1"), (m, "nf2")]
+    askers = [(m, "nf1"), (t, "nf2")]
     for name, nf in askers:
         net.lookup(name, k, nf)
-    # the query that reaches the tail first decides; deliver that one first
+    # the insert request that reaches the head first decides; deliver that one first
     winner_src, winner_nf = askers[first]
-    queries = net.take(lambda s, d, f: isinstance(f.body, Query))
-    queries.sort(key=lambda x: x[0] != winner_src)
-    for q in queries:
+    inserts = net.take(lambda s, d, f: isinstance(f.body, InsertReq))
+    assert sorted(x[0] for x in inserts) == sorted([m, t])
+    inserts.sort(key=lambda x: x[0] != winner_src)
+    for q in inserts:
         net.receive(*q)
     net.run()
-    assert sorted(net.decided()) == sorted([(h, k, winner_nf), (m, k, winner_nf)])
-    assert len(net.data(body=InsertReq)) == 1, "one insert per key while it is pending"
+    assert sorted(net.decided()) == sorted([(m, k, winner_nf), (t, k, winner_nf)])
+    assert len(net.data(body=InsertReq)) == 2, "one insert request per asker, none repeated"
+    assert len(net.data(body=Write)) == 2, "one write down the chain"
     for name in view.members:
         assert net.nodes[name].replica() == {k: winner_nf}
 
@@ -377,7 +408,9 @@ def test_one_decision_answers_every_lookup_made_while_pending():
     k = KEYS[4]
     h, m, t = view.chain(k)
     first = net.lookup(h, k, "nf1")
-    assert len(data_sends(first)) == 1
+    # the head inserts its own proposal at once: the write goes down as the query goes out
+    assert sorted((s.dst, kind(s.msg)) for s in data_sends(first)) == [(t, "Query"),
+                                                                      (m, "Write")]
     assert net.lookup(h, k, "nf2") == [], "a pending key is not asked again"
     assert net.lookup(h, k, "nf3") == []
     net.lookup(m, k, "nf4")                        # another node, pending too
@@ -406,20 +439,22 @@ def test_dropped_frame_is_retransmitted_after_rto_and_applied_once():
     k = KEYS[5]
     h, m, t = view.chain(k)
     net.lookup(m, k, "nf1")
-    (lost,) = net.take(lambda s, d, f: f.body is not None)
-    assert lost[1] == t and isinstance(lost[2].body, Query)
+    (lost,) = net.take(lambda s, d, f: isinstance(f.body, Query))
+    assert lost[:2] == (m, t)
     net.run()
     assert net.decided() == []
     start = net.now
     net.now = start + RTO / 2
-    assert net.tick(m) == [], "no retransmission before the timeout"
+    assert data_sends(net.tick(m)) == [], "no retransmission before the timeout"
     net.now = start + RTO
     out = net.tick(m)
-    assert [(s.dst, s.msg.seq, s.msg.body) for s in sends(out)] == [
-        (t, lost[2].seq, lost[2].body)]
+    # the lost query comes back, and after it the write that the tail could not apply
+    # ahead of it (a link delivers in order)
+    assert [(s.dst, s.msg.seq, s.msg.body) for s in data_sends(out)] == [
+        (t, lost[2].seq, lost[2].body), (t, lost[2].seq + 1, Write(k, 1, "nf1"))]
     net.run()
     assert net.decided() == [(m, k, "nf1")]
-    assert len(net.data(body=Write)) == 2 and net.nodes[t].version(k) == 1
+    assert len(net.data(body=Write)) == 3 and net.nodes[t].version(k) == 1
     net.settle(1.0)
     assert net.decided() == [(m, k, "nf1")], "the retransmitted query is applied once"
     assert len(net.data(body=InsertReq)) == 1 and len(net.data(body=Answer)) == 1
@@ -435,7 +470,8 @@ def test_duplicate_query_is_not_answered_twice():
     assert len(net.data(body=Answer)) == 1
     out = net.receive(*query)                      # the network delivers it a second time
     assert data_sends(out) == [], "a duplicate frame is not applied again"
-    assert sends(out) and all(s.msg.body is None for s in sends(out)), "but it is acked"
+    acks = sends(net.tick(t))
+    assert acks and all(s.msg.body is None for s in acks), "but it is acked, on the next tick"
     net.run()
     assert len(net.data(body=Answer)) == 1
     assert net.decided() == [(m, k, "nf1")]
@@ -493,12 +529,11 @@ def test_out_of_order_frames_are_buffered_and_applied_in_order():
 
     out = net.receive(*q2)                         # the second frame overtakes the first
     assert data_sends(out) == [], "not applied before the frame it follows"
-    assert [s.msg.ack for s in sends(out) if s.dst == "a"] == [q1[2].seq - 1]
+    assert [s.msg.ack for s in sends(net.tick("c")) if s.dst == "a"] == [q1[2].seq - 1]
     assert net.nodes["c"].version(k2) == 0
 
     out = net.receive(*q1)                         # the gap fills: both, in order
-    inserts = [s.msg.body for s in data_sends(out) if isinstance(s.msg.body, InsertReq)]
-    assert inserts == [InsertReq(k1, "nf1", 0), InsertReq(k2, "nf2", 0)]
+    assert [s.msg.ack for s in sends(out + net.tick("c")) if s.dst == "a"] == [q2[2].seq]
     net.run()
     assert sorted(net.decided()) == sorted([("a", k1, "nf1"), ("a", k2, "nf2")])
     out = net.receive(*q2)                         # the buffered copy is not applied again
@@ -510,13 +545,19 @@ def test_pure_acks_stop_retransmissions():
     net, view = three()
     k = KEYS[9]
     net.lookup("a", k, "nf1")
-    net.run(drop=lambda s, d, f: f.body is None)
+    net.run()
     assert net.decided() == [("a", k, "nf1")]
+    # acks a reply did not carry wait for the next tick, well before the retransmission timeout
+    net.now += RTO / 4
+    acks = [s for name in view.members for s in sends(net.tick(name))]
+    assert acks and all(s.msg.body is None for s in acks)
+    assert len(net.take(lambda s, d, f: True)) == len(acks)       # lost
     net.now += RTO
     again = [s for name in view.members for s in sends(net.tick(name))]
-    assert again and all(s.msg.body is not None for s in again)
+    assert any(s.msg.body is not None for s in again)
     # delivering them (and this time their pure acks) silences every timer for good
     net.run()
+    net.flush()
     for _ in range(10):
         net.now += RTO
         for name in view.members:
@@ -531,6 +572,7 @@ def test_a_frame_answered_on_the_same_link_is_not_retransmitted():
     net.lookup(m, k, "nf1")          # m -> t: Write; t -> m: Ack and Answer, on the same link
     net.run()                        # lossless: every frame delivered exactly once
     assert net.decided() == [(m, k, "nf1")]
+    net.flush()                      # and the delayed pure acks
     net.now += 1.5 * RTO
     resent = [(name, s.dst, kind(s.msg)) for name in view.members for s in net.tick(name)]
     assert resent == [], "frames delivered and answered are retransmitted"
@@ -576,7 +618,9 @@ def test_delete_goes_through_the_head_commits_at_the_tail_and_drops_cached_answe
     # a new lookup asks again, and its proposal is inserted
     out = net.lookup(h, k, "nf2")
     assert not [a for a in out if isinstance(a, Decision)]
-    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(t, Query(k, "nf2", 2))]
+    # the head heard of the deletion (seen=2): it writes version 3 at once
+    assert sorted((s.dst, s.msg.body) for s in data_sends(out)) == [(m, Write(k, 3, "nf2")),
+                                                                    (t, Query(k, "nf2", 2))]
     net.run()
     assert net.decided(h)[-1] == (h, k, "nf2")
     for name in view.members:
@@ -604,7 +648,8 @@ def test_stale_insert_request_does_not_revive_a_deleted_entry():
     h, m, t = view.chain(k)
     stale = next_frame(net, t, h, InsertReq(k, "nf9", 0))
     out = net.receive(t, h, stale)
-    assert any(s.dst == t and s.msg.ack == stale.seq for s in sends(out)), "frame was applied"
+    assert any(s.dst == t and s.msg.ack == stale.seq for s in sends(net.tick(h))), \
+        "frame was applied"
     assert not [s for s in data_sends(out) if isinstance(s.msg.body, Write)]
     net.run()
     assert net.data(body=Write)[-1][2].body.nf == "", "no Write after the delete's tombstone"
@@ -631,23 +676,29 @@ def test_stale_query_after_a_delete_gets_gone_and_creates_nothing():
 def test_lookup_pending_across_a_delete_is_served_with_a_new_entry():
     """A query sent before a delete and delivered after it gets Gone, not the old entry;
     its asker, still pending, asks again and its proposal is inserted."""
-    net, view = three()
-    k = KEYS[14]
-    h, m, t = view.chain(k)
+    view = View(1, ("a", "b", "c", "d"), 3)
+    net = Net(view)
+    net.start()
+    k = find_key(lambda k: "d" not in view.chain(k), 14)
+    h, _, t = view.chain(k)
+    m = "d"                                      # the asker, outside the key's chain
     net.lookup(t, k, "nf1")
     net.run()
-    net.lookup(h, k, "nf2")                      # the h -> t link carries no write
-    (held,) = net.take(lambda s, d, f: isinstance(f.body, Query))
-    assert held[2].body == Query(k, "nf2", 0)
+    net.lookup(m, k, "nf2")
+    held = net.take(lambda s, d, f: s == m and isinstance(f.body, (Query, InsertReq)))
+    (query,) = [x for x in held if x[1] == t]
+    (insert,) = [x for x in held if x[1] == h]
+    assert (query[2].body, insert[2].body) == (Query(k, "nf2", 0), InsertReq(k, "nf2", 0))
     net.delete(t, k)
-    net.run()                                    # commits; h hears Gone and asks again
-    assert net.nodes[t].version(k) == 2 and net.decided(h) == []
+    net.run()                                    # commits; m hears Gone and asks again
+    assert net.nodes[t].version(k) == 2 and net.decided(m) == []
     assert [f.body for s, d, f in net.data(body=Query)][-1] == Query(k, "nf2", 2)
-    out = net.receive(*held)
-    assert [(s.dst, s.msg.body) for s in data_sends(out)][0] == (h, Gone(k, 2))
+    out = net.receive(*query)
+    assert [(s.dst, s.msg.body) for s in data_sends(out)][0] == (m, Gone(k, 2))
+    net.receive(*insert)                         # stale (seen=0): only the new one inserts
     net.run()
-    assert net.decided(h) == [(h, k, "nf2")]
-    for name in view.members:
+    assert net.decided(m) == [(m, k, "nf2")]
+    for name in view.chain(k):
         assert net.nodes[name].replica() == {k: "nf2"} and net.nodes[name].version(k) == 3
 
 
@@ -770,9 +821,10 @@ def test_future_epoch_frames_are_dropped_until_the_view_arrives():
     net.run()
     assert not net.nodes["b"].synced, "the dropped SyncDone from a is still missing"
     assert net.nodes["a"].synced and net.nodes["c"].synced
+    net.flush()                                  # c acks a's SyncDone
     net.now += RTO
     out = net.tick("a")
-    assert [(s.dst, s.msg.seq, s.msg.body) for s in sends(out)] == [
+    assert [(s.dst, s.msg.seq, s.msg.body) for s in data_sends(out)] == [
         ("b", from_a[2].seq, SyncDone())]
     net.run()
     assert net.nodes["b"].synced
@@ -825,7 +877,7 @@ def test_node_is_not_synced_until_syncdone_from_every_member():
     net = Net(view)
     for name in view.members:
         net.tick(name)
-    k = find_key(lambda k: view.chain(k)[-1] == "a")
+    k = find_key(lambda k: view.chain(k) == ("c", "b", "a"))
     net.run(drop=lambda s, d, f: d == "a")       # a hears nothing yet
     assert net.nodes["b"].synced and net.nodes["c"].synced
     assert not net.nodes["a"].synced
@@ -841,12 +893,14 @@ def test_node_is_not_synced_until_syncdone_from_every_member():
 
     net.lookup("b", k, "nf1")                    # a is k's tail, not synced: it defers
     (q,) = net.take(lambda s, d, f: isinstance(f.body, Query))
+    (ins,) = net.take(lambda s, d, f: isinstance(f.body, InsertReq))
     out = net.receive(*q)
     assert data_sends(out) == [], "an unsynced tail neither answers nor inserts"
     for fr in from_c:
         out = net.receive(*fr)
     assert net.nodes["a"].synced
-    assert [s.msg.body for s in data_sends(out)] == [InsertReq(k, "nf1", 0)]
+    assert data_sends(out) == [], "the asker's own insert request is on its way to the head"
+    net.receive(*ins)
     net.run()
     assert net.decided() == [("b", k, "nf1")]
 
