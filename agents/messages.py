@@ -123,8 +123,10 @@ class NFInfo:
 
 @dataclass(frozen=True)
 class LBInfo:
+    """An LB node: its MAC on the switch, and on the LB cluster network ('' if it has none)."""
     name: str
     mac: str
+    cluster_mac: str = ""
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,10 @@ def _list(name, cls):
             PacketListField(name, [], cls, count_from=lambda p: getattr(p, f"{name}_count"))]
 
 
+class OptionalMACField(MACField):
+    """A MAC address or none: the dataclass holds '' for none, the wire 00:00:00:00:00:00."""
+
+
 class BoolField(ByteField):
     """0 or 1 (the dataclass holds ``bool``)."""
 
@@ -157,7 +161,8 @@ class SyncDoneL(Packet):
 
 class LBInfoL(_Item):
     name = "LBInfo"
-    fields_desc = [*_text("name"), MACField("mac", None)]
+    fields_desc = [*_text("name"), MACField("mac", None),
+                   OptionalMACField("cluster_mac", "00:00:00:00:00:00")]
 
 
 class NFInfoL(_Item):
@@ -207,6 +212,22 @@ def mac_bytes(value: str) -> bytes:
 
 def _mac_out(raw):
     return raw.hex(":")
+
+
+_NO_MAC = bytes(6)
+
+
+def _optional_mac_bytes(value: str) -> bytes:
+    if value == "":
+        return _NO_MAC
+    raw = mac_bytes(value)
+    if raw == _NO_MAC:
+        raise ValueError("MAC address 00:00:00:00:00:00 stands for none: give '' instead")
+    return raw
+
+
+def _optional_mac_out(raw):
+    return "" if raw == _NO_MAC else raw.hex(":")
 
 
 def _enum(field):
@@ -282,7 +303,8 @@ class _Codec:
             conv = None
             if isinstance(field, MACField):
                 fmt += "6s"
-                conv = (mac_bytes, _mac_out)
+                conv = ((_optional_mac_bytes, _optional_mac_out)
+                        if isinstance(field, OptionalMACField) else (mac_bytes, _mac_out))
             elif field.name == "body_type":
                 fmt += field.fmt.lstrip("!")
                 enc.append((len(names), _body_code))  # the caller decodes the body

@@ -290,16 +290,18 @@ class RestApp:
                                  '"mac": "02:00:00:00:04:04", "port": 12}')
         return obj
 
-    def member(self, environ) -> tuple:
+    def member(self, environ, optional: tuple[str, ...] = ()) -> tuple:
+        """name, mac, port (and the ``optional`` fields, '' when absent) of a request body."""
         b = self.body(environ)
         missing = [k for k in ("name", "mac", "port") if k not in b]
         if missing:
             raise HttpError(400, f"body lacks {', '.join(missing)}: expected "
                                  '{"name": ..., "mac": "02:00:00:00:KK:II", "port": <switch port>}')
-        extra = sorted(set(b) - {"name", "mac", "port"})
+        valid = ("name", "mac", "port", *optional)
+        extra = sorted(set(b) - set(valid))
         if extra:
-            raise HttpError(400, f"unknown fields {extra}: expected name, mac, port")
-        return b["name"], b["mac"], b["port"]
+            raise HttpError(400, f"unknown fields {extra}: expected {', '.join(valid)}")
+        return (b["name"], b["mac"], b["port"], *(b.get(k, "") for k in optional))
 
     def _do(self, acts) -> dict:
         self.gw.apply(acts)
@@ -322,7 +324,9 @@ class RestApp:
         return self._do(self.gw.policy.remove_nf(name, now=time.monotonic()))
 
     def add_lb(self, environ):
-        return self._do(self.gw.policy.add_lb(*self.member(environ), now=time.monotonic()))
+        name, mac, port, cluster_mac = self.member(environ, ("cluster_mac",))
+        return self._do(self.gw.policy.add_lb(name, mac, port, now=time.monotonic(),
+                                               cluster_mac=cluster_mac))
 
     def remove_lb(self, environ, name):
         return self._do(self.gw.policy.remove_lb(name, now=time.monotonic()))

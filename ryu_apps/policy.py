@@ -97,6 +97,7 @@ class LBMember:
     port: int
     admitted_epoch: int
     admitted_at: float
+    cluster_mac: str = ""    # its interface on the LB cluster network, if it has one
     status: str = "joining"  # "joining" | "up"
     last_heartbeat: float | None = None
     reported_epoch: int | None = None
@@ -202,7 +203,10 @@ class Policy:
                 if not isinstance(item, dict) or "name" not in item:
                     raise PolicyError(f"{key}[{i}] must be an object with name, mac, port")
                 mac, port = _mac_port(item, f"{key}[{i}]")
-                adder(item["name"], mac, port, now)
+                if key == "lbs":
+                    adder(item["name"], mac, port, now, item.get("cluster_mac", ""))
+                else:
+                    adder(item["name"], mac, port, now)
         if not pol.lbs:
             raise PolicyError("config lists no LB nodes ('lbs'): at least one is needed")
         return pol
@@ -248,10 +252,11 @@ class Policy:
 
     # -- LB members --
 
-    def add_lb(self, name: str, mac: str, port: int, now: float) -> list[Action]:
+    def add_lb(self, name: str, mac: str, port: int, now: float,
+               cluster_mac: str = "") -> list[Action]:
         self.epoch += 1
         try:
-            self._admit_lb(name, mac, port, now)
+            self._admit_lb(name, mac, port, now, cluster_mac)
         except PolicyError:
             self.epoch -= 1
             raise
@@ -303,7 +308,7 @@ class Policy:
     def view(self) -> ViewMsg:
         return ViewMsg(
             epoch=self.epoch, chain_len=self.chain_len, mode=self.mode,
-            lbs=tuple(LBInfo(m.name, m.mac) for m in self.lbs.values()),
+            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac) for m in self.lbs.values()),
             nfs=tuple(NFInfo(n.name, n.mac, n.state) for n in self.nfs.values()))
 
     def steering_ports(self) -> tuple[int, ...]:
@@ -317,7 +322,8 @@ class Policy:
             "epoch": self.epoch, "chain_len": self.chain_len, "mode": self.mode,
             "heartbeat_timeout": self.heartbeat_timeout, "join_timeout": self.join_timeout,
             "steering": list(self.steering_ports()),
-            "lbs": [{"name": m.name, "mac": m.mac, "port": m.port, "status": m.status,
+            "lbs": [{"name": m.name, "mac": m.mac, "cluster_mac": m.cluster_mac,
+                     "port": m.port, "status": m.status,
                      "admitted_epoch": m.admitted_epoch, "reported_epoch": m.reported_epoch,
                      "entries": m.entries, "last_heartbeat_age": age(m.last_heartbeat)}
                     for m in self.lbs.values()],
@@ -328,11 +334,18 @@ class Policy:
 
     # -- internals --
 
-    def _admit_lb(self, name: str, mac: str, port: int, now: float) -> None:
+    def _admit_lb(self, name: str, mac: str, port: int, now: float,
+                  cluster_mac: str = "") -> None:
         check_name(name, "LB")
         mac, port = check_mac(mac), check_port(port)
+        if cluster_mac != "":
+            cluster_mac = check_mac(cluster_mac)
+            if cluster_mac == mac or any(cluster_mac in (m.mac, m.cluster_mac)
+                                         for m in self.lbs.values()):
+                raise PolicyError(f"cluster MAC {cluster_mac} is already in use")
         self._check_free(name, mac, port)
-        self.lbs[name] = LBMember(name, mac, port, admitted_epoch=self.epoch, admitted_at=now)
+        self.lbs[name] = LBMember(name, mac, port, admitted_epoch=self.epoch, admitted_at=now,
+                                  cluster_mac=cluster_mac)
 
     def _admit_nf(self, name: str, mac: str, port: int, now: float) -> None:
         check_name(name, "NF")

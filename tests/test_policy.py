@@ -198,6 +198,31 @@ def test_cannot_remove_last_lb():
         pol.remove_lb("lb9", 1.0)
 
 
+def test_cluster_macs_travel_in_the_view(pol):
+    cluster = "02:00:00:01:03:04"
+    pol.add_lb("lb4", mac(3, 4), 14, now=1.0, cluster_mac=cluster.upper())
+    infos = {i.name: i for i in pol.view().lbs}
+    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster)
+    assert infos["lb1"].cluster_mac == ""          # a node without one uses the switch
+    assert pol.state(1.0)["lbs"][-1]["cluster_mac"] == cluster
+    cfg = config()
+    cfg["lbs"][0]["cluster_mac"] = "02:00:00:01:03:01"
+    assert Policy.from_config(cfg, 0.0).view().lbs[0].cluster_mac == "02:00:00:01:03:01"
+
+
+@pytest.mark.parametrize("cluster_mac, message", [
+    ("02:00:00:01:03", "bad MAC"),
+    ("01:00:00:01:03:05", "multicast"),
+    ("02:00:00:01:03:04", "already in use"),       # lb4's
+    (mac(3, 5), "already in use"),                 # its own switch MAC
+])
+def test_add_lb_bad_cluster_mac_is_refused(pol, cluster_mac, message):
+    pol.add_lb("lb4", mac(3, 4), 14, now=1.0, cluster_mac="02:00:00:01:03:04")
+    with pytest.raises(PolicyError, match=message):
+        pol.add_lb("lb5", mac(3, 5), 15, now=2.0, cluster_mac=cluster_mac)
+    assert pol.epoch == 2 and "lb5" not in pol.lbs
+
+
 def test_add_lb_bad_input_leaves_epoch(pol):
     with pytest.raises(PolicyError, match="already in use"):
         pol.add_lb("lb1", mac(3, 9), 19, 1.0)
@@ -213,7 +238,7 @@ def test_heartbeat_records_state_for_the_view(pol):
     pol.heartbeat("lb1", 1, 42, 0.2)
     st_ = pol.state(now=0.5)
     lb1 = st_["lbs"][0]
-    assert lb1 == {"name": "lb1", "mac": mac(3, 1), "port": 11, "status": "up",
+    assert lb1 == {"name": "lb1", "mac": mac(3, 1), "cluster_mac": "", "port": 11, "status": "up",
                    "admitted_epoch": 1, "reported_epoch": 1, "entries": 42,
                    "last_heartbeat_age": 0.3}
     assert st_["lbs"][1]["last_heartbeat_age"] is None

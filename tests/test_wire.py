@@ -44,7 +44,8 @@ HAND = [
     frame(m.Query(K4, "ñ" * 127), src="ψ" * 127),
     m.ViewMsg(1, 3, "chain", (), ()),
     m.ViewMsg(BIG, 2, "maglev",
-              (m.LBInfo("lb1", "02:00:00:00:03:01"), m.LBInfo("lb2", "02:00:00:00:03:02")),
+              (m.LBInfo("lb1", "02:00:00:00:03:01"),
+               m.LBInfo("lb2", "02:00:00:00:03:02", "02:00:00:01:03:02")),
               (m.NFInfo("nf1", "02:00:00:00:04:01", "active"),
                m.NFInfo("nf2", "02:00:00:00:04:02", "draining"),
                m.NFInfo("nf3", "02:00:00:00:04:03", "failed"))),
@@ -61,6 +62,7 @@ keys = st.one_of(st.binary(min_size=13, max_size=13), st.binary(min_size=37, max
                  st.binary(max_size=255))
 names = st.text(max_size=63)  # at most 252 bytes of UTF-8
 macs = st.binary(min_size=6, max_size=6).map(lambda b: b.hex(":"))
+cluster_macs = st.one_of(st.just(""), macs.filter(lambda mac: mac != "00:00:00:00:00:00"))
 entries = st.builds(m.SyncEntry, keys, u64, names, st.booleans())
 bodies = st.one_of(
     st.none(),
@@ -76,7 +78,7 @@ bodies = st.one_of(
 )
 frames = st.builds(m.Frame, names, u64, u64, u64, u64, u64, bodies)
 views = st.builds(m.ViewMsg, u64, st.integers(0, 65535), names,
-                  st.lists(st.builds(m.LBInfo, names, macs), max_size=8).map(tuple),
+                  st.lists(st.builds(m.LBInfo, names, macs, cluster_macs), max_size=8).map(tuple),
                   st.lists(st.builds(m.NFInfo, names, macs,
                                      st.sampled_from(["active", "draining", "failed"])),
                            max_size=8).map(tuple))
@@ -102,6 +104,8 @@ def to_layer(obj):
             kw[f.name] = [to_layer(item) for item in value]
         elif isinstance(value, bool):
             kw[f.name] = int(value)
+        elif f.name == "cluster_mac":
+            kw[f.name] = value or "00:00:00:00:00:00"
         elif isinstance(value, str) and f.name not in ("mac", "state"):
             kw[f.name] = value.encode("utf-8")
         else:
@@ -134,6 +138,8 @@ def from_layer(pkt):
             value = bool(value)
         elif f.name == "state":
             value = field.i2s[value]
+        elif f.name == "cluster_mac" and value == "00:00:00:00:00:00":
+            value = ""
         vals[f.name] = value
     return cls(**vals)
 
@@ -334,6 +340,9 @@ def test_authentic_mutations_refused_or_canonical(msg, edits):
     (m.ViewMsg(1, 70000, "chain", (), ()), "cannot encode"),
     (m.ViewMsg(1, 3, "chain", (m.LBInfo("lb1", "02:00:00:00:03:0G"),), ()), "MAC"),
     (m.ViewMsg(1, 3, "chain", (m.LBInfo("lb1", "02:00:00:00:03:AB"),), ()), "MAC"),
+    (m.ViewMsg(1, 3, "chain", (m.LBInfo("lb1", "02:00:00:00:03:01", "00:00:00:00:00:00"),), ()),
+     "stands for none"),
+    (m.ViewMsg(1, 3, "chain", (m.LBInfo("lb1", "02:00:00:00:03:01", "02:00"),), ()), "MAC"),
     (m.ViewMsg(1, 3, "chain", (), (m.NFInfo("nf1", "02:00:00:00:04:01", "dead"),)), "state"),
 ])
 def test_encode_refuses(msg, message):
