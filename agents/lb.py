@@ -1,13 +1,15 @@
 """The LB agent: one process per LB host, a thin I/O shell around the LB logic.
 
-    python -m agents.lb --name lb1 --intf lb1-eth0 --secret-file /run/chainlb/secret \
-        --mode chain --run-dir /run/chainlb --log-dir results/<run>/logs
+    python -m agents.lb --name lb1 --intf lb1-eth0 --cluster-intf lb1-eth1 \
+        --secret-file /run/chainlb/secret --mode chain --run-dir /run/chainlb \
+        --log-dir results/<run>/logs
 
 Data path: an AF_PACKET socket on the host's interface; IPv4 frames that the gateway
 steered here are parsed with ``struct``, mapped to their connection key, and forwarded by
 rewriting the destination MAC to the chosen NF's. In ``chain`` mode a key's packets are
 buffered until the chain decides. Control path: raw 0x88B5 frames (``agents.wire``): chain
-frames between LB nodes, views from the controller, heartbeats to it. A unix socket
+frames between LB nodes (on the cluster interface to the nodes the view gives a cluster MAC,
+through the switch to the others), views from the controller, heartbeats to it. A unix socket
 (``<run-dir>/<name>.sock``) answers ``status`` and ``table`` for the CLI.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ _PORTS = struct.Struct("!HH")
 
 class Agent:
     def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
-                 log_dir: str, fin_grace: float, idle_timeout: float):
+                 log_dir: str, fin_grace: float, idle_timeout: float, cluster_intf: str = ""):
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
         self.fin_grace, self.idle_timeout = fin_grace, idle_timeout
         self.picker = Picker(mode)
@@ -51,7 +53,7 @@ class Agent:
         self.epoch = 0
         self.ready_epoch = 0
         self.nf_mac: dict[str, bytes] = {}      # usable NFs (active or draining)
-        self.lb_mac: dict[str, bytes] = {}
+        self.lb_route: dict[str, tuple[socket.socket, bytes, bytes]] = {}  # sock, dst, src
         self.failed: set[str] = set()
         self.buffered: dict[bytes, list[bytes]] = {}
         self.decided: dict[bytes, str] = {}      # stateless modes: the NF each key last went to
@@ -59,13 +61,23 @@ class Agent:
         self.closing: dict[bytes, float] = {}
         self.counts = {"rx": 0, "forwarded": 0, "buffered": 0, "dropped_no_nf": 0,
                        "dropped_buffer_full": 0, "chain_rx": 0, "bad_frames": 0,
-                       "deletes": 0, "decisions": 0, "tx_errors": 0}
+                       "cluster_rx": 0, "deletes": 0, "decisions": 0, "tx_errors": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((intf, 0))
         self.sock.setblocking(False)
         self.mac = self.sock.getsockname()[4][:6]
+        self.cluster_intf = cluster_intf
+        self.csock: socket.socket | None = None     # the LB cluster network: chain frames only
+        if cluster_intf:
+            self.csock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                       socket.htons(wire.ETHERTYPE))
+            self.csock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            self.csock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            self.csock.bind((cluster_intf, wire.ETHERTYPE))
+            self.csock.setblocking(False)
+            self.cluster_mac = self.csock.getsockname()[4][:6]
         os.makedirs(log_dir, exist_ok=True)
         self.decisions_log = open(os.path.join(log_dir, f"{name}.decisions.csv"), "w",
                                   buffering=1 << 16)
@@ -85,21 +97,29 @@ class Agent:
 
     def run(self) -> None:
         next_tick = next_hb = next_house = time.monotonic()
-        sock, recv, handle = self.sock, self.sock.recv, self.handle_frame
+        handle = self.handle_frame
+        socks = [s for s in (self.sock, self.csock) if s is not None]
+        watched = socks + [self.ctl]
         while self.running:
             now = time.monotonic()
             timeout = max(0.0, min(next_tick, next_hb, next_house) - now)
             try:
-                ready, _, _ = select.select([sock, self.ctl], [], [], timeout)
+                ready, _, _ = select.select(watched, [], [], timeout)
             except InterruptedError:
                 continue
             now = time.monotonic()
-            if sock in ready:
-                for _ in range(512):
-                    try:
-                        handle(recv(65535), now)
-                    except BlockingIOError:
-                        break
+            for sock in socks:
+                if sock in ready:
+                    recv = sock.recv
+                    for n in range(512):
+                        try:
+                            handle(recv(65535), now)
+                        except BlockingIOError:
+                            break
+                    else:
+                        n = 512
+                    if sock is self.csock:
+                        self.counts["cluster_rx"] += n
             if self.ctl in ready:
                 self.serve_control()
             if now >= next_tick:
@@ -193,9 +213,10 @@ class Agent:
             actions = sorted(actions, key=lambda a: not isinstance(a, Decision))
         for a in actions:
             if isinstance(a, Send):
-                mac = self.lb_mac.get(a.dst)
-                if mac is not None:
-                    self.tx(wire.frame_bytes(mac, self.mac, a.msg, self.secret), data=False)
+                route = self.lb_route.get(a.dst)
+                if route is not None:
+                    sock, dst, src = route
+                    self.tx(wire.frame_bytes(dst, src, a.msg, self.secret), data=False, sock=sock)
             elif isinstance(a, Decision):
                 self.counts["decisions"] += 1
                 self.log_decision(now, a.key, a.nf)
@@ -207,10 +228,10 @@ class Agent:
                 for buf in held:
                     self.tx(mac + self.mac + buf[12:])
 
-    def tx(self, frame: bytes, data: bool = True) -> None:
+    def tx(self, frame: bytes, data: bool = True, sock: socket.socket | None = None) -> None:
         """Send a frame; a dropped send (full queue, egress filter) is a lost frame."""
         try:
-            self.sock.send(frame)
+            (sock or self.sock).send(frame)
         except OSError:
             self.counts["tx_errors"] += 1
             return
@@ -229,7 +250,7 @@ class Agent:
             print(f"{self.name}: controller runs mode {view.mode!r}, agent {self.mode!r}",
                   file=sys.stderr)
         self.epoch = view.epoch
-        self.lb_mac = {lb.name: wire.mac_bytes(lb.mac) for lb in view.lbs}
+        self.lb_route = {lb.name: self.route(lb) for lb in view.lbs}
         self.nf_mac = {nf.name: wire.mac_bytes(nf.mac) for nf in view.nfs if nf.state != "failed"}
         newly_failed = {nf.name for nf in view.nfs if nf.state == "failed"} - self.failed
         self.failed |= newly_failed
@@ -249,6 +270,12 @@ class Agent:
         self.apply(self.node.set_view(chain_view, now), now)
         for nf in newly_failed:
             self.apply(self.node.purge_nf(nf, now), now)
+
+    def route(self, lb) -> tuple[socket.socket, bytes, bytes]:
+        """How chain frames reach LB node ``lb``: the cluster network if both are on it."""
+        if self.csock is not None and lb.cluster_mac:
+            return self.csock, wire.mac_bytes(lb.cluster_mac), self.cluster_mac
+        return self.sock, wire.mac_bytes(lb.mac), self.mac
 
     def heartbeat(self) -> None:
         """Alive, at the newest view this node is ready to serve (chain: synchronized)."""
@@ -279,6 +306,7 @@ class Agent:
     def status(self) -> dict:
         node = self.node
         out = {"name": self.name, "mode": self.mode, "epoch": self.epoch,
+               "cluster_intf": self.cluster_intf,
                "active_nfs": list(self.picker.active), "counts": self.counts,
                "pending": len(self.buffered), "connections": len(self.last_seen)}
         if node is not None:
@@ -358,7 +386,9 @@ def query(run_dir: str, name: str, command: str, timeout: float = 2.0) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m agents.lb", description=__doc__.split("\n")[0])
     p.add_argument("--name", required=True)
-    p.add_argument("--intf", required=True)
+    p.add_argument("--intf", required=True, help="the interface to the switch")
+    p.add_argument("--cluster-intf", default="",
+                   help="the interface to the LB cluster network (chain frames), if any")
     p.add_argument("--secret-file", required=True)
     p.add_argument("--mode", choices=MODES, default="chain")
     p.add_argument("--run-dir", default="/run/chainlb")
@@ -370,7 +400,7 @@ def main(argv=None) -> int:
         with open(args.secret_file, "rb") as f:
             secret = f.read()
         agent = Agent(args.name, args.intf, secret, args.mode, args.run_dir, args.log_dir,
-                      args.fin_grace, args.idle_timeout)
+                      args.fin_grace, args.idle_timeout, args.cluster_intf)
     except OSError as e:
         print(f"agents.lb: error: {e}", file=sys.stderr)
         return 1

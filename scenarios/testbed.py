@@ -121,7 +121,10 @@ def cleanup_leftovers(log=print) -> list[str]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(f"{topo.SWITCH}-eth"):
+        if name == topo.CLUSTER_BRIDGE:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+            done.append(f"removed bridge {name}")
+        elif name.startswith((f"{topo.SWITCH}-eth", f"{topo.CLUSTER_BRIDGE}-")):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
             done.append(f"removed link {name}")
     for sock in RUN_DIR.glob("*.sock"):
@@ -263,7 +266,10 @@ class Testbed:
 
     @staticmethod
     def _member(name: str) -> dict:
-        return {"name": name, "mac": mac_of(name), "port": topo.port_number(name)}
+        member = {"name": name, "mac": mac_of(name), "port": topo.port_number(name)}
+        if topo.kind_of(name) == "lb":
+            member["cluster_mac"] = topo.cluster_mac_of(name)
+        return member
 
     def _start_nf(self, nf: str) -> None:
         host_checked(self.net[nf], [PY, "-m", "agents.nf", "start", "--name", nf],
@@ -274,13 +280,15 @@ class Testbed:
         if self.chain_loss_pct:
             # netem is unavailable: drop chain frames at random as they leave the LB host
             rules = self.logs / f"{lb}.chainloss.nft"
-            rules.write_text(
-                "table netdev chainloss {\n  chain egress {\n"
-                f"    type filter hook egress device {topo.intf_of(lb)} priority 0;\n"
+            chains = "".join(
+                f"  chain egress{i} {{\n"
+                f"    type filter hook egress device {intf} priority 0;\n"
                 f"    ether type 0x88b5 numgen random mod 100 < {self.chain_loss_pct} counter drop\n"
-                "  }\n}\n")
+                "  }\n" for i, intf in enumerate((topo.intf_of(lb), topo.cluster_intf_of(lb))))
+            rules.write_text(f"table netdev chainloss {{\n{chains}}}\n")
             host_checked(host, ["nft", "-f", str(rules)], f"installing chain-frame loss on {lb}")
         self._spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
+                         "--cluster-intf", topo.cluster_intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs)], host=host)
 

@@ -51,6 +51,9 @@ def test_scale_out_chain_moves_nothing_and_uses_the_new_nf():
     for name in ("flows.csv", "summary.csv", "params.json", "timeline.csv"):
         assert (run_dir / name).stat().st_size > 0
     assert (run_dir.parent.parent / "latest").resolve() == run_dir.resolve()
+    for stats in (run_dir / "logs").glob("lb*.stats.json"):
+        counts = json.loads(stats.read_text())["counts"]
+        assert counts["cluster_rx"] > 0, f"{stats.name}: chain frames use the cluster network"
     _nothing_left_behind()
 
 

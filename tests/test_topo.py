@@ -22,6 +22,16 @@ def test_addresses_follow_the_plan():
     assert tb.switch_intf_of("lb4") == "gw-eth3004"
     assert tb.name_of_ip("10.0.4.3") == "nf3" and tb.name_of_ip("10.0.9.1") is None
     assert tb.name_of_ip("192.168.0.1") is None
+    assert tb.cluster_mac_of("lb2") == "02:00:00:01:03:02"
+    assert tb.cluster_intf_of("lb2") == "lb2-eth1"
+    assert tb.cluster_port_of("lb2") == "chainlb0-lb2"
+
+
+@pytest.mark.parametrize("name", ["nf1", "c1", "s3"])
+def test_only_lb_nodes_are_on_the_cluster_network(name):
+    for fn in (tb.cluster_mac_of, tb.cluster_intf_of, tb.cluster_port_of):
+        with pytest.raises(ValueError, match="not an LB node"):
+            fn(name)
 
 
 def test_every_planned_name_has_unique_addresses_and_ports():
@@ -33,6 +43,11 @@ def test_every_planned_name_has_unique_addresses_and_ports():
         assert len(set(values)) == len(values), fn.__name__
     assert all(tb.name_of_ip(tb.ip_of(n)) == n for n in names)
     assert all(len(tb.switch_intf_of(n)) <= 15 and len(tb.intf_of(n)) <= 15 for n in names)
+    lbs = [n for n in names if tb.kind_of(n) == "lb"]
+    cluster = [tb.cluster_mac_of(n) for n in lbs]
+    assert len(set(cluster)) == len(lbs) and not set(cluster) & {tb.mac_of(n) for n in names}
+    assert all(len(tb.cluster_port_of(n)) <= 15 and len(tb.cluster_intf_of(n)) <= 15
+               for n in lbs)
 
 
 @pytest.mark.parametrize("bad", ["", "x1", "nf0", "nf01", "nf201", "gw", "lb", "c-1", "NF1"])

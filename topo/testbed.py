@@ -13,8 +13,19 @@
                                │          └── ...          (+ spare nfM+1.. added live)
                      controller tcp:127.0.0.1:6653 (os-ken)
 
+     LB cluster network (chain frames between LB nodes only):
+     lb1-eth1 ──┐
+     lb2-eth1 ──┼── chainlb0 (Linux bridge in the root namespace)
+     ...      ──┘
+
   client -> gw -> lbX (picks the NF, rewrites dst MAC) -> gw -> nfY (conntrack, routes
   out of the same interface) -> gw -> server; replies take the same way back.
+
+LB nodes also have ``<name>-eth1`` on ``chainlb0``, a kernel bridge that carries the chain
+protocol between them, as an LB cluster's own network would: a hop through gw's userspace
+datapath costs about five times one through a kernel bridge on these machines. Its MACs are
+``02:00:00:01:03:II``; it has no IP addresses. The controller's view tells every agent the
+cluster MAC of each LB node (without one, chain frames go through gw).
 
 Every host has one interface ``<name>-eth0`` to ``gw``; the switch port of a host is fixed by its
 name (:func:`port_number`: kind code * 1000 + index, e.g. nf2 -> 4002, on ``gw-eth4002``), so
@@ -23,8 +34,8 @@ with KK = 1 client, 2 server, 3 lb, 4 nf. ARP is static on every host, covering 
 that may be added later; links are ``TCULink`` (checksum offload off, needed by the userspace
 datapath) and the offload setting is verified with ethtool. IPv6 is off on hosts (no ND/MLD noise).
 
-Only :func:`build_net`, :func:`add_host_live` and :func:`remove_host_live` touch Mininet/OVS;
-everything else here is pure.
+Only :func:`build_net`, :func:`add_host_live`, :func:`remove_host_live` and
+:func:`attach_cluster` touch Mininet/OVS or links; everything else here is pure.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 SWITCH = "gw"
+CLUSTER_BRIDGE = "chainlb0"    # the LB cluster network (a Linux bridge)
 DPID = "0000000000000001"
 CONTROLLER_IP = "127.0.0.1"
 CONTROLLER_PORT = 6653
@@ -158,6 +170,26 @@ def mac_of(name: str) -> str:
     return f"02:00:00:00:{KIND_CODES[kind]:02x}:{idx:02x}"
 
 
+def cluster_mac_of(name: str) -> str:
+    """lb2 -> 02:00:00:01:03:02, its MAC on the LB cluster network (LB nodes only)."""
+    kind, idx = parse_name(name)
+    if kind != "lb":
+        raise ValueError(f"{name} is not an LB node: only LB nodes are on the cluster network")
+    return f"02:00:00:01:{KIND_CODES[kind]:02x}:{idx:02x}"
+
+
+def cluster_intf_of(name: str) -> str:
+    """An LB node's interface on the cluster network."""
+    cluster_mac_of(name)
+    return f"{name}-eth1"
+
+
+def cluster_port_of(name: str) -> str:
+    """The bridge-side end of an LB node's cluster link (root namespace)."""
+    cluster_mac_of(name)
+    return f"{CLUSTER_BRIDGE}-{name}"
+
+
 def ip_of(name: str) -> str:
     """nf1 -> 10.0.4.1 (without prefix length)."""
     kind, idx = parse_name(name)
@@ -165,7 +197,7 @@ def ip_of(name: str) -> str:
 
 
 def intf_of(name: str) -> str:
-    """The host's only interface."""
+    """The host's interface to gw."""
     parse_name(name)
     return f"{name}-eth0"
 
@@ -331,7 +363,34 @@ def build_net(params: TestbedParams = TestbedParams()):
         configure_host(host)
         configure_switch_port(host.name)
         set_static_arp(host, planned)
+    create_cluster_bridge()
+    for host in net.hosts:
+        if kind_of(host.name) == "lb":
+            attach_cluster(host)
     return net
+
+
+def create_cluster_bridge() -> None:
+    """The LB cluster network's bridge (a new one): no STP, forwarding at once, IPv6 off."""
+    subprocess.run(["ip", "link", "del", CLUSTER_BRIDGE], capture_output=True)
+    _run(["ip", "link", "add", CLUSTER_BRIDGE, "type", "bridge", "stp_state", "0",
+          "forward_delay", "0"])
+    ipv6 = f"/proc/sys/net/ipv6/conf/{CLUSTER_BRIDGE}/disable_ipv6"
+    try:
+        with open(ipv6, "w") as f:
+            f.write("1")
+    except OSError:
+        pass                                # no IPv6 in this kernel: nothing to silence
+    _run(["ip", "link", "set", CLUSTER_BRIDGE, "up"])
+
+
+def attach_cluster(host) -> None:
+    """Link LB host ``host`` to the cluster bridge (``<name>-eth1``, its cluster MAC)."""
+    port, intf = cluster_port_of(host.name), cluster_intf_of(host.name)
+    _run(["ip", "link", "add", port, "type", "veth", "peer", "name", intf,
+          "netns", str(host.pid)])
+    _run(["ip", "link", "set", port, "master", CLUSTER_BRIDGE, "up"])
+    host_run(host, ["ip", "link", "set", intf, "address", cluster_mac_of(host.name), "up"])
 
 
 def port_of(net, name: str) -> int:
@@ -384,6 +443,8 @@ def add_host_live(net, name: str):
         host_run(host, ["ip", "link", "set", intf_of(name), "up"])
         configure_host(host)
         configure_switch_port(name)
+        if kind_of(name) == "lb":
+            attach_cluster(host)
         others = [h.name for h in net.hosts if h is not host]
         set_static_arp(host, set(others) | set(planned_hosts(params)))
         for other in net.hosts:
@@ -405,6 +466,8 @@ def _remove(net, host) -> None:
             subprocess.run(["ovs-vsctl", "--if-exists", "del-port", SWITCH, sw.name],
                            capture_output=True)
             net.delLink(link)
+    if kind_of(host.name) == "lb":
+        subprocess.run(["ip", "link", "del", cluster_port_of(host.name)], capture_output=True)
     if host in net.hosts:
         net.delHost(host)
 
