@@ -679,9 +679,12 @@ class ChainNode:
         p.sent = now
         seen = self._gone.get(key, 0)
         chain = self.view.chain(key)
-        if chain[-1] != self.id:
-            # the head inserts a new key right away, in parallel with the query: the tail
-            # answers it after L hops instead of L+2 (see ``_on_query``)
+        # the head inserts a new key right away, in parallel with the query: the tail
+        # answers it after L hops instead of L+2 (see ``_on_query``)
+        if chain[0] == self.id:
+            # this node is the head: its write leaves before the query, which has one hop to go
+            self._on_head_request(self.id, self.view.epoch, InsertReq(key, p.nf, seen), now)
+        elif chain[-1] != self.id:
             self._send(chain[0], InsertReq(key, p.nf, seen), now)
         self._send(chain[-1], Query(key, p.nf, seen), now)
 

@@ -219,14 +219,14 @@ class Agent:
                     self.tx(wire.frame_bytes(dst, src, a.msg, self.secret), data=False, sock=sock)
             elif isinstance(a, Decision):
                 self.counts["decisions"] += 1
-                self.log_decision(now, a.key, a.nf)
                 held = self.buffered.pop(a.key, ())
                 mac = self.nf_mac.get(a.nf)
                 if mac is None:
                     self.counts["dropped_no_nf"] += len(held)
-                    continue
-                for buf in held:
-                    self.tx(mac + self.mac + buf[12:])
+                else:
+                    for buf in held:
+                        self.tx(mac + self.mac + buf[12:])
+                self.log_decision(now, a.key, a.nf)
 
     def tx(self, frame: bytes, data: bool = True, sock: socket.socket | None = None) -> None:
         """Send a frame; a dropped send (full queue, egress filter) is a lost frame."""
