@@ -7,16 +7,20 @@ No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
 Placement: a key's *tail* is its successor on a consistent-hash ring of LB nodes (with
 virtual points); its chain is the tail and its L-1 distinct predecessors, head first.
 
-Lookup: the asking node sends ``Query`` to the tail. The tail answers a committed entry,
-or asks the head to insert the proposal (``InsertReq``). The head writes it only if the
-key is absent (first writer wins) and passes the ``Write`` down the chain; it commits at the
-tail, which answers every waiting asker and sends ``Ack`` back up. Deletes go through the
+Lookup: the asking node sends ``Query`` to the tail and, in parallel, ``InsertReq`` with its
+proposal to the head. The head writes the proposal only if the key is absent (first writer
+wins) and passes the ``Write`` down the chain, or answers the asker a committed entry it
+holds; the write commits at the tail, which answers every waiting asker and sends ``Ack``
+back up, so a new key is decided after L hops. The tail answers a committed entry itself, and
+sends its own ``InsertReq`` only when the asker's could not be the one it needs (the asker had
+not heard of a deletion the tail holds). Deletes go through the
 head the same way and leave a versioned tombstone, so that a stale insert cannot revive a
 deleted entry; on commit the tail tells every node (``Gone``) to drop cached answers.
 
 Links are reliable FIFO channels built here: per-link sequence numbers, cumulative acks
-(piggybacked), retransmission on ``tick`` (bounded bursts, doubling timeout while no ack
-progresses), duplicate suppression and reordering buffers.
+(carried by every frame; a link with nothing to send acks on the next ``tick``),
+retransmission on ``tick`` (bounded bursts, doubling timeout while no ack progresses),
+duplicate suppression and reordering buffers.
 
 Reconfiguration (a new ``View``): every node pushes (``Sync``) the entries it holds to
 the members of each key's new chain that may lack them (uncommitted ones to all), re-sends

@@ -327,8 +327,8 @@ class TestbedCommands:
             f"  decision logs:   {logs}/<lbN>.decisions.csv (time,key,nf,mode), e.g. "
             f"{logs / (first + '.decisions.csv')}",
             f"  agent logs:      {logs}/<lbN>.log; iperf3 JSON: {logs / 'iperf'}/",
-            f"  capture chain frames: {first} tcpdump -ni {first}-eth0 -w /tmp/{first}.pcap "
-            f"ether proto 0x88b5",
+            f"  capture chain frames: {first} tcpdump -ni {first}-eth1 -w /tmp/{first}.pcap "
+            f"(the LB cluster network; views and heartbeats: {first}-eth0 ether proto 0x88b5)",
             "  capture data:         nf1 tcpdump -ni nf1-eth0 -c 20 tcp",
             "  testbed commands: view, table lbN, addnf, drain nfN, rmnf nfN, killnf nfN, "
             "killlb lbN, addlb, flows N, report",

@@ -259,7 +259,7 @@ def test_every_command_has_help_and_dispatches_through_cmd(tmp_path):
     assert sh.complete_table("lb3", "table lb3", 6, 9) == ["lb3"]
     banner = sh.banner()
     for needle in ("logs folder", "controller.log", "decisions.csv",
-                   "lb1 tcpdump -ni lb1-eth0 -w /tmp/lb1.pcap ether proto 0x88b5"):
+                   "lb1 tcpdump -ni lb1-eth1 -w /tmp/lb1.pcap"):
         assert needle in banner
 
 
