@@ -34,8 +34,9 @@ with KK = 1 client, 2 server, 3 lb, 4 nf. ARP is static on every host, covering 
 that may be added later; links are ``TCULink`` (checksum offload off, needed by the userspace
 datapath) and the offload setting is verified with ethtool. IPv6 is off on hosts (no ND/MLD noise).
 
-Only :func:`build_net`, :func:`add_host_live`, :func:`remove_host_live` and
-:func:`attach_cluster` touch Mininet/OVS or links; everything else here is pure.
+Only :func:`build_net`, :func:`add_host_live`, :func:`remove_host_live`,
+:func:`create_cluster_bridge` and :func:`attach_cluster` touch Mininet, OVS or links;
+everything else here is pure.
 """
 from __future__ import annotations
 
