@@ -220,9 +220,11 @@ def test_rest_api_without_switch(tmp_path):
         assert st == 200 and v["epoch"] == 2 and v["nfs"][1] == dict(nf, state="active")
         assert rest("POST", "/nfs/nf2/drain", port=port)[1]["nfs"][1]["state"] == "draining"
         assert rest("DELETE", "/nfs/nf2", port=port)[1]["nfs"][1]["state"] == "failed"
-        lb = {"name": "lb3", "mac": "02:00:00:00:03:03", "port": 13}
+        lb = {"name": "lb3", "mac": "02:00:00:00:03:03", "port": 13,
+              "cluster_mac": "02:00:00:01:03:03"}
         st, v = rest("POST", "/lbs", lb, port=port)
         assert st == 200 and v["epoch"] == 5 and v["lbs"][2]["status"] == "joining"
+        assert v["lbs"][2]["cluster_mac"] == "02:00:00:01:03:03" and v["lbs"][0]["cluster_mac"] == ""
         st, v = rest("DELETE", "/lbs/lb3", port=port)
         assert st == 200 and v["epoch"] == 6 and len(v["lbs"]) == 2
         errors = [
@@ -230,6 +232,10 @@ def test_rest_api_without_switch(tmp_path):
             (("POST", "/nfs", {"name": "nf3", "mac": "nope", "port": 14}), 400, "bad MAC"),
             (("POST", "/nfs", {"name": "nf3"}), 400, "body lacks mac, port"),
             (("POST", "/nfs", dict(nf, name="nf3", colour=1)), 400, "unknown fields ['colour']"),
+            (("POST", "/nfs", dict(nf, name="nf3", cluster_mac="02:00:00:01:04:03")), 400,
+             "unknown fields ['cluster_mac']"),        # NFs are not on the LB cluster network
+            (("POST", "/lbs", dict(lb, name="lb4", mac="02:00:00:00:03:04", port=14,
+                                   cluster_mac="x")), 400, "bad MAC"),
             (("POST", "/nfs", None, b"[1,2"), 400, "body is not JSON"),
             (("POST", "/nfs/nf2/drain", None), 400, "only an active NF"),
             (("DELETE", "/nfs/nf9", None), 404, "no NF named 'nf9'"),
