@@ -28,7 +28,7 @@ class Query:
 
 @dataclass(frozen=True)
 class Answer:
-    """Tail -> asker: ``key`` is committed to ``nf`` at version ``ver``."""
+    """Tail, or a head holding it committed -> asker: ``key`` is committed to ``nf`` at ``ver``."""
     key: bytes
     ver: int
     nf: str
@@ -36,7 +36,11 @@ class Answer:
 
 @dataclass(frozen=True)
 class InsertReq:
-    """Tail -> head: insert ``key`` -> ``nf`` if the head's entry is absent at version >= ``base``."""
+    """Asker or tail -> head: insert ``key`` -> ``nf`` unless it is live.
+
+    ``base`` is the key's version as the sender knows it (the tail's record, or the newest
+    ``Gone`` the asker heard of); the head ignores a request older than its own version.
+    """
     key: bytes
     nf: str
     base: int
