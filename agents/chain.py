@@ -179,7 +179,6 @@ class ChainNode:
         self.live = 0                                       # records naming an NF (not tombstones)
         self.cache: dict[bytes, tuple[int, str]] = {}     # answers: key -> (ver, nf)
         self.synced = False
-        self.removed = node_id not in view.members
         self.stats = {"frames_out": 0, "retransmits": 0, "frames_in": 0, "dropped_in": 0,
                       "decisions": 0, "inserts": 0, "deletes": 0}
         self._pending: dict[bytes, _Pending] = {}          # lookups awaiting an answer
@@ -195,6 +194,11 @@ class ChainNode:
         self._gone_order: deque[tuple[float, bytes, int]] = deque()
         self._out: list[Action] = []
         self._started = False
+
+    @property
+    def removed(self) -> bool:
+        """Not a member of its current view (removed, or not yet admitted)."""
+        return self.id not in self.view.members
 
     # ----------------------------------------------------------------- public API
 
@@ -314,15 +318,13 @@ class ChainNode:
         for peer in [p for p in self._links if p not in view.members]:
             del self._links[peer]
         if self.id not in view.members:
-            self.removed = True
             self._pending.clear()
             return self._finish(now)
-        was_member = self.id in old.members and not self.removed
-        if self.removed:
+        was_member = self.id in old.members
+        if not was_member:
             # named again after a removal: start over with fresh links, like a restart
             self.inc = max(self.inc + 1, view.epoch)
             self._links.clear()
-        self.removed = False
         batches: dict[str, list[SyncEntry]] = {}
         for key, rec in list(self.store.items()):
             new_chain = view.chain(key)

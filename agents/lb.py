@@ -97,7 +97,6 @@ class Agent:
 
     def run(self) -> None:
         next_tick = next_hb = next_house = time.monotonic()
-        handle = self.handle_frame
         socks = [s for s in (self.sock, self.csock) if s is not None]
         watched = socks + [self.ctl]
         while self.running:
@@ -110,14 +109,7 @@ class Agent:
             now = time.monotonic()
             for sock in socks:
                 if sock in ready:
-                    recv = sock.recv
-                    for n in range(512):
-                        try:
-                            handle(recv(65535), now)
-                        except BlockingIOError:
-                            break
-                    else:
-                        n = 512
+                    n = self.drain(sock, now)
                     if sock is self.csock:
                         self.counts["cluster_rx"] += n
             if self.ctl in ready:
@@ -135,6 +127,16 @@ class Agent:
         self.write_stats()
 
     # ------------------------------------------------------------------ frames
+
+    def drain(self, sock: socket.socket, now: float) -> int:
+        """Handle the frames ``sock`` holds (at most 512, so timers still run); how many."""
+        recv, handle = sock.recv, self.handle_frame
+        for n in range(512):
+            try:
+                handle(recv(65535), now)
+            except BlockingIOError:
+                return n
+        return 512
 
     def handle_frame(self, buf: bytes, now: float) -> None:
         etype = buf[12:14]

@@ -397,8 +397,10 @@ def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> flo
     return total
 
 
-def _listening(host, port: int) -> bool:
-    out, _, code = host.pexec(["ss", "-Hltn", f"sport = :{port}"])
+def _listening(host, port: int, proto: str = "tcp") -> bool:
+    """A socket in ``host`` listens on (tcp) or is bound to (udp) ``port``."""
+    flags = "-Hltn" if proto == "tcp" else "-Hlun"
+    out, _, code = host.pexec(["ss", flags, f"sport = :{port}"])
     return code == 0 and bool(out.strip())
 
 
@@ -475,7 +477,9 @@ def lb_kill(s: Session, victim: str) -> list[Row]:
     for srv in servers:
         recv.append(s.start(srv, ["bench.traffic", "probe-recv", "--duration", str(duration + 1),
                                   *[f"--port={7100 + j}" for j in range(k)]], f"probe-recv-{srv}"))
-    time.sleep(0.5)      # receivers bind within a few ms; they only count from the senders
+    for srv in servers:
+        wait_for(f"the probe receivers on {srv}", lambda srv=srv: all(
+            _listening(s.tb.net[srv], 7100 + j, "udp") for j in range(k)), 10)
     send = [s.start(c, ["bench.traffic", "probe-send", "--duration", str(duration),
                         "--interval", str(p.probe_interval_s),
                         *[f"--flow={ip_of(servers[j % 2])}:{7000 + j}:{7100 + j}"

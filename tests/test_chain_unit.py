@@ -736,14 +736,19 @@ def test_purge_nf_deletes_exactly_the_entries_naming_that_nf():
 
 # ============================================================================ views
 
-def test_removed_node_stops_and_its_entries_stay_replicated():
-    view1 = View(1, ("a", "b", "c"), 2)
-    net = Net(view1)
+def three_with_entries(ks: list[bytes]) -> tuple[Net, View, list[bytes]]:
+    """Nodes a, b, c with chains of 2, and ``ks`` committed (asked by a, b, c in turn)."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view)
     net.start()
-    ks = KEYS[40:60]
     for i, k in enumerate(ks):
         net.lookup("abc"[i % 3], k, "nf1")
     net.run()
+    return net, view, ks
+
+
+def test_removed_node_stops_and_its_entries_stay_replicated():
+    net, view1, ks = three_with_entries(KEYS[40:60])
     view2 = View(2, ("a", "b"), 2)
     mark = len(net.decisions)
     assert net.set_view("c", view2) == [], "a removed node pushes nothing"
@@ -929,13 +934,7 @@ def test_write_in_flight_through_a_failed_middle_is_resent():
 
 @pytest.mark.parametrize("restart", [True, False])
 def test_removed_node_named_again_by_a_later_view_works(restart):
-    view1 = View(1, ("a", "b", "c"), 2)
-    net = Net(view1)
-    net.start()
-    ks = KEYS[200:220]
-    for i, k in enumerate(ks):
-        net.lookup("abc"[i % 3], k, "nf1")
-    net.run()
+    net, view1, ks = three_with_entries(KEYS[200:220])
     view2 = View(2, ("a", "b"), 2)
     for name in view1.members:
         net.set_view(name, view2)

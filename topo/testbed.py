@@ -171,23 +171,28 @@ def mac_of(name: str) -> str:
     return f"02:00:00:00:{KIND_CODES[kind]:02x}:{idx:02x}"
 
 
-def cluster_mac_of(name: str) -> str:
-    """lb2 -> 02:00:00:01:03:02, its MAC on the LB cluster network (LB nodes only)."""
+def _lb_index(name: str) -> int:
+    """The index of LB node ``name``; ValueError for any other host (not on the cluster network)."""
     kind, idx = parse_name(name)
     if kind != "lb":
         raise ValueError(f"{name} is not an LB node: only LB nodes are on the cluster network")
-    return f"02:00:00:01:{KIND_CODES[kind]:02x}:{idx:02x}"
+    return idx
+
+
+def cluster_mac_of(name: str) -> str:
+    """lb2 -> 02:00:00:01:03:02, its MAC on the LB cluster network (LB nodes only)."""
+    return f"02:00:00:01:{KIND_CODES['lb']:02x}:{_lb_index(name):02x}"
 
 
 def cluster_intf_of(name: str) -> str:
     """An LB node's interface on the cluster network."""
-    cluster_mac_of(name)
+    _lb_index(name)
     return f"{name}-eth1"
 
 
 def cluster_port_of(name: str) -> str:
     """The bridge-side end of an LB node's cluster link (root namespace)."""
-    cluster_mac_of(name)
+    _lb_index(name)
     return f"{CLUSTER_BRIDGE}-{name}"
 
 
@@ -372,8 +377,11 @@ def build_net(params: TestbedParams = TestbedParams()):
 
 
 def create_cluster_bridge() -> None:
-    """The LB cluster network's bridge (a new one): no STP, forwarding at once, IPv6 off."""
-    subprocess.run(["ip", "link", "del", CLUSTER_BRIDGE], capture_output=True)
+    """The LB cluster network's bridge: no STP, forwarding at once, IPv6 off.
+
+    A bridge left by a crashed run makes this fail; the runner removes leftovers first
+    (``scenarios.testbed.cleanup_leftovers``).
+    """
     _run(["ip", "link", "add", CLUSTER_BRIDGE, "type", "bridge", "stp_state", "0",
           "forward_delay", "0"])
     ipv6 = f"/proc/sys/net/ipv6/conf/{CLUSTER_BRIDGE}/disable_ipv6"
