@@ -4,14 +4,20 @@ Each LB node runs one ``ChainNode``. Events go in (``lookup``, ``receive``, ``ti
 ``set_view``, ``delete``), actions come out (``Send``, ``Decision``); time is passed in.
 No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
 
-Placement: a key's *tail* is its successor on a consistent-hash ring of LB nodes (with
-virtual points); its chain is the tail and its L-1 distinct predecessors, head first.
+Placement: a key's chain is its successor on a consistent-hash ring of LB nodes (with
+virtual points) and its L-1 distinct predecessors. Given the gateway's order of the LB nodes
+(``View.steering``), they are ranked as the gateway ranks them for the key
+(``agents.steering``), head first: the node a new connection arrives at heads its chain
+whenever it is in it (always when L = N), so the write starts there. Otherwise the ring
+order stands: the successor is the tail.
 
 Lookup: the asking node sends ``Query`` to the tail and, in parallel, ``InsertReq`` with its
 proposal to the head. The head writes the proposal only if the key is absent (first writer
 wins) and passes the ``Write`` down the chain, or answers the asker a committed entry it
 holds; the write commits at the tail, which answers every waiting asker and sends ``Ack``
-back up, so a new key is decided after L hops. The tail answers a committed entry itself, and
+back up, so a new key is decided after L hops. The asker's first query carries the
+connection's first packet: the tail forwards it (``Forward``) as it commits the entry, so the
+packet leaves one hop before the asker hears the answer (``Decision.released``). The tail answers a committed entry itself, and
 sends its own ``InsertReq`` only when the asker's could not be the one it needs (the asker had
 not heard of a deletion the tail holds). Deletes go through the
 head the same way and leave a versioned tombstone, so that a stale insert cannot revive a
@@ -40,13 +46,15 @@ from typing import Union
 
 from agents.messages import (Ack, Answer, Body, DeleteReq, Frame, Gone, InsertReq, Query,
                              Sync, SyncDone, SyncEntry, Write)
+from agents.steering import flow_hash, score
 
-__all__ = ["View", "Send", "Decision", "Action", "ChainNode", "Frame"]
+__all__ = ["View", "Send", "Decision", "Forward", "Action", "ChainNode", "Frame"]
 
 VNODES = 32          # ring points per member
 SYNC_BATCH = 16      # entries per Sync frame (keeps frames well under 1500 bytes)
 RETRANSMIT_BURST = 32  # frames resent per link per tick
 MAX_RTO = 1.0        # seconds: cap of the per-link retransmission timeout backoff
+MAX_RIDER = 255      # bytes: a first packet longer than this stays with the asker
 
 
 def _h64(data: bytes) -> int:
@@ -55,16 +63,21 @@ def _h64(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class View:
-    """A membership view: epoch, LB node ids, chain length."""
+    """A membership view: epoch, LB node ids, chain length, and the gateway's order of the
+    members (its ``bundle`` list, by switch port; empty: not known)."""
     epoch: int
     members: tuple[str, ...]
     chain_len: int
+    steering: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if not isinstance(self.members, tuple):
-            object.__setattr__(self, "members", tuple(self.members))
+        for name in ("members", "steering"):
+            if not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(set(self.members)) != len(self.members):
             raise ValueError(f"duplicate members in view: {self.members}")
+        if self.steering and sorted(self.steering) != sorted(self.members):
+            raise ValueError(f"steering order {self.steering} is not of the members {self.members}")
         if self.chain_len < 1:
             raise ValueError(f"chain_len must be >= 1, got {self.chain_len}")
         if self.epoch < 0:
@@ -78,6 +91,10 @@ class View:
     @cached_property
     def _memo(self) -> dict[bytes, tuple[str, ...]]:
         return {}
+
+    @cached_property
+    def _steer_index(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.steering)}
 
     def chain(self, key: bytes) -> tuple[str, ...]:
         """The key's chain, head first, tail last (``min(chain_len, members)`` nodes)."""
@@ -97,6 +114,10 @@ class View:
                 picked.append(m)
             i -= 1
         c = tuple(reversed(picked))
+        fh = flow_hash(key) if self.steering and len(c) > 1 else None
+        if fh is not None:
+            index = self._steer_index
+            c = tuple(sorted(c, key=lambda m: (-score(index[m], fh), index[m])))
         if len(memo) >= 200_000:
             memo.clear()
         memo[key] = c
@@ -112,12 +133,21 @@ class Send:
 
 @dataclass(frozen=True)
 class Decision:
-    """Packets of ``key`` go to NF ``nf``."""
+    """Packets of ``key`` go to NF ``nf``; ``released``: the first packet is already sent."""
     key: bytes
     nf: str
+    released: bool = False
 
 
-Action = Union[Send, Decision]
+@dataclass(frozen=True)
+class Forward:
+    """Tail: send ``packet``, the first packet of an asker's connection ``key``, to ``nf``."""
+    key: bytes
+    nf: str
+    packet: bytes
+
+
+Action = Union[Send, Decision, Forward]
 
 
 @dataclass(slots=True)
@@ -147,6 +177,7 @@ class _Link:
 class _Pending:
     nf: str
     sent: float
+    packet: bytes = b""     # rides with the first query, then stays with the asker
 
 
 @dataclass
@@ -180,9 +211,10 @@ class ChainNode:
         self.cache: dict[bytes, tuple[int, str]] = {}     # answers: key -> (ver, nf)
         self.synced = False
         self.stats = {"frames_out": 0, "retransmits": 0, "frames_in": 0, "dropped_in": 0,
-                      "decisions": 0, "inserts": 0, "deletes": 0}
+                      "decisions": 0, "inserts": 0, "deletes": 0, "released": 0}
         self._pending: dict[bytes, _Pending] = {}          # lookups awaiting an answer
-        self._waiters: dict[bytes, set[str]] = {}          # tail: askers per key
+        self._waiters: dict[bytes, dict[str, bytes]] = {}  # tail: askers per key, packet
+
         self._inserting: dict[bytes, _Insert] = {}         # tail: outstanding InsertReq
         self._deleting: dict[bytes, _Delete] = {}          # outstanding DeleteReq
         self._done_from: dict[str, int] = {}               # peer -> highest SyncDone epoch
@@ -202,14 +234,20 @@ class ChainNode:
 
     # ----------------------------------------------------------------- public API
 
-    def lookup(self, key: bytes, proposed_nf: str, now: float) -> list[Action]:
-        """A packet of ``key`` arrived here; eventually yields ``Decision(key, nf)``."""
+    def lookup(self, key: bytes, proposed_nf: str, now: float,
+               packet: bytes = b"") -> list[Action]:
+        """A packet of ``key`` arrived here; eventually yields ``Decision(key, nf)``.
+
+        ``packet`` (the IPv4 packet, optional) may ride with the query to the tail, which
+        forwards it on commit; the decision then says ``released``.
+        """
         self._start(now)
         hit = self.cache.get(key)
         if hit is not None:
             return [Decision(key, hit[1])]
         if key not in self._pending and not self.removed:
-            self._pending[key] = _Pending(proposed_nf, now)
+            rider = packet if len(packet) <= MAX_RIDER else b""
+            self._pending[key] = _Pending(proposed_nf, now, rider)
             self._query(key, now)
         return self._finish(now)
 
@@ -482,9 +520,9 @@ class ChainNode:
                 if self.id in chain:
                     rec = self._apply(e.key, e.ver, e.nf, now)
                     if e.committed and rec.ver == e.ver:
-                        self._committed_up_to(e.key, rec, e.ver, now)
+                        self._committed_up_to(e.key, rec, e.ver, e.nf, now)
                     elif not e.committed and rec.cver >= e.ver:
-                        self._send(src, Ack(e.key, rec.cver), now)   # the pusher missed the ack
+                        self._send(src, Ack(e.key, e.ver, e.nf), now)   # the pusher missed it
         elif isinstance(body, SyncDone):
             if epoch > self._done_from.get(src, 0):
                 self._done_from[src] = epoch
@@ -541,7 +579,9 @@ class ChainNode:
             # entry; tell it, and a still-pending asker asks again right away
             self._send(src, Gone(q.key, rec.ver), now)
             return
-        self._waiters.setdefault(q.key, set()).add(src)
+        waiting = self._waiters.setdefault(q.key, {})
+        if q.packet or src not in waiting:          # a retry does not drop the packet
+            waiting[src] = q.packet
         if q.key not in self._inserting:
             # an asker other than this node sent the head InsertReq(key, nf, q.seen) along
             # with its query: when that request is the one this tail would send, it counts
@@ -571,8 +611,11 @@ class ChainNode:
 
     def _answer_waiters(self, key: bytes, rec: _Rec, now: float) -> None:
         self._inserting.pop(key, None)
-        for asker in sorted(self._waiters.pop(key, ())):
-            self._send(asker, Answer(key, rec.ver, rec.nf), now)
+        for asker, packet in sorted(self._waiters.pop(key, {}).items()):
+            if packet:
+                self.stats["released"] += 1
+                self._out.append(Forward(key, rec.nf, packet))
+            self._send(asker, Answer(key, rec.ver, rec.nf, bool(packet)), now)
 
     def _on_head_request(self, src: str, epoch: int, req, now: float) -> None:
         chain = self.view.chain(req.key)
@@ -627,9 +670,9 @@ class ChainNode:
         rec.cver = max(rec.cver, rec.ver)
         if rec.nf:
             self._answer_waiters(key, rec, now)     # first: the waiting packets are on hold
-            self._ack_up(key, rec.ver, now)
+            self._ack_up(key, rec.ver, rec.nf, now)
         else:
-            self._ack_up(key, rec.ver, now)
+            self._ack_up(key, rec.ver, "", now)
             for m in self.view.members:
                 self._send(m, Gone(key, rec.ver), now)
             # waiters asked about the deleted connection (or are stale duplicates): an asker
@@ -640,32 +683,34 @@ class ChainNode:
     def _on_ack(self, a: Ack, now: float) -> None:
         # a version committed at a tail stays committed: acks of older epochs count too
         rec = self.store.get(a.key)
-        if rec is None:
-            if self.id not in self.view.chain(a.key):
+        if rec is None or rec.ver < a.ver:
+            if rec is None and self.id not in self.view.chain(a.key):
                 return
-            # the ack overtook the entry (a lost frame is being retransmitted): keep it
-            rec = self.store[a.key] = _Rec(0, "", 0, now)
-        self._committed_up_to(a.key, rec, a.ver, now)
+            # the ack overtook the write (a lost frame is being retransmitted), or the write
+            # never reaches this node (its sender failed while a new tail committed what it
+            # synced): the acked version is committed, so its value is taken from the ack
+            rec = self._apply(a.key, a.ver, a.nf, now)
+        self._committed_up_to(a.key, rec, a.ver, a.nf, now)
 
-    def _committed_up_to(self, key: bytes, rec: _Rec, ver: int, now: float) -> None:
-        """Learned that ``ver`` is committed: record it and tell the predecessor."""
+    def _committed_up_to(self, key: bytes, rec: _Rec, ver: int, nf: str, now: float) -> None:
+        """Learned that ``ver`` (of value ``nf``) is committed: record it, tell the predecessor."""
         if ver > rec.cver:
             rec.cver = ver
-            self._ack_up(key, ver, now)
+            self._ack_up(key, ver, nf, now)
 
-    def _ack_up(self, key: bytes, ver: int, now: float) -> None:
+    def _ack_up(self, key: bytes, ver: int, nf: str, now: float) -> None:
         chain = self.view.chain(key)
         if self.id in chain:
             i = chain.index(self.id)
             if i > 0:
-                self._send(chain[i - 1], Ack(key, ver), now)
+                self._send(chain[i - 1], Ack(key, ver, nf), now)
 
     def _on_answer(self, a: Answer) -> None:
         if self._pending.pop(a.key, None) is None:
             return
         self.cache[a.key] = (a.ver, a.nf)
         self.stats["decisions"] += 1
-        self._out.append(Decision(a.key, a.nf))
+        self._out.append(Decision(a.key, a.nf, a.released))
 
     def _on_gone(self, g: Gone, now: float) -> None:
         if g.ver > self._gone.get(g.key, 0):
@@ -692,7 +737,10 @@ class ChainNode:
             self._on_head_request(self.id, self.view.epoch, InsertReq(key, p.nf, seen), now)
         elif chain[-1] != self.id:
             self._send(chain[0], InsertReq(key, p.nf, seen), now)
-        self._send(chain[-1], Query(key, p.nf, seen), now)
+        packet = b""
+        if chain[-1] != self.id:
+            packet, p.packet = p.packet, b""           # rides once; a retry leaves it here
+        self._send(chain[-1], Query(key, p.nf, seen, packet), now)
 
     def _request_delete(self, key: bytes, ver: int, now: float) -> None:
         self._deleting[key] = _Delete(ver, now)

@@ -7,7 +7,8 @@
 Data path: an AF_PACKET socket on the host's interface; IPv4 frames that the gateway
 steered here are parsed with ``struct``, mapped to their connection key, and forwarded by
 rewriting the destination MAC to the chosen NF's. In ``chain`` mode a key's packets are
-buffered until the chain decides. Control path: raw 0x88B5 frames (``agents.wire``): chain
+buffered until the chain decides; the first one rides with the query to the key's tail,
+which forwards it as it commits the decision. Control path: raw 0x88B5 frames (``agents.wire``): chain
 frames between LB nodes (on the cluster interface to the nodes the view gives a cluster MAC,
 through the switch to the others), views from the controller, heartbeats to it. A unix socket
 (``<run-dir>/<name>.sock``) answers ``status`` and ``table`` for the CLI.
@@ -25,7 +26,7 @@ import sys
 import time
 
 from agents import wire
-from agents.chain import ChainNode, Decision, Send, View
+from agents.chain import ChainNode, Decision, Forward, Send, View
 from agents.keys import flow_key_raw, key_str
 from agents.messages import Frame, Heartbeat, ViewMsg
 from agents.modes import MODES, Picker
@@ -208,11 +209,11 @@ class Agent:
             return
         self.buffered[key] = [buf]
         self.counts["buffered"] += 1
-        self.apply(self.node.lookup(key, proposal, now), now)
+        self.apply(self.node.lookup(key, proposal, now, buf[14:]), now)
 
     def apply(self, actions, now: float) -> None:
         if len(actions) > 1:                       # release held packets before chain frames
-            actions = sorted(actions, key=lambda a: not isinstance(a, Decision))
+            actions = sorted(actions, key=lambda a: isinstance(a, Send))
         for a in actions:
             if isinstance(a, Send):
                 route = self.lb_route.get(a.dst)
@@ -222,6 +223,8 @@ class Agent:
             elif isinstance(a, Decision):
                 self.counts["decisions"] += 1
                 held = self.buffered.pop(a.key, ())
+                if a.released:                     # the tail sent the first one
+                    held = held[1:]
                 mac = self.nf_mac.get(a.nf)
                 if mac is None:
                     self.counts["dropped_no_nf"] += len(held)
@@ -229,6 +232,12 @@ class Agent:
                     for buf in held:
                         self.tx(mac + self.mac + buf[12:])
                 self.log_decision(now, a.key, a.nf)
+            elif isinstance(a, Forward):           # as the tail: an asker's first packet
+                mac = self.nf_mac.get(a.nf)
+                if mac is None:
+                    self.counts["dropped_no_nf"] += 1
+                else:
+                    self.tx(mac + self.mac + IPV4 + a.packet)
 
     def tx(self, frame: bytes, data: bool = True, sock: socket.socket | None = None) -> None:
         """Send a frame; a dropped send (full queue, egress filter) is a lost frame."""
@@ -263,7 +272,9 @@ class Agent:
         if self.mode != "chain":
             return
         members = tuple(lb.name for lb in view.lbs)
-        chain_view = View(view.epoch, members, view.chain_len)
+        steering = tuple(lb.name for lb in sorted(view.lbs, key=lambda lb: lb.port))
+        chain_view = View(view.epoch, members, view.chain_len,
+                          steering if all(lb.port for lb in view.lbs) else ())
         if self.node is None:
             if self.name in members:
                 self.node = ChainNode(self.name, chain_view)
@@ -315,6 +326,7 @@ class Agent:
             out.update(entries=node.live, records=len(node.store), cached=len(node.cache),
                        synced=node.synced,
                        roles=node.roles(), engine=node.stats, members=list(node.view.members),
+                       steering=list(node.view.steering),
                        chain_len=node.view.chain_len)
         else:
             out.update(entries=len(self.picker.local))

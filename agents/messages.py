@@ -20,18 +20,25 @@ class Query:
 
     ``seen`` is the newest deletion of ``key`` the asker has heard of (a ``Gone``
     version): a query older than the key's tombstone is stale and must not revive it.
+    ``packet`` is the connection's first packet (an IPv4 packet, at most 255 bytes), on
+    the asker's first query only: the tail forwards it when it commits a new entry.
     """
     key: bytes
     nf: str
     seen: int = 0
+    packet: bytes = b""
 
 
 @dataclass(frozen=True)
 class Answer:
-    """Tail, or a head holding it committed -> asker: ``key`` is committed to ``nf`` at ``ver``."""
+    """Tail, or a head holding it committed -> asker: ``key`` is committed to ``nf`` at ``ver``.
+
+    ``released``: the tail forwarded the packet the asker's query carried.
+    """
     key: bytes
     ver: int
     nf: str
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,9 +70,14 @@ class Write:
 
 @dataclass(frozen=True)
 class Ack:
-    """Up the chain: versions of ``key`` up to ``ver`` are committed at the tail."""
+    """Up the chain: versions of ``key`` up to ``ver`` are committed at the tail.
+
+    ``nf`` is the value of version ``ver`` ('' for a deletion): a predecessor that never
+    received that write (its sender failed during a reconfiguration) takes it from here.
+    """
     key: bytes
     ver: int
+    nf: str
 
 
 @dataclass(frozen=True)
@@ -127,10 +139,14 @@ class NFInfo:
 
 @dataclass(frozen=True)
 class LBInfo:
-    """An LB node: its MAC on the switch, and on the LB cluster network ('' if it has none)."""
+    """An LB node: its MAC on the switch, and on the LB cluster network ('' if it has none).
+
+    ``port`` is its switch port (0: not known): the gateway ranks LB nodes in port order.
+    """
     name: str
     mac: str
     cluster_mac: str = ""
+    port: int = 0
 
 
 @dataclass(frozen=True)

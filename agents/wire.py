@@ -111,12 +111,12 @@ class FrameL(Packet):
 
 class QueryL(Packet):
     name = "ChainQuery"
-    fields_desc = [*_key("key"), *_text("nf"), LongField("seen", 0)]
+    fields_desc = [*_key("key"), *_text("nf"), LongField("seen", 0), *_key("packet")]
 
 
 class AnswerL(Packet):
     name = "ChainAnswer"
-    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf")]
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), BoolField("released", 0)]
 
 
 class InsertReqL(Packet):
@@ -136,7 +136,7 @@ class WriteL(Packet):
 
 class AckL(Packet):
     name = "ChainAck"
-    fields_desc = [*_key("key"), LongField("ver", 0)]
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf")]
 
 
 class GoneL(Packet):
@@ -162,7 +162,7 @@ class SyncDoneL(Packet):
 class LBInfoL(_Item):
     name = "LBInfo"
     fields_desc = [*_text("name"), MACField("mac", None),
-                   OptionalMACField("cluster_mac", "00:00:00:00:00:00")]
+                   OptionalMACField("cluster_mac", "00:00:00:00:00:00"), ShortField("port", 0)]
 
 
 class NFInfoL(_Item):

@@ -308,7 +308,7 @@ class Policy:
     def view(self) -> ViewMsg:
         return ViewMsg(
             epoch=self.epoch, chain_len=self.chain_len, mode=self.mode,
-            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac) for m in self.lbs.values()),
+            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac, m.port) for m in self.lbs.values()),
             nfs=tuple(NFInfo(n.name, n.mac, n.state) for n in self.nfs.values()))
 
     def steering_ports(self) -> tuple[int, ...]:

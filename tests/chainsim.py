@@ -11,7 +11,12 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from agents.chain import ChainNode, Decision, Send, View
+from agents.chain import ChainNode, Decision, Forward, Send, View
+
+
+def rider(node: str, key: bytes) -> bytes:
+    """The packet a node's lookup of ``key`` hands to the engine (names both)."""
+    return node.encode() + b"|" + key
 
 
 @dataclass
@@ -36,10 +41,12 @@ class Sim:
         self.rng = random.Random(self.seed)
         self.now = 0.0
         self.epoch = 1
-        self.view = View(1, tuple(self.members), self.chain_len)
+        self.view = self._view(1, tuple(self.members))
         self.nodes = {m: self._new_node(m, self.view) for m in self.members}
         self.crashed: set[str] = set()
         self.decisions: list[tuple[float, str, bytes, str]] = []
+        self.released: list[tuple[str, bytes, str]] = []     # decisions whose packet a tail sent
+        self.forwards: list[tuple[float, str, bytes, str, bytes]] = []  # t, tail, key, nf, packet
         self.lookups: list[tuple[float, str, bytes]] = []
         self.deleted: dict[bytes, float] = {}      # key -> when its delete was issued
         self.sent_frames = 0
@@ -50,6 +57,10 @@ class Sim:
 
     def _new_node(self, name: str, view: View) -> ChainNode:
         return ChainNode(name, view, tombstone_ttl=self.tombstone_ttl)
+
+    def _view(self, epoch: int, members: tuple[str, ...]) -> View:
+        """Chains ranked by a gateway order (by name, so a joiner shifts the others' ranks)."""
+        return View(epoch, members, self.chain_len, tuple(sorted(members)))
 
     # ---------------------------------------------------------------- scheduling
 
@@ -91,6 +102,10 @@ class Sim:
         for a in actions:
             if isinstance(a, Decision):
                 self.decisions.append((self.now, src, a.key, a.nf))
+                if a.released:
+                    self.released.append((src, a.key, a.nf))
+            elif isinstance(a, Forward):
+                self.forwards.append((self.now, src, a.key, a.nf, a.packet))
             elif isinstance(a, Send):
                 self.sent_frames += 1
                 if self.rng.random() < f.loss:
@@ -112,7 +127,8 @@ class Sim:
     def _do_lookup(self, node, key, nf) -> None:
         if self._alive(node):
             self.lookups.append((self.now, node, key))
-            self._apply(node, self.nodes[node].lookup(key, nf, self.now))
+            packet = rider(node, key)            # the first packet of a lookup rides with it
+            self._apply(node, self.nodes[node].lookup(key, nf, self.now, packet))
 
     def _do_delete(self, node, key) -> None:
         """As an LB agent does: a connection ends only after a decision was made for it."""
@@ -137,7 +153,7 @@ class Sim:
 
     def _new_view(self, members, joiner=None) -> None:
         self.epoch += 1
-        self.view = View(self.epoch, members, self.chain_len)
+        self.view = self._view(self.epoch, members)
         if joiner is not None:
             self.nodes[joiner] = self._new_node(joiner, self.view)
             self._apply(joiner, self.nodes[joiner].tick(self.now))

@@ -10,10 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from agents.chain import ChainNode, Decision, Send, View
+from agents.chain import MAX_RIDER, ChainNode, Decision, Forward, Send, View
 from agents.keys import flow_key
 from agents.messages import (Ack, Answer, DeleteReq, Frame, Gone, InsertReq, Query, Sync,
                              SyncDone, SyncEntry, Write)
+from agents.steering import flow_hash, score
 from agents.wire import decode, encode
 from chainsim import Fault, Sim
 
@@ -55,6 +56,7 @@ class Net:
         self.flight: list[tuple[str, str, Frame]] = []
         self.sent: list[tuple[str, str, Frame]] = []
         self.decisions: list[tuple[str, Decision, bool]] = []   # node, decision, synced then
+        self.forwards: list[tuple[str, Forward]] = []             # node, packet it sent
         self.down: set[str] = set()
         for m in view.members:
             self.add(m, view)
@@ -67,6 +69,8 @@ class Net:
         for a in actions:
             if isinstance(a, Decision):
                 self.decisions.append((src, a, self.nodes[src].synced))
+            elif isinstance(a, Forward):
+                self.forwards.append((src, a))
             elif isinstance(a, Send):
                 assert isinstance(a.msg, Frame) and a.msg.src == src, a
                 self.sent.append((src, a.dst, a.msg))
@@ -77,8 +81,8 @@ class Net:
         return actions
 
     # -- driving nodes (every result goes through feed)
-    def lookup(self, name, k, nf):
-        return self.feed(name, self.nodes[name].lookup(k, nf, self.now))
+    def lookup(self, name, k, nf, packet=b""):
+        return self.feed(name, self.nodes[name].lookup(k, nf, self.now, packet))
 
     def delete(self, name, k):
         return self.feed(name, self.nodes[name].delete(k, self.now))
@@ -233,11 +237,42 @@ def test_view_removing_or_adding_a_member_moves_only_the_chains_it_is_in():
         assert 0.1 < tails_moved / 2000 < 0.3, tails_moved
 
 
+def gateway_choice(steering: tuple[str, ...], k: bytes) -> str:
+    """The LB node OVS's bundle steers ``k`` to (see tests/test_steering.py)."""
+    fh = flow_hash(k)
+    return max(steering, key=lambda m: (score(steering.index(m), fh), -steering.index(m)))
+
+
+def test_view_ranks_a_chain_as_the_gateway_does_and_keeps_its_members():
+    members = ("lb1", "lb2", "lb3", "lb4", "lb5")
+    steering = ("lb2", "lb1", "lb5", "lb3", "lb4")      # the members by switch port
+    plain, ranked = View(1, members, 3), View(1, members, 3, steering)
+    headed = 0
+    for k in KEYS[:1000]:
+        c = ranked.chain(k)
+        assert sorted(c) == sorted(plain.chain(k)), "the ring picks the members"
+        fh = flow_hash(k)
+        scores = [score(steering.index(m), fh) for m in c]
+        assert scores == sorted(scores, reverse=True), "ranked as the gateway ranks them"
+        gw = gateway_choice(steering, k)
+        if gw in c:
+            headed += 1
+            assert c[0] == gw, "the node a connection arrives at heads its chain"
+    assert 0.45 < headed / 1000 < 0.75, headed          # L/N = 3/5 of the keys
+    full = View(1, members, 5, steering)
+    assert all(full.chain(k)[0] == gateway_choice(steering, k) for k in KEYS[:300])
+    # a key the gateway cannot hash (not IPv4) keeps the ring order
+    v6 = flow_key("fd00::1", "fd00::2", 6, 1, 2)
+    assert ranked.chain(v6) == plain.chain(v6)
+
+
 @pytest.mark.parametrize("args", [
     (1, ("a", "b", "a"), 2),       # duplicate member
     (1, ("a", "b"), 0),            # chain_len 0
     (1, ("a", "b"), -1),
     (-1, ("a", "b"), 2),           # negative epoch
+    (1, ("a", "b"), 2, ("a",)),    # a steering order that is not of the members
+    (1, ("a", "b"), 2, ("a", "c")),
 ])
 def test_view_rejects_bad_views(args):
     with pytest.raises(ValueError):
@@ -312,7 +347,7 @@ def test_lookup_path_query_insert_write_ack_answer():
     assert flow.index((m, t, "Write")) < flow.index((t, m, "Ack")) < flow.index((m, h, "Ack"))
     assert flow.index((t, m, "Answer")) < flow.index((t, m, "Ack"))
     assert {f.body for _, _, f in net.data(mark, Write)} == {Write(k, 1, "nf1")}
-    assert {f.body for _, _, f in net.data(mark, Ack)} == {Ack(k, 1)}
+    assert {f.body for _, _, f in net.data(mark, Ack)} == {Ack(k, 1, "nf1")}
     assert [f.body for _, _, f in net.data(mark, InsertReq)] == [InsertReq(k, "nf1", 0)]
     assert [f.body for _, _, f in net.data(mark, Answer)] == [Answer(k, 1, "nf1")]
 
@@ -329,6 +364,96 @@ def test_lookup_path_query_insert_write_ack_answer():
     assert net.nodes[h].roles()["head"] == 1
     assert net.nodes[m].roles()["middle"] == 1
     assert net.nodes[t].roles()["tail"] == 1
+
+
+@pytest.mark.parametrize("role", [0, 1])
+def test_first_packet_rides_with_the_query_and_the_tail_forwards_it_on_commit(role):
+    net, view = three()
+    k = KEYS[0]
+    asker, t = view.chain(k)[role], view.chain(k)[-1]
+    out = net.lookup(asker, k, "nf1", b"SYN")
+    assert [s.msg.body for s in sends(out) if s.dst == t] == [Query(k, "nf1", 0, b"SYN")]
+    # the tail holds the packet until the write commits, then sends it before it answers
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
+    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
+    assert net.decided() == []
+    net.run()
+    assert [f.body for _, _, f in net.data(0, Answer)] == [Answer(k, 1, "nf1", True)]
+    assert [(n, d) for n, d, _ in net.decisions] == [(asker, Decision(k, "nf1", True))]
+    assert net.nodes[t].stats["released"] == 1
+    # the packet rode once: nothing else carries it, and a later lookup is a cache hit
+    assert [f.body.packet for _, _, f in net.data(0, Query)] == [b"SYN"]
+    assert net.lookup(asker, k, "nf2", b"more") == [Decision(k, "nf1")]
+    assert len(net.forwards) == 1
+
+
+def test_the_tail_as_asker_keeps_its_first_packet():
+    net, view = three()
+    k = KEYS[0]
+    t = view.chain(k)[-1]
+    net.lookup(t, k, "nf1", b"SYN")
+    net.run()
+    assert net.forwards == []
+    assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", False)]
+    assert all(f.body.packet == b"" for _, _, f in net.data(0, Query))
+
+
+def test_a_committed_entry_is_answered_without_forwarding_the_packet():
+    net, view = three()
+    k = KEYS[1]
+    h, m, t = view.chain(k)
+    net.lookup(m, k, "nf1")
+    net.run()
+    net.lookup(h, k, "nf2", b"SYN2")    # the entry exists: the asker sends its packet itself
+    net.run()
+    assert net.forwards == []
+    assert [d for n, d, _ in net.decisions if n == h] == [Decision(k, "nf1", False)]
+
+
+def test_a_packet_too_long_to_ride_stays_with_the_asker():
+    net, view = three()
+    k = KEYS[0]
+    h = view.chain(k)[0]
+    net.lookup(h, k, "nf1", b"x" * (MAX_RIDER + 1))
+    net.run()
+    assert net.forwards == []
+    assert [f.body.packet for _, _, f in net.data(0, Query)] == [b""]
+    assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", False)]
+
+
+def test_a_packet_lost_with_its_tail_is_sent_by_the_asker():
+    view1 = View(1, ("a", "b", "c"), 1)
+    view2 = View(2, ("a", "b"), 1)
+    net = Net(view1)
+    net.start()
+    k = find_key(lambda k: view1.chain(k) == ("c",) and view2.chain(k) == ("b",))
+    net.down.add("c")                            # c fails with the query and its packet
+    net.lookup("a", k, "nf1", b"SYN")
+    net.set_view("a", view2)
+    net.set_view("b", view2)
+    net.run()
+    assert [f.body for s, d, f in net.data(0, Query) if d == "b"] == [Query(k, "nf1", 0)], \
+        "a query sent again carries no packet"
+    assert net.forwards == []
+    assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", False)]
+
+
+def test_a_retried_query_does_not_drop_the_packet_the_tail_holds():
+    net, view = three()
+    k = KEYS[0]
+    h, m, t = view.chain(k)
+    net.lookup(m, k, "nf1", b"SYN")
+    net.take(lambda s, d, f: isinstance(f.body, InsertReq))   # the insert request is lost
+    net.run()
+    net.flush()                                  # the query is acked: no backlog to the tail
+    assert net.decided() == [] and net.forwards == []
+    net.now += RETRY                             # the asker asks again, with no packet
+    net.tick(m)
+    net.run()
+    net.settle(1.0)
+    assert [f.body.packet for _, d, f in net.data(0, Query) if d == t] == [b"SYN", b""]
+    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
+    assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", True)]
 
 
 def test_tail_answers_a_committed_entry_without_a_new_write():

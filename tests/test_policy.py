@@ -46,7 +46,7 @@ def pol():
 def test_from_config_builds_initial_view(pol):
     v = pol.view()
     assert v.epoch == 1 and v.chain_len == 2 and v.mode == "chain"
-    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i)) for i in (1, 2, 3))
+    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i), "", 10 + i) for i in (1, 2, 3))
     assert v.nfs == (NFInfo("nf1", mac(4, 1), "active"), NFInfo("nf2", mac(4, 2), "active"))
 
 
@@ -202,7 +202,7 @@ def test_cluster_macs_travel_in_the_view(pol):
     cluster = "02:00:00:01:03:04"
     pol.add_lb("lb4", mac(3, 4), 14, now=1.0, cluster_mac=cluster.upper())
     infos = {i.name: i for i in pol.view().lbs}
-    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster)
+    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster, 14)
     assert infos["lb1"].cluster_mac == ""          # a node without one uses the switch
     assert pol.state(1.0)["lbs"][-1]["cluster_mac"] == cluster
     cfg = config()

@@ -30,11 +30,14 @@ HAND = [
     frame(m.Query(K4, "nf1")),
     frame(m.Query(K6, "")),
     frame(m.Answer(K4, 5, "nf2")),
+    frame(m.Query(K4, "nf1", 2, bytes(range(255)))),
+    frame(m.Answer(K4, 5, "nf2", True)),
+    frame(m.Ack(K6, 3, "")),
     frame(m.InsertReq(K4, "nf1", 4)),
     frame(m.DeleteReq(K6, 0)),
     frame(m.Write(K4, BIG, "")),
     frame(m.Write(K6, 1, "nf-ü")),
-    frame(m.Ack(K4, 9)),
+    frame(m.Ack(K4, 9, "nf3")),
     frame(m.Gone(K4, 10)),
     frame(m.Sync(())),
     frame(m.Sync((m.SyncEntry(K4, 1, "nf1", True),))),
@@ -45,7 +48,7 @@ HAND = [
     m.ViewMsg(1, 3, "chain", (), ()),
     m.ViewMsg(BIG, 2, "maglev",
               (m.LBInfo("lb1", "02:00:00:00:03:01"),
-               m.LBInfo("lb2", "02:00:00:00:03:02", "02:00:00:01:03:02")),
+               m.LBInfo("lb2", "02:00:00:00:03:02", "02:00:00:01:03:02", 3002)),
               (m.NFInfo("nf1", "02:00:00:00:04:01", "active"),
                m.NFInfo("nf2", "02:00:00:00:04:02", "draining"),
                m.NFInfo("nf3", "02:00:00:00:04:03", "failed"))),
@@ -66,19 +69,20 @@ cluster_macs = st.one_of(st.just(""), macs.filter(lambda mac: mac != "00:00:00:0
 entries = st.builds(m.SyncEntry, keys, u64, names, st.booleans())
 bodies = st.one_of(
     st.none(),
-    st.builds(m.Query, keys, names),
-    st.builds(m.Answer, keys, u64, names),
+    st.builds(m.Query, keys, names, u64, st.binary(max_size=255)),
+    st.builds(m.Answer, keys, u64, names, st.booleans()),
     st.builds(m.InsertReq, keys, names, u64),
     st.builds(m.DeleteReq, keys, u64),
     st.builds(m.Write, keys, u64, names),
-    st.builds(m.Ack, keys, u64),
+    st.builds(m.Ack, keys, u64, names),
     st.builds(m.Gone, keys, u64),
     st.builds(m.Sync, st.lists(entries, max_size=12).map(tuple)),
     st.just(m.SyncDone()),
 )
 frames = st.builds(m.Frame, names, u64, u64, u64, u64, u64, bodies)
 views = st.builds(m.ViewMsg, u64, st.integers(0, 65535), names,
-                  st.lists(st.builds(m.LBInfo, names, macs, cluster_macs), max_size=8).map(tuple),
+                  st.lists(st.builds(m.LBInfo, names, macs, cluster_macs, st.integers(0, 65535)),
+                           max_size=8).map(tuple),
                   st.lists(st.builds(m.NFInfo, names, macs,
                                      st.sampled_from(["active", "draining", "failed"])),
                            max_size=8).map(tuple))
@@ -194,7 +198,7 @@ def test_smallest_message_needs_no_ethernet_padding():
 
 
 def test_frame_bytes_layout():
-    msg = frame(m.Ack(K4, 1))
+    msg = frame(m.Ack(K4, 1, "nf1"))
     fb = wire.frame_bytes(b"\xaa" * 6, b"\xbb" * 6, msg, SECRET)
     assert fb[:14] == b"\xaa" * 6 + b"\xbb" * 6 + b"\x88\xb5"
     assert decode(fb[14:], SECRET) == msg
@@ -325,6 +329,7 @@ def test_authentic_mutations_refused_or_canonical(msg, edits):
     (frame(m.Query(K4, "x" * 256)), "at most 255"),
     (frame(m.Query(K4, "é" * 128)), "at most 255"),
     (frame(m.Query(b"k" * 256, "nf1")), "at most 255"),
+    (frame(m.Query(K4, "nf1", 0, b"p" * 256)), "at most 255"),
     (frame(m.Query("not bytes", "nf1")), "bytes"),
     (frame(m.Query(K4, b"nf1")), "str"),
     (frame(m.Query(K4, "\ud800")), "UTF-8"),
