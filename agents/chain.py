@@ -17,7 +17,9 @@ wins) and passes the ``Write`` down the chain, or answers the asker a committed 
 holds; the write commits at the tail, which answers every waiting asker and sends ``Ack``
 back up, so a new key is decided after L hops. The asker's first query carries the
 connection's first packet: the tail forwards it (``Forward``) as it commits the entry, so the
-packet leaves one hop before the asker hears the answer (``Decision.released``). The tail answers a committed entry itself, and
+packet leaves one hop before the asker hears the answer (``Decision.released``). An asker
+that heads the key's chain (the usual case: see Placement) sends no query: its ``Write``
+carries the packet, and the tail answers it on commit, so a new key costs L-1 hops. The tail answers a committed entry itself, and
 sends its own ``InsertReq`` only when the asker's could not be the one it needs (the asker had
 not heard of a deletion the tail holds). Deletes go through the
 head the same way and leave a versioned tombstone, so that a stale insert cannot revive a
@@ -46,7 +48,7 @@ from typing import Union
 
 from agents.messages import (Ack, Answer, Body, DeleteReq, Frame, Gone, InsertReq, Query,
                              Sync, SyncDone, SyncEntry, Write)
-from agents.steering import flow_hash, score
+from agents.steering import flow_hash, scores, seed
 
 __all__ = ["View", "Send", "Decision", "Forward", "Action", "ChainNode", "Frame"]
 
@@ -93,6 +95,11 @@ class View:
         return {}
 
     @cached_property
+    def _steer_seed(self) -> dict[str, int]:
+        """member -> its seed in the gateway's hash (see ``agents.steering``)."""
+        return {m: seed(i) for i, m in enumerate(self.steering)}
+
+    @cached_property
     def _steer_index(self) -> dict[str, int]:
         return {m: i for i, m in enumerate(self.steering)}
 
@@ -116,8 +123,11 @@ class View:
         c = tuple(reversed(picked))
         fh = flow_hash(key) if self.steering and len(c) > 1 else None
         if fh is not None:
+            # the highest score first; among equal scores, the lowest index (as OVS)
             index = self._steer_index
-            c = tuple(sorted(c, key=lambda m: (-score(index[m], fh), index[m])))
+            ranked = sorted(zip(scores(fh, [self._steer_seed[m] for m in c]),
+                                [-index[m] for m in c], c), reverse=True)
+            c = tuple(m for _, _, m in ranked)
         if len(memo) >= 200_000:
             memo.clear()
         memo[key] = c
@@ -617,20 +627,23 @@ class ChainNode:
                 self._out.append(Forward(key, rec.nf, packet))
             self._send(asker, Answer(key, rec.ver, rec.nf, bool(packet)), now)
 
-    def _on_head_request(self, src: str, epoch: int, req, now: float) -> None:
+    def _on_head_request(self, src: str, epoch: int, req, now: float,
+                         packet: bytes = b"") -> bool:
+        """Serve an InsertReq or DeleteReq as the key's head; True if it started a write."""
         chain = self.view.chain(req.key)
         if chain[0] != self.id:
-            return                                    # not the head here: the sender retries
+            return False                              # not the head here: the sender retries
         if not self.synced:
             self._deferred.append((src, epoch, req))
-            return
+            return False
         rec = self.store.get(req.key)
         cur = rec.ver if rec else 0
         live = rec is not None and bool(rec.nf)
         if isinstance(req, InsertReq):
             if not live and req.base >= cur:
                 self._apply(req.key, max(cur, req.base) + 1, req.nf, now)
-                self._propagate(req.key, chain, now)
+                self._propagate(req.key, chain, now, packet)
+                return True
             elif live and rec.committed and src != self.id:
                 if src == chain[-1]:
                     # the tail lacks a committed entry: hand it the committed value
@@ -643,13 +656,15 @@ class ChainNode:
             self._propagate(req.key, chain, now)
         else:
             self._send(src, Gone(req.key, max(cur, req.ver + 1) if not live else cur), now)
+        return False
 
-    def _propagate(self, key: bytes, chain: tuple[str, ...], now: float) -> None:
+    def _propagate(self, key: bytes, chain: tuple[str, ...], now: float,
+                   packet: bytes = b"") -> None:
         if len(chain) == 1:
             self._commit(key, now)
         else:
             rec = self.store[key]
-            self._send(chain[1], Write(key, rec.ver, rec.nf), now)
+            self._send(chain[1], Write(key, rec.ver, rec.nf, packet), now)
 
     def _on_write(self, w: Write, now: float) -> None:
         chain = self.view.chain(w.key)
@@ -659,10 +674,14 @@ class ChainNode:
         newer = rec is None or w.ver > rec.ver
         rec = self._apply(w.key, w.ver, w.nf, now)
         if chain[-1] == self.id:
+            if w.packet and rec.ver == w.ver and rec.nf:
+                # the head's own lookup: answered, with its packet, as the key commits
+                self._waiters.setdefault(w.key, {})[chain[0]] = w.packet
             if self.synced:
                 self._commit(w.key, now)
         elif newer:
-            self._send(chain[chain.index(self.id) + 1], Write(w.key, rec.ver, rec.nf), now)
+            self._send(chain[chain.index(self.id) + 1],
+                       Write(w.key, rec.ver, rec.nf, w.packet), now)
 
     def _commit(self, key: bytes, now: float) -> None:
         """Tail: the key's current version is committed."""
@@ -730,16 +749,20 @@ class ChainNode:
         p.sent = now
         seen = self._gone.get(key, 0)
         chain = self.view.chain(key)
+        # the first packet rides once (a retry leaves it with the asker), to the tail
+        packet = b""
+        if chain[-1] != self.id:
+            packet, p.packet = p.packet, b""
         # the head inserts a new key right away, in parallel with the query: the tail
         # answers it after L hops instead of L+2 (see ``_on_query``)
         if chain[0] == self.id:
-            # this node is the head: its write leaves before the query, which has one hop to go
-            self._on_head_request(self.id, self.view.epoch, InsertReq(key, p.nf, seen), now)
+            # this node is the head: a write it starts carries the packet and stands for
+            # the query (the tail answers the head on commit)
+            if self._on_head_request(self.id, self.view.epoch, InsertReq(key, p.nf, seen), now,
+                                     packet) and packet:
+                return
         elif chain[-1] != self.id:
             self._send(chain[0], InsertReq(key, p.nf, seen), now)
-        packet = b""
-        if chain[-1] != self.id:
-            packet, p.packet = p.packet, b""           # rides once; a retry leaves it here
         self._send(chain[-1], Query(key, p.nf, seen, packet), now)
 
     def _request_delete(self, key: bytes, ver: int, now: float) -> None:

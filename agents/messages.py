@@ -62,10 +62,15 @@ class DeleteReq:
 
 @dataclass(frozen=True)
 class Write:
-    """Down the chain: ``key`` is ``nf`` at version ``ver`` (``nf == ''``: tombstone)."""
+    """Down the chain: ``key`` is ``nf`` at version ``ver`` (``nf == ''``: tombstone).
+
+    ``packet``: the first packet of the head's own new connection (see ``Query.packet``);
+    the tail forwards it on commit and answers the head.
+    """
     key: bytes
     ver: int
     nf: str
+    packet: bytes = b""
 
 
 @dataclass(frozen=True)

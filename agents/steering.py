@@ -15,29 +15,29 @@ choice against ``ovs-appctl ofproto/trace`` on a live bridge.
 """
 from __future__ import annotations
 
-__all__ = ["flow_hash", "score"]
+__all__ = ["flow_hash", "seed", "scores", "score"]
+
+import struct
 
 _M = 0xFFFFFFFF
+_KEY4 = struct.Struct("<BIHIH")    # an IPv4 key's fields, read as OVS reads them (see above)
 
 
-def _rot(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & _M
+def _mix(data: int) -> int:
+    """What ``hash_add`` XORs into the hash for a data word (0 for 0: the hash is kept)."""
+    data = (data * 0xCC9E2D51) & _M
+    return ((((data << 15) | (data >> 17)) & _M) * 0x1B873593) & _M
 
 
 def _add(h: int, data: int) -> int:
-    if data:
-        data = (data * 0xCC9E2D51) & _M
-        data = (_rot(data, 15) * 0x1B873593) & _M
-        h ^= data
-    return (_rot(h, 13) * 5 + 0xE6546B64) & _M
+    h ^= _mix(data)
+    return ((((h << 13) | (h >> 19)) & _M) * 5 + 0xE6546B64) & _M
 
 
 def _finish(h: int, final: int) -> int:
     h ^= final
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & _M
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & _M
     return h ^ (h >> 16)
 
 
@@ -45,15 +45,29 @@ def flow_hash(key: bytes) -> int | None:
     """OVS's symmetric L3/L4 hash (with UDP ports) of an IPv4 connection key; None otherwise."""
     if len(key) != 13:
         return None
-    proto = key[0]
-    addrs = int.from_bytes(key[1:5], "little") ^ int.from_bytes(key[7:11], "little")
-    h = _add(_add(0, addrs), proto)
+    proto, addr_lo, port_lo, addr_hi, port_hi = _KEY4.unpack(key)
+    h = _add(_add(0, addr_lo ^ addr_hi), proto)
     if proto in (6, 17, 132):
-        h = _add(h, int.from_bytes(key[5:7], "little") ^ int.from_bytes(key[11:13], "little"))
+        h = _add(h, port_lo ^ port_hi)
     return _finish(h, 0)
+
+
+def seed(index: int) -> int:
+    """Member ``index``'s half of OVS's ``hash_2words(index, flow_hash)``: fixed per member."""
+    return _add(index, 0)
+
+
+def scores(fh: int, seeds) -> list[int]:
+    """The scores of the members of ``seeds`` for a packet of flow hash ``fh``."""
+    mixed = _mix(fh)
+    out = []
+    for member_seed in seeds:
+        h = member_seed ^ mixed
+        out.append(_finish(((((h << 13) | (h >> 19)) & _M) * 5 + 0xE6546B64) & _M, 8))
+    return out
 
 
 def score(index: int, fh: int) -> int:
     """The score of bundle member ``index`` for a packet of flow hash ``fh``; highest wins
     (among equal scores, the lowest index)."""
-    return _finish(_add(_add(index, 0), fh), 8)
+    return scores(fh, [seed(index)])[0]

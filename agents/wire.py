@@ -131,7 +131,7 @@ class DeleteReqL(Packet):
 
 class WriteL(Packet):
     name = "ChainWrite"
-    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf")]
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), *_key("packet")]
 
 
 class AckL(Packet):

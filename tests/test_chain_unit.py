@@ -366,12 +366,11 @@ def test_lookup_path_query_insert_write_ack_answer():
     assert net.nodes[t].roles()["tail"] == 1
 
 
-@pytest.mark.parametrize("role", [0, 1])
-def test_first_packet_rides_with_the_query_and_the_tail_forwards_it_on_commit(role):
+def test_first_packet_rides_with_the_query_and_the_tail_forwards_it_on_commit():
     net, view = three()
     k = KEYS[0]
-    asker, t = view.chain(k)[role], view.chain(k)[-1]
-    out = net.lookup(asker, k, "nf1", b"SYN")
+    h, m, t = view.chain(k)
+    out = net.lookup(m, k, "nf1", b"SYN")
     assert [s.msg.body for s in sends(out) if s.dst == t] == [Query(k, "nf1", 0, b"SYN")]
     # the tail holds the packet until the write commits, then sends it before it answers
     net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
@@ -379,12 +378,46 @@ def test_first_packet_rides_with_the_query_and_the_tail_forwards_it_on_commit(ro
     assert net.decided() == []
     net.run()
     assert [f.body for _, _, f in net.data(0, Answer)] == [Answer(k, 1, "nf1", True)]
-    assert [(n, d) for n, d, _ in net.decisions] == [(asker, Decision(k, "nf1", True))]
+    assert [(n, d) for n, d, _ in net.decisions] == [(m, Decision(k, "nf1", True))]
     assert net.nodes[t].stats["released"] == 1
     # the packet rode once: nothing else carries it, and a later lookup is a cache hit
     assert [f.body.packet for _, _, f in net.data(0, Query)] == [b"SYN"]
-    assert net.lookup(asker, k, "nf2", b"more") == [Decision(k, "nf1")]
+    assert all(not f.body.packet for _, _, f in net.data(0, Write))
+    assert net.lookup(m, k, "nf2", b"more") == [Decision(k, "nf1")]
     assert len(net.forwards) == 1
+
+
+def test_a_head_asker_sends_no_query_its_write_carries_the_packet():
+    net, view = three()
+    k = KEYS[0]
+    h, m, t = view.chain(k)
+    out = net.lookup(h, k, "nf1", b"SYN")
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(m, Write(k, 1, "nf1", b"SYN"))]
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
+    assert [f.body for _, d, f in net.data(0, Write) if d == t] == [Write(k, 1, "nf1", b"SYN")]
+    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))], "L-1 hops: forwarded on commit"
+    net.run()
+    assert [(s, d, f.body) for s, d, f in net.data(0, Answer)] == [
+        (t, h, Answer(k, 1, "nf1", True))]
+    assert [(n, d) for n, d, _ in net.decisions] == [(h, Decision(k, "nf1", True))]
+    assert net.data(0, Query) == [] and net.data(0, InsertReq) == []
+    for name in view.members:
+        assert net.nodes[name].replica() == {k: "nf1"}, name
+
+
+def test_a_head_asker_of_a_key_being_written_queries_the_tail_with_its_packet():
+    net, view = three()
+    k = KEYS[0]
+    h, m, t = view.chain(k)
+    net.lookup(m, k, "nf1")                          # another node's insert is under way
+    net.run(stop=lambda s, d, f: isinstance(f.body, Write) and d == t)
+    out = net.lookup(h, k, "nf2", b"SYN")
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(t, Query(k, "nf2", 0, b"SYN"))]
+    (query,) = net.take(lambda s, d, f: isinstance(f.body, Query) and s == h)
+    net.receive(*query)                              # the tail waits for the write in flight
+    net.run()
+    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))], "sent to the committed NF"
+    assert [d for n, d, _ in net.decisions if n == h] == [Decision(k, "nf1", True)]
 
 
 def test_the_tail_as_asker_keeps_its_first_packet():
