@@ -622,10 +622,12 @@ class ChainNode:
     def _answer_waiters(self, key: bytes, rec: _Rec, now: float) -> None:
         self._inserting.pop(key, None)
         for asker, packet in sorted(self._waiters.pop(key, {}).items()):
+            # the answer leaves first: the connection's next packets (the reply to this one)
+            # wait at the asker for it, and forwarding may hand the CPU to the switch
+            self._send(asker, Answer(key, rec.ver, rec.nf, bool(packet)), now)
             if packet:
                 self.stats["released"] += 1
                 self._out.append(Forward(key, rec.nf, packet))
-            self._send(asker, Answer(key, rec.ver, rec.nf, bool(packet)), now)
 
     def _on_head_request(self, src: str, epoch: int, req, now: float,
                          packet: bytes = b"") -> bool:

@@ -212,8 +212,8 @@ class Agent:
         self.apply(self.node.lookup(key, proposal, now, buf[14:]), now)
 
     def apply(self, actions, now: float) -> None:
-        if len(actions) > 1:                       # release held packets before chain frames
-            actions = sorted(actions, key=lambda a: isinstance(a, Send))
+        if len(actions) > 1:                # held packets first; the rest in the engine's order
+            actions = sorted(actions, key=lambda a: not isinstance(a, Decision))
         for a in actions:
             if isinstance(a, Send):
                 route = self.lb_route.get(a.dst)

@@ -11,7 +11,10 @@ fresh, so that one measurement cannot spoil the next:
 - ``maglev``, ``chain-L1``, ``chain-L2``, ``chain-L3`` (3 LBs), ``chain-N5``, ``chain-N8``
   (L=3): TCP connect times, sequential connects from c1 to s1, each a new connection. In the
   maglev testbed also on the direct path (higher-priority flows at ``gw`` that send edge
-  traffic straight to its host: no LB, no NF).
+  traffic straight to its host: no LB, no NF). The first-packet overhead compares the
+  ``maglev`` and ``chain-L3`` testbeds, so they run in turn, ``plan.connect_rounds`` times
+  each with a share of the samples, and their samples are pooled: the load of the machine
+  drifts over minutes, and both sides of the difference see the same drift.
 - ``chain`` (the default scenario's cluster: 4 LBs, 3 NFs, L=3): paced and unpaced iperf3
   through the LBs and on the direct path; an NF add under new connections; an LB kill under
   sequence-numbered UDP probes; last, the new-connection rate ramp.
@@ -54,6 +57,7 @@ class Plan:
     """How much of everything to do; ``QUICK`` is a smoke-sized plan."""
     connect_samples: int = 200
     connect_interval_s: float = 0.01
+    connect_rounds: int = 3              # maglev / chain-L3 testbeds in turn (see above)
     datapath_window_s: float = 3.0
     datapath_repeats: int = 3
     datapath_flood_pps: float = 300_000  # above what either forwarder moves here; 0: unpaced
@@ -77,7 +81,7 @@ class Plan:
         return asdict(self)
 
 
-QUICK = Plan(connect_samples=30, datapath_window_s=1.5, datapath_repeats=1, throughput_s=3.0,
+QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapath_repeats=1, throughput_s=3.0,
              rate_steps=(100, 200), rate_step_s=1.5, entries=3000, spray_chunk=1500)
 
 GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-N5", "chain-N8",
@@ -288,7 +292,7 @@ def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, lo
 # --- phases -----------------------------------------------------------------------------
 
 def connect_ms(s: Session, label: str, samples: int | None = None) -> dict:
-    """Sequential TCP connects c1 -> s1 (each a new connection): p50, p99, errors."""
+    """Sequential TCP connects c1 -> s1 (each a new connection): times (ms), errors."""
     n = samples or s.plan.connect_samples
     args = ["bench.traffic", "connect", "--dst-ip", ip_of("s1"), "--port", str(SERVER_PORTS[0]),
             "--interval", str(s.plan.connect_interval_s)]
@@ -296,10 +300,17 @@ def connect_ms(s: Session, label: str, samples: int | None = None) -> dict:
     doc = s.run("c1", args + ["--count", str(n)], f"connect-{label}", 30 + n * 3.1)
     s.check_members(f"the connects of {label}")
     ms, errors = m.connect_times(doc)
-    out = {"p50": m.percentile(ms, 50), "p99": m.percentile(ms, 99), "errors": errors, "n": n}
-    s.log(f"   connect {label}: p50 {out['p50']:.3f} ms, p99 {out['p99']:.3f} ms, "
-          f"{errors} errors of {n}")
-    return out
+    s.log(f"   connect {label}: p50 {m.percentile(ms, 50):.3f} ms, "
+          f"p99 {m.percentile(ms, 99):.3f} ms, {errors} errors of {n}")
+    return {"ms": ms, "errors": errors, "n": n}
+
+
+def pool(connect: dict, label: str, measured: dict) -> None:
+    """Add one testbed's connect samples to those of ``label``."""
+    have = connect.setdefault(label, {"ms": [], "errors": 0, "n": 0})
+    have["ms"] += measured["ms"]
+    have["errors"] += measured["errors"]
+    have["n"] += measured["n"]
 
 
 def datapath(s: Session) -> list[Row]:
@@ -594,11 +605,12 @@ def base_params(**kw) -> TestbedParams:
 class Results:
     rows: list = field(default_factory=list)
     failures: list = field(default_factory=list)
-    connect: dict = field(default_factory=dict)     # label -> {p50, p99, errors, n}
+    connect: dict = field(default_factory=dict)     # label -> {ms: [...], errors, n}
 
 
-def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log) -> None:
-    tb_dir = run_dir / "testbeds" / group
+def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log,
+              samples: int | None = None, tb_name: str | None = None) -> None:
+    tb_dir = run_dir / "testbeds" / (tb_name or group)
     tb_dir.mkdir(parents=True, exist_ok=True)
     if group == "datapath":
         params = TestbedParams(clients=1, servers=1, lbs=1, nfs=1, spare_nfs=0, spare_lbs=0,
@@ -610,10 +622,10 @@ def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log) -> None:
         with open_testbed(base_params(lbs=lbs, chain_len=L), mode, tb_dir, plan, log) as tb:
             s = Session(tb, plan, log)
             servers = s.servers(("s1",))
-            res.connect[label] = connect_ms(s, group)
+            pool(res.connect, label, connect_ms(s, group, samples))
             if mode == "maglev":
                 with s.direct_path():
-                    res.connect["direct"] = connect_ms(s, "direct")
+                    pool(res.connect, "direct", connect_ms(s, "direct", samples))
             for started in servers:
                 s.stop(started)
     elif group == "chain":
@@ -649,9 +661,11 @@ def chain_group(s: Session, res: Results) -> None:
         s.stop(started)
 
 
-def connect_rows(connect: dict) -> list[Row]:
-    """connect_ms_* rows and the first-packet overhead, from what the groups measured."""
+def connect_rows(samples: dict) -> list[Row]:
+    """connect_ms_* rows and the first-packet overhead, from the pooled connect samples."""
     rows = []
+    connect = {label: {"p50": m.percentile(c["ms"], 50), "p99": m.percentile(c["ms"], 99),
+                       "errors": c["errors"], "n": c["n"]} for label, c in samples.items()}
     maglev = connect.get("maglev")
     base, base_name = (maglev["p50"], "maglev, N=3") if maglev else (None, "")
     chain = connect.get("L3_N3")
@@ -682,15 +696,36 @@ ORDER = ("datapath_pps", "datapath_pps_seen_at_gw", "datapath_offered_pps",
          "first_packet_overhead_ms_p50", "first_packet_overhead_ms_p99")
 
 
+FIRST_PACKET_PAIR = ("maglev", "chain-L3")
+
+
+def schedule(groups, rounds: int) -> list[tuple[str, int]]:
+    """(group, round) in running order: the first-packet pair in turn, ``rounds`` times each
+    (round 0: a group run once)."""
+    groups = list(groups)
+    pair = [g for g in FIRST_PACKET_PAIR if g in groups]
+    if len(pair) < 2 or rounds < 2:
+        return [(g, 0) for g in groups]
+    out = []
+    for g in groups:
+        if g == pair[0]:
+            out += [(p, r) for r in range(1, rounds + 1) for p in pair]
+        elif g not in pair:
+            out.append((g, 0))
+    return out
+
+
 def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
     res = Results()
-    for group in groups:
+    for group, rnd in schedule(groups, plan.connect_rounds):
         t = time.monotonic()
-        log(f"== {group}")
+        name = f"{group}-round{rnd}" if rnd else group
+        log(f"== {group}" + (f" (round {rnd} of {plan.connect_rounds})" if rnd else ""))
         try:
-            run_group(group, run_dir, plan, res, log)
+            run_group(group, run_dir, plan, res, log,
+                      math.ceil(plan.connect_samples / plan.connect_rounds) if rnd else None, name)
         except (BenchError, TestbedFailure, m.ParseError, topo.TestbedError) as e:
-            res.failures.append(f"{group}: {e}")
+            res.failures.append(f"{name}: {e}")
             log(f"   FAILED: {e}")
         log(f"   ({time.monotonic() - t:.0f} s)")
     res.rows += connect_rows(res.connect)

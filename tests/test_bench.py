@@ -161,24 +161,46 @@ def test_first_use_with_a_real_nf_dump():
 
 # --- figures -------------------------------------------------------------------------------
 
+def samples(p50: float, p99: float, errors: int = 0) -> dict:
+    """101 connect times whose p50 and p99 are the given ones."""
+    ms = [p50 * 0.5] * 50 + [p50] + [p50 * 1.5] * 48 + [p99, p99 * 2]
+    return {"ms": ms, "errors": errors, "n": len(ms) + errors}
+
+
 def test_connect_rows():
-    c = {"maglev": {"p50": 1.2, "p99": 3.0, "errors": 0, "n": 200},
-         "direct": {"p50": 0.5, "p99": 1.0, "errors": 0, "n": 200},
-         "L3_N3": {"p50": 2.0, "p99": 5.0, "errors": 1, "n": 200},
-         "L1_N3": {"p50": 1.5, "p99": 4.0, "errors": 0, "n": 200}}
+    c = {"maglev": samples(1.2, 3.0), "direct": samples(0.5, 1.0),
+         "L3_N3": samples(2.0, 5.0, errors=1), "L1_N3": samples(1.5, 4.0)}
     rows = {r.metric: r for r in tbb.connect_rows(c)}
     over = rows["first_packet_overhead_ms_p50"]
-    assert over.value == pytest.approx(0.8) and over.baseline_value == 1.2
+    assert over.value == pytest.approx(0.8) and over.baseline_value == pytest.approx(1.2)
     assert rows["first_packet_overhead_ms_p99"].value == pytest.approx(2.0)
-    assert rows["connect_ms_p50_L1_N3"].baseline_value == 1.2
-    assert rows["connect_ms_p50_direct"].value == 0.5
+    assert rows["connect_ms_p50_L1_N3"].baseline_value == pytest.approx(1.2)
+    assert rows["connect_ms_p50_direct"].value == pytest.approx(0.5)
     assert "connect_ms_p50_L3_N8" not in rows
-    assert (rows["connect_errors"].value, rows["connect_errors"].baseline_value) == (1, 800)
+    assert (rows["connect_errors"].value, rows["connect_errors"].baseline_value) == (1, 405)
     assert tbb.connect_rows({}) == []
     # without the maglev baseline: no overhead row, connect rows without a baseline
     rows = {r.metric: r for r in tbb.connect_rows({"L3_N3": c["L3_N3"]})}
     assert "first_packet_overhead_ms_p50" not in rows
     assert rows["connect_ms_p50_L3_N3"].ratio is None
+
+
+def test_pooled_rounds_give_the_percentiles_of_all_samples():
+    c = {}
+    tbb.pool(c, "maglev", {"ms": [1.0, 2.0], "errors": 0, "n": 2})
+    tbb.pool(c, "maglev", {"ms": [3.0], "errors": 1, "n": 2})
+    assert c["maglev"] == {"ms": [1.0, 2.0, 3.0], "errors": 1, "n": 4}
+    rows = {r.metric: r for r in tbb.connect_rows(c)}
+    assert rows["connect_ms_p50_maglev"].value == 2.0
+
+
+def test_the_first_packet_pair_runs_in_turn():
+    groups = ["datapath", "maglev", "chain-L1", "chain-L3", "chain"]
+    assert tbb.schedule(groups, 3) == [
+        ("datapath", 0), ("maglev", 1), ("chain-L3", 1), ("maglev", 2), ("chain-L3", 2),
+        ("maglev", 3), ("chain-L3", 3), ("chain-L1", 0), ("chain", 0)]
+    assert tbb.schedule(groups, 1) == [(g, 0) for g in groups]
+    assert tbb.schedule(["maglev", "chain"], 3) == [("maglev", 0), ("chain", 0)]
 
 
 def test_target_lines():
