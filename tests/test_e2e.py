@@ -11,7 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from agents.chain import View
+from agents.keys import PROTO_NAMES, flow_key
+from topo import testbed as topo
+
 pytestmark = [pytest.mark.root, pytest.mark.slow]
+PROTOS = {name: number for number, name in PROTO_NAMES.items()}
 
 
 def _run(name: str, mode: str) -> tuple[Path, pd.DataFrame, pd.Series, dict]:
@@ -30,6 +35,28 @@ def _nothing_left_behind() -> None:
     assert "agents.lb" not in ps and "ryu_apps.launch" not in ps
     assert subprocess.run(["ip", "link", "show", "chainlb0"], capture_output=True).returncode != 0, \
         "the LB cluster bridge is removed"
+
+
+def _heads_own_decisions(run_dir: Path) -> None:
+    """New connections were decided at the head of their chain whenever the node the gateway
+    steered them to was in it, and their first packets were forwarded by the tails."""
+    agents = {p.name.split(".")[0]: json.loads(p.read_text())
+              for p in (run_dir / "logs").glob("lb*.stats.json")}
+    assert sum(a["engine"]["released"] for a in agents.values()) > 0, "tails forward first packets"
+    headed = decided = 0
+    for name, a in agents.items():
+        assert a["steering"] == sorted(a["members"], key=topo.port_number)
+        view = View(1, tuple(a["members"]), a["chain_len"], tuple(a["steering"]))
+        log = pd.read_csv(run_dir / "logs" / f"{name}.decisions.csv")
+        for text in log["key"]:
+            proto, lo, _, hi = text.split(" ")[0], *text.split(" ")[1].partition("<->")
+            (ip_lo, port_lo), (ip_hi, port_hi) = lo.rsplit(":", 1), hi.rsplit(":", 1)
+            key = flow_key(ip_lo, ip_hi, PROTOS[proto], int(port_lo), int(port_hi))
+            chain = view.chain(key)
+            if name in chain:                 # with N > L the node may be outside the chain
+                decided += 1
+                headed += chain[0] == name
+    assert decided and headed / decided > 0.9, f"{headed} of {decided} decided at their head"
 
 
 def _data_rows(flows: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +83,7 @@ def test_scale_out_chain_moves_nothing_and_uses_the_new_nf():
     for stats in (run_dir / "logs").glob("lb*.stats.json"):
         counts = json.loads(stats.read_text())["counts"]
         assert counts["cluster_rx"] > 0, f"{stats.name}: chain frames use the cluster network"
+    _heads_own_decisions(run_dir)
     _nothing_left_behind()
 
 
