@@ -1,29 +1,27 @@
 """The chain-replicated connection table (sans-I/O protocol engine).
 
 Each LB node runs one ``ChainNode``. Events go in (``lookup``, ``receive``, ``tick``,
-``set_view``, ``delete``), actions come out (``Send``, ``Decision``); time is passed in.
-No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
+``set_view``, ``delete``), actions come out (``Send``, ``Decision``, ``Forward``); time is
+passed in. No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
 
-Placement: a key's chain is its successor on a consistent-hash ring of LB nodes (with
+Placement: a key's chain is L nodes, its successor on a consistent-hash ring of LB nodes (with
 virtual points) and its L-1 distinct predecessors. Given the gateway's order of the LB nodes
 (``View.steering``), they are ranked as the gateway ranks them for the key
 (``agents.steering``), head first: the node a new connection arrives at heads its chain
-whenever it is in it (always when L = N), so the write starts there. Otherwise the ring
-order stands: the successor is the tail.
+whenever it is in it (always when L = N). Without it, the ring order stands (the successor
+is the tail).
 
-Lookup: the asking node sends ``Query`` to the tail and, in parallel, ``InsertReq`` with its
-proposal to the head. The head writes the proposal only if the key is absent (first writer
-wins) and passes the ``Write`` down the chain, or answers the asker a committed entry it
-holds; the write commits at the tail, which answers every waiting asker and sends ``Ack``
-back up, so a new key is decided after L hops. The asker's first query carries the
-connection's first packet: the tail forwards it (``Forward``) as it commits the entry, so the
-packet leaves one hop before the asker hears the answer (``Decision.released``). An asker
-that heads the key's chain (the usual case: see Placement) sends no query: its ``Write``
-carries the packet, and the tail answers it on commit, so a new key costs L-1 hops. The tail answers a committed entry itself, and
-sends its own ``InsertReq`` only when the asker's could not be the one it needs (the asker had
-not heard of a deletion the tail holds). Deletes go through the
-head the same way and leave a versioned tombstone, so that a stale insert cannot revive a
-deleted entry; on commit the tail tells every node (``Gone``) to drop cached answers.
+Lookup: a head asker writes its proposal if the key is absent (first writer wins) and its
+``Write`` carries the connection's first packet down the chain; the tail commits it, answers
+the head, then forwards the packet (``Forward``): a new key costs L-1 hops, and the packet
+leaves before the head hears the answer (``Decision.released``). Any other asker sends
+``Query`` to the tail, carrying the packet, and in parallel ``InsertReq`` with its proposal to
+the head, which writes as above or answers the asker a committed entry it holds: L hops. The
+tail answers a committed entry itself, and sends its own ``InsertReq`` only when the asker's
+could not be the one it needs (the asker had not heard of a deletion the tail holds). The
+tail's ``Ack`` goes back up with the committed value. Deletes go through the head the same way
+and leave a versioned tombstone, so that a stale insert cannot revive a deleted entry; on
+commit the tail tells every node (``Gone``) to drop cached answers.
 
 Links are reliable FIFO channels built here: per-link sequence numbers, cumulative acks
 (carried by every frame; a link with nothing to send acks on the next ``tick``),
@@ -755,8 +753,7 @@ class ChainNode:
         packet = b""
         if chain[-1] != self.id:
             packet, p.packet = p.packet, b""
-        # the head inserts a new key right away, in parallel with the query: the tail
-        # answers it after L hops instead of L+2 (see ``_on_query``)
+        # the head inserts a new key right away, in parallel with the query (see ``_on_query``)
         if chain[0] == self.id:
             # this node is the head: a write it starts carries the packet and stands for
             # the query (the tail answers the head on commit)
