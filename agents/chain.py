@@ -222,7 +222,6 @@ class ChainNode:
                       "decisions": 0, "inserts": 0, "deletes": 0, "released": 0}
         self._pending: dict[bytes, _Pending] = {}          # lookups awaiting an answer
         self._waiters: dict[bytes, dict[str, bytes]] = {}  # tail: askers per key, packet
-
         self._inserting: dict[bytes, _Insert] = {}         # tail: outstanding InsertReq
         self._deleting: dict[bytes, _Delete] = {}          # outstanding DeleteReq
         self._done_from: dict[str, int] = {}               # peer -> highest SyncDone epoch
@@ -246,8 +245,8 @@ class ChainNode:
                packet: bytes = b"") -> list[Action]:
         """A packet of ``key`` arrived here; eventually yields ``Decision(key, nf)``.
 
-        ``packet`` (the IPv4 packet, optional) may ride with the query to the tail, which
-        forwards it on commit; the decision then says ``released``.
+        ``packet`` (the IPv4 packet, optional) may ride to the tail with the head's write
+        or the query, and the tail forwards it on commit; the decision then says ``released``.
         """
         self._start(now)
         hit = self.cache.get(key)

@@ -7,8 +7,8 @@
 Data path: an AF_PACKET socket on the host's interface; IPv4 frames that the gateway
 steered here are parsed with ``struct``, mapped to their connection key, and forwarded by
 rewriting the destination MAC to the chosen NF's. In ``chain`` mode a key's packets are
-buffered until the chain decides; the first one rides with the query to the key's tail,
-which forwards it as it commits the decision. Control path: raw 0x88B5 frames (``agents.wire``): chain
+buffered until the chain decides; the first one rides to the key's tail, which forwards it
+as it commits the decision. Control path: raw 0x88B5 frames (``agents.wire``): chain
 frames between LB nodes (on the cluster interface to the nodes the view gives a cluster MAC,
 through the switch to the others), views from the controller, heartbeats to it. A unix socket
 (``<run-dir>/<name>.sock``) answers ``status`` and ``table`` for the CLI.

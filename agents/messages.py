@@ -33,7 +33,7 @@ class Query:
 class Answer:
     """Tail, or a head holding it committed -> asker: ``key`` is committed to ``nf`` at ``ver``.
 
-    ``released``: the tail forwarded the packet the asker's query carried.
+    ``released``: the tail forwarded the packet the asker's query (or write) carried.
     """
     key: bytes
     ver: int
