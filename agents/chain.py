@@ -93,13 +93,9 @@ class View:
         return {}
 
     @cached_property
-    def _steer_seed(self) -> dict[str, int]:
-        """member -> its seed in the gateway's hash (see ``agents.steering``)."""
-        return {m: seed(i) for i, m in enumerate(self.steering)}
-
-    @cached_property
-    def _steer_index(self) -> dict[str, int]:
-        return {m: i for i, m in enumerate(self.steering)}
+    def _steer(self) -> dict[str, tuple[int, int]]:
+        """member -> (its seed in the gateway's hash, see ``agents.steering``; its index)."""
+        return {m: (seed(i), i) for i, m in enumerate(self.steering)}
 
     def chain(self, key: bytes) -> tuple[str, ...]:
         """The key's chain, head first, tail last (``min(chain_len, members)`` nodes)."""
@@ -122,9 +118,9 @@ class View:
         fh = flow_hash(key) if self.steering and len(c) > 1 else None
         if fh is not None:
             # the highest score first; among equal scores, the lowest index (as OVS)
-            index = self._steer_index
-            ranked = sorted(zip(scores(fh, [self._steer_seed[m] for m in c]),
-                                [-index[m] for m in c], c), reverse=True)
+            steer = [self._steer[m] for m in c]
+            ranked = sorted(zip(scores(fh, [s for s, _ in steer]), [-i for _, i in steer], c),
+                            reverse=True)
             c = tuple(m for _, _, m in ranked)
         if len(memo) >= 200_000:
             memo.clear()

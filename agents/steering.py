@@ -15,9 +15,9 @@ choice against ``ovs-appctl ofproto/trace`` on a live bridge.
 """
 from __future__ import annotations
 
-__all__ = ["flow_hash", "seed", "scores", "score"]
-
 import struct
+
+__all__ = ["flow_hash", "seed", "scores", "score"]
 
 _M = 0xFFFFFFFF
 _KEY4 = struct.Struct("<BIHIH")    # an IPv4 key's fields, read as OVS reads them (see above)
@@ -29,9 +29,13 @@ def _mix(data: int) -> int:
     return ((((data << 15) | (data >> 17)) & _M) * 0x1B873593) & _M
 
 
-def _add(h: int, data: int) -> int:
-    h ^= _mix(data)
+def _step(h: int) -> int:
+    """What ``hash_add`` does to the hash once the data word is XORed in."""
     return ((((h << 13) | (h >> 19)) & _M) * 5 + 0xE6546B64) & _M
+
+
+def _add(h: int, data: int) -> int:
+    return _step(h ^ _mix(data))
 
 
 def _finish(h: int, final: int) -> int:
@@ -59,12 +63,8 @@ def seed(index: int) -> int:
 
 def scores(fh: int, seeds) -> list[int]:
     """The scores of the members of ``seeds`` for a packet of flow hash ``fh``."""
-    mixed = _mix(fh)
-    out = []
-    for member_seed in seeds:
-        h = member_seed ^ mixed
-        out.append(_finish(((((h << 13) | (h >> 19)) & _M) * 5 + 0xE6546B64) & _M, 8))
-    return out
+    mixed = _mix(fh)       # hash_2words(i, fh) = _finish(_add(seed(i), fh), 8)
+    return [_finish(_step(member_seed ^ mixed), 8) for member_seed in seeds]
 
 
 def score(index: int, fh: int) -> int:

@@ -81,8 +81,9 @@ class Plan:
         return asdict(self)
 
 
-QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapath_repeats=1, throughput_s=3.0,
-             rate_steps=(100, 200), rate_step_s=1.5, entries=3000, spray_chunk=1500)
+QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapath_repeats=1,
+             throughput_s=3.0, rate_steps=(100, 200), rate_step_s=1.5, entries=3000,
+             spray_chunk=1500)
 
 GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-N5", "chain-N8",
           "chain", "entries")

@@ -33,7 +33,8 @@ def _nothing_left_behind() -> None:
                                       text=True).stdout.split()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "agents.lb" not in ps and "ryu_apps.launch" not in ps
-    assert subprocess.run(["ip", "link", "show", "chainlb0"], capture_output=True).returncode != 0, \
+    assert subprocess.run(["ip", "link", "show", "chainlb0"],
+                          capture_output=True).returncode != 0, \
         "the LB cluster bridge is removed"
 
 

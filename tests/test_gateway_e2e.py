@@ -224,7 +224,8 @@ def test_rest_api_without_switch(tmp_path):
               "cluster_mac": "02:00:00:01:03:03"}
         st, v = rest("POST", "/lbs", lb, port=port)
         assert st == 200 and v["epoch"] == 5 and v["lbs"][2]["status"] == "joining"
-        assert v["lbs"][2]["cluster_mac"] == "02:00:00:01:03:03" and v["lbs"][0]["cluster_mac"] == ""
+        assert v["lbs"][2]["cluster_mac"] == "02:00:00:01:03:03"
+        assert v["lbs"][0]["cluster_mac"] == ""
         st, v = rest("DELETE", "/lbs/lb3", port=port)
         assert st == 200 and v["epoch"] == 6 and len(v["lbs"]) == 2
         errors = [
