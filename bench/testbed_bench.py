@@ -65,7 +65,7 @@ class Plan:
     throughput_s: float = 8.0
     e2e_flows: int = 12                  # the default scenario's first batch ...
     e2e_rate_mbit: float = 2.0           # ... and its pacing
-    rate_steps: tuple = (100, 200, 300, 400, 500, 600, 800, 1000, 1300, 1600, 2000)
+    rate_steps: tuple = (100, 200, 300, 400, 500, 600, 800, 1000, 1300, 1600, 2000, 2500, 3200)
     rate_step_s: float = 3.0
     rate_timeout_s: float = 1.0          # a connect slower than this lost its SYN: an error
     probe_interval_s: float = 0.01
