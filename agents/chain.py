@@ -4,12 +4,12 @@ Each LB node runs one ``ChainNode``. Events go in (``lookup``, ``receive``, ``ti
 ``set_view``, ``delete``), actions come out (``Send``, ``Decision``, ``Forward``); time is
 passed in. No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
 
-Placement: a key's chain is L nodes, its successor on a consistent-hash ring of LB nodes (with
-virtual points) and its L-1 distinct predecessors. Given the gateway's order of the LB nodes
-(``View.steering``), they are ranked as the gateway ranks them for the key
-(``agents.steering``), head first: the node a new connection arrives at heads its chain
-whenever it is in it (always when L = N). Without it, the ring order stands (the successor
-is the tail).
+Placement: a key's chain is the L LB nodes that score highest for it under the gateway's
+steering hash (``agents.steering``: rendezvous hashing over the gateway's ``bundle`` slots,
+``View.steering``), highest first: the node the gateway steers a new connection to heads its
+chain, and the next L-1 nodes it would pick follow. A slot keeps its index while its node is
+away, so a member leaving or joining changes only the chains it is (or becomes) part of.
+Without the slots, members score by their names (the same hash, seeded per name).
 
 Lookup: a head asker writes its proposal if the key is absent (first writer wins) and its
 ``Write`` carries the connection's first packet down the chain; the tail commits it, answers
@@ -37,7 +37,6 @@ its chains before it answers for them; the new tail then commits what it holds.
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -50,7 +49,6 @@ from agents.steering import flow_hash, scores, seed
 
 __all__ = ["View", "Send", "Decision", "Forward", "Action", "ChainNode", "Frame"]
 
-VNODES = 32          # ring points per member
 SYNC_BATCH = 16      # entries per Sync frame (keeps frames well under 1500 bytes)
 RETRANSMIT_BURST = 32  # frames resent per link per tick
 MAX_RTO = 1.0        # seconds: cap of the per-link retransmission timeout backoff
@@ -63,8 +61,9 @@ def _h64(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class View:
-    """A membership view: epoch, LB node ids, chain length, and the gateway's order of the
-    members (its ``bundle`` list, by switch port; empty: not known)."""
+    """A membership view: epoch, LB node ids, chain length, and the gateway's ``bundle`` slots
+    (``steering``: the member the gateway lists i-th at index i, '' for an empty slot; empty:
+    not known)."""
     epoch: int
     members: tuple[str, ...]
     chain_len: int
@@ -76,26 +75,27 @@ class View:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(set(self.members)) != len(self.members):
             raise ValueError(f"duplicate members in view: {self.members}")
-        if self.steering and sorted(self.steering) != sorted(self.members):
-            raise ValueError(f"steering order {self.steering} is not of the members {self.members}")
+        if self.steering and sorted(m for m in self.steering if m) != sorted(self.members):
+            raise ValueError(f"steering slots {self.steering} are not of the members {self.members}")
         if self.chain_len < 1:
             raise ValueError(f"chain_len must be >= 1, got {self.chain_len}")
         if self.epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {self.epoch}")
 
     @cached_property
-    def _ring(self) -> tuple[list[int], list[str]]:
-        points = sorted((_h64(f"{m}#{i}".encode()), m) for m in self.members for i in range(VNODES))
-        return [p for p, _ in points], [m for _, m in points]
+    def _seeds(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
+        """Per member: its seed in the steering hash (from its slot, else from its name), its
+        tie-break (among equal scores the lowest slot wins, as in OVS), and its name."""
+        if self.steering:
+            slots = [(seed(i), -i, m) for i, m in enumerate(self.steering) if m]
+        else:
+            slots = [(_h64(m.encode()) & 0xFFFFFFFF, -i, m)
+                     for i, m in enumerate(sorted(self.members))]
+        return tuple(zip(*slots)) if slots else ((), (), ())
 
     @cached_property
     def _memo(self) -> dict[bytes, tuple[str, ...]]:
         return {}
-
-    @cached_property
-    def _steer(self) -> dict[str, tuple[int, int]]:
-        """member -> (its seed in the gateway's hash, see ``agents.steering``; its index)."""
-        return {m: (seed(i), i) for i, m in enumerate(self.steering)}
 
     def chain(self, key: bytes) -> tuple[str, ...]:
         """The key's chain, head first, tail last (``min(chain_len, members)`` nodes)."""
@@ -103,25 +103,12 @@ class View:
         c = memo.get(key)
         if c is not None:
             return c
-        if not self.members:
-            return ()
-        hashes, owners = self._ring
-        i = bisect.bisect_left(hashes, _h64(key)) % len(hashes)
-        want = min(self.chain_len, len(self.members))
-        picked: list[str] = []
-        while len(picked) < want:
-            m = owners[i]
-            if m not in picked:
-                picked.append(m)
-            i -= 1
-        c = tuple(reversed(picked))
-        fh = flow_hash(key) if self.steering and len(c) > 1 else None
-        if fh is not None:
-            # the highest score first; among equal scores, the lowest index (as OVS)
-            steer = [self._steer[m] for m in c]
-            ranked = sorted(zip(scores(fh, [s for s, _ in steer]), [-i for _, i in steer], c),
-                            reverse=True)
-            c = tuple(m for _, _, m in ranked)
+        seeds, ties, names = self._seeds
+        fh = flow_hash(key)
+        if fh is None:                         # a key the gateway does not hash (not IPv4)
+            fh = _h64(key) & 0xFFFFFFFF
+        ranked = sorted(zip(scores(fh, seeds), ties, names), reverse=True)
+        c = tuple(m for _, _, m in ranked[:self.chain_len])
         if len(memo) >= 200_000:
             memo.clear()
         memo[key] = c

@@ -272,9 +272,7 @@ class Agent:
         if self.mode != "chain":
             return
         members = tuple(lb.name for lb in view.lbs)
-        steering = tuple(lb.name for lb in sorted(view.lbs, key=lambda lb: lb.port))
-        chain_view = View(view.epoch, members, view.chain_len,
-                          steering if all(lb.port for lb in view.lbs) else ())
+        chain_view = View(view.epoch, members, view.chain_len, steering_slots(view.lbs))
         if self.node is None:
             if self.name in members:
                 self.node = ChainNode(self.name, chain_view)
@@ -379,6 +377,16 @@ class Agent:
 
     def stop(self, *_):
         self.running = False
+
+
+def steering_slots(lbs) -> tuple[str, ...]:
+    """The gateway's bundle slots (see ``View.steering``); () unless every node has one."""
+    if not lbs or not all(lb.slot for lb in lbs) or len({lb.slot for lb in lbs}) < len(lbs):
+        return ()
+    slots = [""] * max(lb.slot for lb in lbs)
+    for lb in lbs:
+        slots[lb.slot - 1] = lb.name
+    return tuple(slots)
 
 
 def query(run_dir: str, name: str, command: str, timeout: float = 2.0) -> dict:

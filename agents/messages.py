@@ -146,12 +146,14 @@ class NFInfo:
 class LBInfo:
     """An LB node: its MAC on the switch, and on the LB cluster network ('' if it has none).
 
-    ``port`` is its switch port (0: not known): the gateway ranks LB nodes in port order.
+    ``port`` is its switch port and ``slot`` its place in the gateway's ``bundle`` list,
+    counted from 1 (0: not known); a slot keeps its place while other nodes come and go.
     """
     name: str
     mac: str
     cluster_mac: str = ""
     port: int = 0
+    slot: int = 0
 
 
 @dataclass(frozen=True)

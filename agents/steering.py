@@ -1,8 +1,9 @@
 """The gateway's steering function, computed where the chain needs it.
 
 The gateway spreads connections over the LB nodes with Open vSwitch's ``bundle`` action:
-``bundle(symmetric_l3l4+udp, 0, hrw, ofport, members:P1,P2,...)``, the LB ports in
-ascending order. For each member index ``i`` OVS scores ``hash_2words(i, flow_hash)`` and the
+``bundle(symmetric_l3l4+udp, 0, hrw, ofport, members:P1,P2,...)``, the LB ports in their
+slots (``ryu_apps.policy``; a slot whose node is not up lists a port the switch does not
+have, which OVS skips, keeping the others' indices). For each member index ``i`` OVS scores ``hash_2words(i, flow_hash)`` and the
 highest score wins, where ``flow_hash`` is ``flow_hash_symmetric_l3l4`` (basis 0) of the
 packet: the XOR of the two IPv4 addresses, the protocol, and the XOR of the two ports, mixed
 with the murmur3-style ``hash_add`` / ``hash_finish`` of OVS's ``lib/hash.h`` (the portable

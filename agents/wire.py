@@ -43,7 +43,7 @@ __all__ = ["ETHERTYPE", "VERSION", "MAX_PAYLOAD", "WireError", "encode", "decode
            "frame_bytes", "LAYERS", "ChainLB"]
 
 ETHERTYPE = 0x88B5
-VERSION = 1
+VERSION = 2
 MAX_PAYLOAD = 1500  # Ethernet MTU: frame_bytes refuses larger messages
 HMAC_LEN = 32
 ETH_HLEN = 14
@@ -162,7 +162,8 @@ class SyncDoneL(Packet):
 class LBInfoL(_Item):
     name = "LBInfo"
     fields_desc = [*_text("name"), MACField("mac", None),
-                   OptionalMACField("cluster_mac", "00:00:00:00:00:00"), ShortField("port", 0)]
+                   OptionalMACField("cluster_mac", "00:00:00:00:00:00"), ShortField("port", 0),
+                   ShortField("slot", 0)]
 
 
 class NFInfoL(_Item):

@@ -4,7 +4,8 @@ Started by ``python -m ryu_apps.launch`` (which calls ``configure`` first). It
 
 - steers IPv4 arriving on client/server ports per connection onto the LB ports that are
   up, hashed in the switch by the Nicira ``bundle`` action (symmetric 5-tuple, HRW), and
-  rewrites the member list live as LB nodes join or fail;
+  rewrites the member list live as LB nodes join or fail (each node keeps its slot in the
+  list, so only the connections of a node that leaves or comes up change LB node);
 - delivers frames from LB and NF ports (chain frames, LB->NF, NF->host) by destination MAC;
 - receives agents' heartbeats (Ethertype 0x88B5 to 02:00:00:00:ff:01) as packet-ins and
   sends views to the agents as packet-outs, both authenticated by ``agents.wire``;
@@ -39,8 +40,8 @@ from os_ken.lib import hub
 from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
 from agents import messages, wire
-from ryu_apps.policy import (CONTROLLER_MAC, AddHostRoute, DelHostRoute, Note, Policy,
-                             PolicyError, PushView, SetSteering, UnknownName)
+from ryu_apps.policy import (CONTROLLER_MAC, EMPTY_SLOT_PORT, AddHostRoute, DelHostRoute, Note,
+                             Policy, PolicyError, PushView, SetSteering, UnknownName)
 
 ETH_CHAINLB = wire.ETHERTYPE
 ETH_IPV4 = 0x0800
@@ -173,7 +174,8 @@ class Gateway(app_manager.OSKenApp):
         for port in act.edge_ports:
             self._flow(PRIO_STEER, parser.OFPMatch(in_port=port, eth_type=ETH_IPV4), actions)
             self._flow(PRIO_EDGE_DROP, parser.OFPMatch(in_port=port), [])
-        self.logger.info("steering over LB ports %s", list(act.lb_ports))
+        self.logger.info("steering over LB ports %s (%d: empty slot)", list(act.lb_ports),
+                         EMPTY_SLOT_PORT)
 
     def _push_view(self, act: PushView) -> None:
         self.counters["views_pushed"] += 1

@@ -8,7 +8,11 @@ subclass ``UnknownName``) with a message meant for the user; the state is then u
 
 LB members have a status: ``joining`` from admission until the agent heartbeats an
 epoch at least the one it was admitted in (it holds the view), then ``up``. Only ``up``
-members are steered to. A member whose heartbeats stop for ``heartbeat_timeout`` (or
+members are steered to. Each member holds a slot in the gateway's steering list from its
+admission until it leaves (the first free slot, else a new one at the end); a slot whose
+member is not up lists ``EMPTY_SLOT_PORT``, a port the switch does not have, which the
+``bundle`` action skips, so the other members keep their places and the gateway moves only
+the connections of a member that leaves or comes up. A member whose heartbeats stop for ``heartbeat_timeout`` (or
 that never comes up within ``join_timeout``) is removed from steering and from the view;
 the last member is never removed that way. Every membership change bumps the epoch and
 pushes the new view to every member; the view is also re-pushed every
@@ -28,6 +32,7 @@ CONTROLLER_MAC = "02:00:00:00:ff:01"
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_PORT = 0xFFFFFF00  # OpenFlow 1.3 OFPP_MAX
+EMPTY_SLOT_PORT = 0xFEFF  # a steering slot with no member up (no LB may use this port)
 
 
 class PolicyError(ValueError):
@@ -63,7 +68,8 @@ class DelHostRoute:
 
 @dataclass(frozen=True)
 class SetSteering:
-    """Spread IPv4 arriving on ``edge_ports`` per connection over ``lb_ports`` (empty: drop)."""
+    """Spread IPv4 arriving on ``edge_ports`` per connection over ``lb_ports`` (empty: drop;
+    ``EMPTY_SLOT_PORT`` holds a slot no member is steered to)."""
     edge_ports: tuple[int, ...]
     lb_ports: tuple[int, ...]
 
@@ -141,6 +147,8 @@ def check_mac(mac: object) -> str:
 def check_port(port: object) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port < MAX_PORT:
         raise PolicyError(f"bad switch port {port!r}: expected an integer from 1 to {MAX_PORT - 1}")
+    if port == EMPTY_SLOT_PORT:
+        raise PolicyError(f"switch port {port} is reserved (it marks an empty steering slot)")
     return port
 
 
@@ -160,6 +168,7 @@ class Policy:
     nfs: dict[str, NFMember] = field(default_factory=dict)
     _last_push: float | None = field(default=None, init=False, repr=False)
     _steering: tuple[int, ...] | None = field(default=None, init=False, repr=False)
+    _slots: list[str] = field(default_factory=list, init=False, repr=False)  # '' = free
 
     def __post_init__(self) -> None:
         if isinstance(self.chain_len, bool) or not isinstance(self.chain_len, int) or self.chain_len < 1:
@@ -308,11 +317,18 @@ class Policy:
     def view(self) -> ViewMsg:
         return ViewMsg(
             epoch=self.epoch, chain_len=self.chain_len, mode=self.mode,
-            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac, m.port) for m in self.lbs.values()),
+            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac, m.port, self._slots.index(m.name) + 1)
+                      for m in self.lbs.values()),
             nfs=tuple(NFInfo(n.name, n.mac, n.state) for n in self.nfs.values()))
 
     def steering_ports(self) -> tuple[int, ...]:
-        return tuple(sorted(m.port for m in self.lbs.values() if m.status == "up"))
+        """The gateway's steering list: per slot, its member's port if it is up, else
+        ``EMPTY_SLOT_PORT``; () when no member is up."""
+        ports = [self.lbs[n].port if n and self.lbs[n].status == "up" else EMPTY_SLOT_PORT
+                 for n in self._slots]
+        while ports and ports[-1] == EMPTY_SLOT_PORT:
+            ports.pop()
+        return tuple(ports)
 
     def state(self, now: float) -> dict:
         """Everything, as JSON-ready data (the REST API's GET /view)."""
@@ -321,7 +337,7 @@ class Policy:
         return {
             "epoch": self.epoch, "chain_len": self.chain_len, "mode": self.mode,
             "heartbeat_timeout": self.heartbeat_timeout, "join_timeout": self.join_timeout,
-            "steering": list(self.steering_ports()),
+            "steering": [None if p == EMPTY_SLOT_PORT else p for p in self.steering_ports()],
             "lbs": [{"name": m.name, "mac": m.mac, "cluster_mac": m.cluster_mac,
                      "port": m.port, "status": m.status,
                      "admitted_epoch": m.admitted_epoch, "reported_epoch": m.reported_epoch,
@@ -346,6 +362,10 @@ class Policy:
         self._check_free(name, mac, port)
         self.lbs[name] = LBMember(name, mac, port, admitted_epoch=self.epoch, admitted_at=now,
                                   cluster_mac=cluster_mac)
+        if "" in self._slots:
+            self._slots[self._slots.index("")] = name
+        else:
+            self._slots.append(name)
 
     def _admit_nf(self, name: str, mac: str, port: int, now: float) -> None:
         check_name(name, "NF")
@@ -355,6 +375,9 @@ class Policy:
 
     def _drop_lb(self, m: LBMember, now: float, tell_it: bool) -> list[Action]:
         del self.lbs[m.name]
+        self._slots[self._slots.index(m.name)] = ""
+        while self._slots and not self._slots[-1]:
+            self._slots.pop()
         self.epoch += 1
         acts: list[Action] = self._steering_actions()
         push = self._push_all(now)

@@ -63,6 +63,11 @@ def _one_name(line: str, pattern: re.Pattern, usage: str, known: list[str], what
     return name
 
 
+def _slots(ports: list) -> str:
+    """The gateway's steering slots: their ports, 'empty' for a slot no node is up in."""
+    return ",".join("empty" if p is None else str(p) for p in ports) or "-"
+
+
 def _no_args(line: str, usage: str) -> None:
     if line.strip():
         raise UsageError(f"{usage.split()[0]} takes no argument; usage: {usage}")
@@ -108,7 +113,7 @@ class TestbedCommands:
         _no_args(line, "view")
         v = self.tb.rest("GET", "/view")
         self.say(f"epoch {v['epoch']}  chain_len {v['chain_len']}  mode {v['mode']}  "
-                 f"steering ports {','.join(map(str, v.get('steering', []))) or '-'}")
+                 f"steering ports {_slots(v.get('steering', []))}")
         self.say("LB nodes:")
         for m in v["lbs"]:
             entries = "-" if m.get("entries") is None else m["entries"]

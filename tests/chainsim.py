@@ -41,6 +41,7 @@ class Sim:
         self.rng = random.Random(self.seed)
         self.now = 0.0
         self.epoch = 1
+        self._slots: list[str] = []            # the gateway's slots ('' = empty)
         self.view = self._view(1, tuple(self.members))
         self.nodes = {m: self._new_node(m, self.view) for m in self.members}
         self.crashed: set[str] = set()
@@ -59,8 +60,19 @@ class Sim:
         return ChainNode(name, view, tombstone_ttl=self.tombstone_ttl)
 
     def _view(self, epoch: int, members: tuple[str, ...]) -> View:
-        """Chains ranked by a gateway order (by name, so a joiner shifts the others' ranks)."""
-        return View(epoch, members, self.chain_len, tuple(sorted(members)))
+        """Chains placed by gateway slots as the controller keeps them: a member keeps its
+        slot, a leaver's slot is empty, a joiner takes the first empty one."""
+        slots = [m if m in members else "" for m in self._slots]
+        for m in members:
+            if m not in slots:
+                if "" in slots:
+                    slots[slots.index("")] = m
+                else:
+                    slots.append(m)
+        while slots and not slots[-1]:
+            slots.pop()
+        self._slots = slots
+        return View(epoch, members, self.chain_len, tuple(slots))
 
     # ---------------------------------------------------------------- scheduling
 

@@ -13,7 +13,6 @@ import pytest
 
 from agents.chain import View
 from agents.keys import PROTO_NAMES, flow_key
-from topo import testbed as topo
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 PROTOS = {name: number for number, name in PROTO_NAMES.items()}
@@ -39,24 +38,22 @@ def _nothing_left_behind() -> None:
 
 
 def _heads_own_decisions(run_dir: Path) -> None:
-    """New connections were decided at the head of their chain whenever the node the gateway
-    steered them to was in it, and their first packets were forwarded by the tails."""
+    """New connections were decided at the head of their chain (the node the gateway steered
+    them to), and their first packets were forwarded by the tails."""
     agents = {p.name.split(".")[0]: json.loads(p.read_text())
               for p in (run_dir / "logs").glob("lb*.stats.json")}
     assert sum(a["engine"]["released"] for a in agents.values()) > 0, "tails forward first packets"
     headed = decided = 0
     for name, a in agents.items():
-        assert a["steering"] == sorted(a["members"], key=topo.port_number)
+        assert sorted(m for m in a["steering"] if m) == sorted(a["members"])
         view = View(1, tuple(a["members"]), a["chain_len"], tuple(a["steering"]))
         log = pd.read_csv(run_dir / "logs" / f"{name}.decisions.csv")
         for text in log["key"]:
             proto, lo, _, hi = text.split(" ")[0], *text.split(" ")[1].partition("<->")
             (ip_lo, port_lo), (ip_hi, port_hi) = lo.rsplit(":", 1), hi.rsplit(":", 1)
             key = flow_key(ip_lo, ip_hi, PROTOS[proto], int(port_lo), int(port_hi))
-            chain = view.chain(key)
-            if name in chain:                 # with N > L the node may be outside the chain
-                decided += 1
-                headed += chain[0] == name
+            decided += 1
+            headed += view.chain(key)[0] == name
     assert decided and headed / decided > 0.9, f"{headed} of {decided} decided at their head"
 
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from agents.messages import LBInfo, NFInfo
 from ryu_apps.policy import (AddHostRoute, DelHostRoute, Note, Policy, PolicyError, PushView,
-                             SetSteering, Target, UnknownName)
+                             EMPTY_SLOT_PORT, SetSteering, Target, UnknownName)
 
 
 def mac(kind, i):
@@ -46,7 +46,7 @@ def pol():
 def test_from_config_builds_initial_view(pol):
     v = pol.view()
     assert v.epoch == 1 and v.chain_len == 2 and v.mode == "chain"
-    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i), "", 10 + i) for i in (1, 2, 3))
+    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i), "", 10 + i, i) for i in (1, 2, 3))
     assert v.nfs == (NFInfo("nf1", mac(4, 1), "active"), NFInfo("nf2", mac(4, 2), "active"))
 
 
@@ -130,6 +130,7 @@ def test_drain_then_remove_nf(pol):
     (("nf9", mac(4, 9), 0), PolicyError, "bad switch port"),
     (("nf9", mac(4, 9), True), PolicyError, "bad switch port"),
     (("nf9", mac(4, 9), "29"), PolicyError, "bad switch port"),
+    (("nf9", mac(4, 9), EMPTY_SLOT_PORT), PolicyError, "reserved"),
     (("", mac(4, 9), 29), PolicyError, "bad NF name"),
     (("nf 9", mac(4, 9), 29), PolicyError, "bad NF name"),
     ((None, mac(4, 9), 29), PolicyError, "bad NF name"),
@@ -156,7 +157,10 @@ def test_lb_becomes_up_on_heartbeat_at_its_epoch_and_is_steered(pol):
     assert of(acts, SetSteering) == []
     assert of(acts, PushView) == [PushView((Target("lb2", mac(3, 2), 12),), pol.view())]
     acts = pol.heartbeat("lb2", 1, 0, 0.2)
-    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (12,))]
+    # lb1's slot comes first: held for it, with a port the switch does not have, while it is
+    # not up, so the gateway's hash keeps every node's place
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (EMPTY_SLOT_PORT, 12))]
+    assert pol.state(0.2)["steering"] == [None, 12]
     assert of(acts, PushView) == []
     acts = up_all(pol, 0.3)
     assert of(acts, SetSteering)[-1] == SetSteering((1, 2, 3), (11, 12, 13))
@@ -180,14 +184,21 @@ def test_remove_lb_tells_it_and_updates_steering(pol):
     up_all(pol, 0.0)
     acts = pol.remove_lb("lb2", now=1.0)
     assert pol.epoch == 2
-    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, 13))]
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, EMPTY_SLOT_PORT, 13))]
     [push] = of(acts, PushView)
     assert push.lb_names == ("lb1", "lb3", "lb2")  # the removed node learns it left
     assert [i.name for i in push.view.lbs] == ["lb1", "lb3"]
     assert acts[-1] == DelHostRoute(mac(3, 2))
-    # its name, MAC and port are free again
+    # its name, MAC and port are free again; a newcomer takes the free slot
+    pol.add_lb("lb5", mac(3, 5), 15, now=2.0)
     pol.add_lb("lb2", mac(3, 2), 12, now=2.0)
-    assert pol.epoch == 3
+    assert pol.epoch == 4
+    assert {i.name: i.slot for i in pol.view().lbs} == {"lb1": 1, "lb5": 2, "lb3": 3, "lb2": 4}
+    acts = pol.heartbeat("lb2", 4, 0, 2.1) + pol.heartbeat("lb5", 4, 0, 2.1)
+    assert of(acts, SetSteering)[-1] == SetSteering((1, 2, 3), (11, 15, 13, 12))
+    # the last slot emptied is dropped from the list
+    acts = pol.remove_lb("lb2", now=3.0)
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, 15, 13))]
 
 
 def test_cannot_remove_last_lb():
@@ -202,7 +213,7 @@ def test_cluster_macs_travel_in_the_view(pol):
     cluster = "02:00:00:01:03:04"
     pol.add_lb("lb4", mac(3, 4), 14, now=1.0, cluster_mac=cluster.upper())
     infos = {i.name: i for i in pol.view().lbs}
-    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster, 14)
+    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster, 14, 4)
     assert infos["lb1"].cluster_mac == ""          # a node without one uses the switch
     assert pol.state(1.0)["lbs"][-1]["cluster_mac"] == cluster
     cfg = config()
@@ -258,7 +269,7 @@ def test_silent_lb_is_removed_after_timeout(pol):
     assert of(pol.tick(0.5), SetSteering) == []  # lb2 silent exactly 0.5 s: still in
     acts = pol.tick(0.51)
     assert pol.epoch == 2 and "lb2" not in pol.lbs
-    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, 13))]
+    assert of(acts, SetSteering) == [SetSteering((1, 2, 3), (11, EMPTY_SLOT_PORT, 13))]
     assert any("lb2 removed" in a.text for a in of(acts, Note))
     [push] = [p for p in of(acts, PushView) if p.view.epoch == 2][:1]
     assert push.lb_names == ("lb1", "lb3")  # a dead node is not told
@@ -355,7 +366,14 @@ def test_invariants_hold_for_any_sequence(seq):
         assert pol.epoch >= before
         assert pol.lbs, "the view never loses its last LB"
         ports = [m.port for m in pol.lbs.values()]
-        assert set(pol.steering_ports()) <= set(ports)
+        steering = pol.steering_ports()
+        assert set(steering) - {EMPTY_SLOT_PORT} <= set(ports)
+        assert len(steering) - steering.count(EMPTY_SLOT_PORT) == len(set(steering) - {EMPTY_SLOT_PORT})
+        slots = {i.slot for i in pol.view().lbs}
+        assert len(slots) == len(pol.lbs) and 0 not in slots, "one slot per member"
+        for i in pol.view().lbs:    # a member's slot lists its port exactly while it is up
+            listed = steering[i.slot - 1] if i.slot <= len(steering) else EMPTY_SLOT_PORT
+            assert listed == (i.port if pol.lbs[i.name].status == "up" else EMPTY_SLOT_PORT)
         for a in acts:
             if isinstance(a, PushView):
                 assert a.view.epoch <= pol.epoch

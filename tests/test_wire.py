@@ -274,9 +274,9 @@ def signed_part(msg) -> bytes:
 
 
 @pytest.mark.parametrize("signed, message", [
-    (b"\x02" + signed_part(HAND[18])[1:], "version"),
-    (b"\x01\x04" + signed_part(HAND[18])[2:], "message type"),
-    (b"\x01\x00" + signed_part(HAND[18])[2:], "message type"),
+    (bytes([wire.VERSION + 1]) + signed_part(HAND[18])[1:], "version"),
+    (bytes([wire.VERSION, 4]) + signed_part(HAND[18])[2:], "message type"),
+    (bytes([wire.VERSION, 0]) + signed_part(HAND[18])[2:], "message type"),
     (signed_part(frame(m.SyncDone()))[:-1] + b"\x0a", "body type"),
     (signed_part(m.ViewMsg(1, 1, "", (), (m.NFInfo("a", "02:00:00:00:04:01", "failed"),)))[:-1]
      + b"\x07", "state"),
