@@ -57,8 +57,9 @@ class Cluster:
     """
 
     def __init__(self, members=MEMBERS, chain_len: int = 3, secret: bytes | None = None):
-        # one View per node, as in separate processes
-        self.nodes = {m: ChainNode(m, View(1, tuple(members), chain_len)) for m in members}
+        # one View per node, as in separate processes; with gateway slots, as the agents get them
+        self.nodes = {m: ChainNode(m, View(1, tuple(members), chain_len, tuple(members)))
+                      for m in members}
         self.secret = secret
         self.frames = 0
         self.data_frames = 0

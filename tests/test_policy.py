@@ -382,3 +382,25 @@ def test_invariants_hold_for_any_sequence(seq):
         assert len({x.name for x in v.nfs}) == len(v.nfs)
         every = [h.mac for h in pol._all_hosts()]
         assert len(set(every)) == len(every)
+
+
+def test_agents_rank_lb_nodes_by_the_gateways_slots(pol):
+    """What an agent makes of the view (agents.lb.steering_slots) is the gateway's list."""
+    from agents.lb import steering_slots
+    up_all(pol, 0.0)
+    pol.remove_lb("lb2", now=1.0)
+    pol.add_lb("lb4", mac(3, 4), 14, now=2.0)
+    pol.remove_lb("lb3", now=3.0)
+    for name in pol.lbs:
+        pol.heartbeat(name, pol.epoch, 0, 3.1)
+    slots = steering_slots(pol.view().lbs)
+    assert slots == ("lb1", "lb4")
+    assert tuple(pol.lbs[n].port for n in slots) == pol.steering_ports() == (11, 14)
+    pol.add_lb("lb5", mac(3, 5), 15, now=4.0)    # joining: in the agents' slots, not steered yet
+    assert steering_slots(pol.view().lbs) == ("lb1", "lb4", "lb5")
+    assert pol.steering_ports() == (11, 14)
+    # a view without slots (or with a clash) leaves the agents on name-seeded ranking
+    infos = pol.view().lbs
+    assert steering_slots(tuple(LBInfo(i.name, i.mac, i.cluster_mac, i.port) for i in infos)) == ()
+    assert steering_slots(tuple(LBInfo(i.name, i.mac, i.cluster_mac, i.port, 1)
+                                for i in infos)) == ()
