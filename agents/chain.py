@@ -76,7 +76,8 @@ class View:
         if len(set(self.members)) != len(self.members):
             raise ValueError(f"duplicate members in view: {self.members}")
         if self.steering and sorted(m for m in self.steering if m) != sorted(self.members):
-            raise ValueError(f"steering slots {self.steering} are not of the members {self.members}")
+            raise ValueError(f"steering slots {self.steering} are not of the members "
+                             f"{self.members}")
         if self.chain_len < 1:
             raise ValueError(f"chain_len must be >= 1, got {self.chain_len}")
         if self.epoch < 0:

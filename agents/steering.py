@@ -3,12 +3,13 @@
 The gateway spreads connections over the LB nodes with Open vSwitch's ``bundle`` action:
 ``bundle(symmetric_l3l4+udp, 0, hrw, ofport, members:P1,P2,...)``, the LB ports in their
 slots (``ryu_apps.policy``; a slot whose node is not up lists a port the switch does not
-have, which OVS skips, keeping the others' indices). For each member index ``i`` OVS scores ``hash_2words(i, flow_hash)`` and the
-highest score wins, where ``flow_hash`` is ``flow_hash_symmetric_l3l4`` (basis 0) of the
-packet: the XOR of the two IPv4 addresses, the protocol, and the XOR of the two ports, mixed
-with the murmur3-style ``hash_add`` / ``hash_finish`` of OVS's ``lib/hash.h`` (the portable
-build; an OVS built with SSE 4.2 uses CRC32 instead). Fields are taken as OVS holds them:
-network byte order, read as little-endian words.
+have, which OVS skips, keeping the others' indices). For each member index ``i`` OVS scores
+``hash_2words(i, flow_hash)`` and the highest score wins, where ``flow_hash`` is
+``flow_hash_symmetric_l3l4`` (basis 0) of the packet: the XOR of the two IPv4 addresses, the
+protocol, and the XOR of the two ports, mixed with the murmur3-style ``hash_add`` /
+``hash_finish`` of OVS's ``lib/hash.h`` (the portable build; an OVS built with SSE 4.2 uses
+CRC32 instead). Fields are taken as OVS holds them: network byte order, read as
+little-endian words.
 
 ``score`` ranks the LB nodes as the gateway does for a connection key, so the chain can make
 the LB node a new connection arrives at the head of its chain. A root test checks the

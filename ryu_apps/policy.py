@@ -12,9 +12,9 @@ members are steered to. Each member holds a slot in the gateway's steering list 
 admission until it leaves (the first free slot, else a new one at the end); a slot whose
 member is not up lists ``EMPTY_SLOT_PORT``, a port the switch does not have, which the
 ``bundle`` action skips, so the other members keep their places and the gateway moves only
-the connections of a member that leaves or comes up. A member whose heartbeats stop for ``heartbeat_timeout`` (or
-that never comes up within ``join_timeout``) is removed from steering and from the view;
-the last member is never removed that way. Every membership change bumps the epoch and
+the connections of a member that leaves or comes up. A member whose heartbeats stop for
+``heartbeat_timeout`` (or that never comes up within ``join_timeout``) is removed from
+steering and from the view; the last member is never removed that way. Every membership change bumps the epoch and
 pushes the new view to every member; the view is also re-pushed every
 ``repush_interval`` and to any agent that heartbeats an older epoch.
 """

@@ -23,7 +23,7 @@ from topo.testbed import TestbedParams
 
 ROOT = Path(__file__).resolve().parent.parent
 
-VIEW = {"epoch": 3, "chain_len": 3, "mode": "chain", "steering": [3001, 3002],
+VIEW = {"epoch": 3, "chain_len": 3, "mode": "chain", "steering": [3001, None, 3002],
         "lbs": [{"name": "lb1", "status": "up", "entries": 7, "reported_epoch": 3},
                 {"name": "lb2", "status": "joining", "entries": None, "reported_epoch": 2}],
         "nfs": [{"name": "nf1", "state": "active"}, {"name": "nf2", "state": "draining"}]}
@@ -146,7 +146,7 @@ def test_view_lists_epoch_lbs_and_nfs(shell):
     _, tb, run = shell
     text = run("view")
     assert tb.calls == [("rest", "GET", "/view")]
-    assert "epoch 3  chain_len 3  mode chain" in text
+    assert "epoch 3  chain_len 3  mode chain  steering ports 3001,empty,3002" in text
     assert re.search(r"lb1\s+up\s+entries\s+7\s+reported epoch 3", text)
     assert re.search(r"lb2\s+joining\s+entries\s+-\s+reported epoch 2", text)
     assert re.search(r"nf2\s+draining", text)
