@@ -35,6 +35,14 @@ MAX_PORT = 0xFFFFFF00  # OpenFlow 1.3 OFPP_MAX
 EMPTY_SLOT_PORT = 0xFEFF  # a steering slot with no member up (no LB may use this port)
 
 
+def take_slot(slots: list[str], name: str) -> None:
+    """Give ``name`` a steering slot: the first free one ('') in ``slots``, else a new one."""
+    if "" in slots:
+        slots[slots.index("")] = name
+    else:
+        slots.append(name)
+
+
 class PolicyError(ValueError):
     """A request the policy refuses (bad input); the message says why."""
 
@@ -362,10 +370,7 @@ class Policy:
         self._check_free(name, mac, port)
         self.lbs[name] = LBMember(name, mac, port, admitted_epoch=self.epoch, admitted_at=now,
                                   cluster_mac=cluster_mac)
-        if "" in self._slots:
-            self._slots[self._slots.index("")] = name
-        else:
-            self._slots.append(name)
+        take_slot(self._slots, name)
 
     def _admit_nf(self, name: str, mac: str, port: int, now: float) -> None:
         check_name(name, "NF")
@@ -376,8 +381,6 @@ class Policy:
     def _drop_lb(self, m: LBMember, now: float, tell_it: bool) -> list[Action]:
         del self.lbs[m.name]
         self._slots[self._slots.index(m.name)] = ""
-        while self._slots and not self._slots[-1]:
-            self._slots.pop()
         self.epoch += 1
         acts: list[Action] = self._steering_actions()
         push = self._push_all(now)

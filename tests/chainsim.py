@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from agents.chain import ChainNode, Decision, Forward, Send, View
+from ryu_apps.policy import take_slot
 
 
 def rider(node: str, key: bytes) -> bytes:
@@ -62,17 +63,11 @@ class Sim:
     def _view(self, epoch: int, members: tuple[str, ...]) -> View:
         """Chains placed by gateway slots as the controller keeps them: a member keeps its
         slot, a leaver's slot is empty, a joiner takes the first empty one."""
-        slots = [m if m in members else "" for m in self._slots]
+        self._slots = [m if m in members else "" for m in self._slots]
         for m in members:
-            if m not in slots:
-                if "" in slots:
-                    slots[slots.index("")] = m
-                else:
-                    slots.append(m)
-        while slots and not slots[-1]:
-            slots.pop()
-        self._slots = slots
-        return View(epoch, members, self.chain_len, tuple(slots))
+            if m not in self._slots:
+                take_slot(self._slots, m)
+        return View(epoch, members, self.chain_len, tuple(self._slots))
 
     # ---------------------------------------------------------------- scheduling
 

@@ -14,9 +14,9 @@ from agents.chain import MAX_RIDER, ChainNode, Decision, Forward, Send, View
 from agents.keys import flow_key
 from agents.messages import (Ack, Answer, DeleteReq, Frame, Gone, InsertReq, Query, Sync,
                              SyncDone, SyncEntry, Write)
-from agents.steering import flow_hash, score
 from agents.wire import decode, encode
 from chainsim import Fault, Sim
+from test_steering import choice
 
 RTO = 0.2
 RETRY = 1.0
@@ -241,11 +241,8 @@ def test_view_removing_or_adding_a_member_moves_only_the_chains_it_is_in(slots):
 
 
 def gateway_choice(steering: tuple[str, ...], k: bytes) -> str:
-    """The LB node OVS's bundle steers ``k`` to (see tests/test_steering.py); '' is an empty
-    slot, which OVS skips."""
-    fh = flow_hash(k)
-    live = [i for i, m in enumerate(steering) if m]
-    return steering[max(live, key=lambda i: (score(i, fh), -i))]
+    """The LB node OVS's bundle steers ``k`` to; '' is an empty slot, which OVS skips."""
+    return steering[choice(k, [i for i, m in enumerate(steering) if m])]
 
 
 def test_view_chains_are_the_gateways_picks_in_its_order():
