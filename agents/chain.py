@@ -1,7 +1,7 @@
 """The chain-replicated connection table (sans-I/O protocol engine).
 
 Each LB node runs one ``ChainNode``. Events go in (``lookup``, ``receive``, ``tick``,
-``set_view``, ``delete``), actions come out (``Send``, ``Decision``, ``Forward``); time is
+``set_view``, ``delete``, ``forget``, ``purge_nf``), actions come out (``Send``, ``Decision``, ``Forward``); time is
 passed in. No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
 
 Placement: a key's chain is the L LB nodes that score highest for it under the gateway's
@@ -387,6 +387,11 @@ class ChainNode:
         if not self.removed:
             self._request_delete(key, hit[0] if hit else 0, now)
         return self._finish(now)
+
+    def forget(self, key: bytes) -> None:
+        """Drop this node's cached answer for ``key``; the entry stays in the table (this
+        node saw only packets related to the connection and cannot know that it ended)."""
+        self.cache.pop(key, None)
 
     def purge_nf(self, nf: str, now: float) -> list[Action]:
         """Delete every entry naming ``nf`` (a failed NF) among the keys this node heads."""

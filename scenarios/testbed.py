@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from agents.conntrack import CtTimeouts
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of, next_free_name
 
@@ -144,8 +145,9 @@ class Testbed:
     __test__ = False
 
     def __init__(self, params: TestbedParams, mode: str, run_dir: Path, chain_loss_pct: int = 0,
-                 log=print, lock: "Lock | None" = None):
+                 log=print, lock: "Lock | None" = None, timeouts: CtTimeouts = CtTimeouts()):
         self.params = params.validate()
+        self.timeouts = timeouts              # the NFs' conntrack and the LB nodes' alike
         self.mode = mode
         self.run_dir = Path(run_dir)
         self.logs = self.run_dir / "logs"
@@ -272,7 +274,8 @@ class Testbed:
         return member
 
     def _start_nf(self, nf: str) -> None:
-        host_checked(self.net[nf], [PY, "-m", "agents.nf", "start", "--name", nf],
+        host_checked(self.net[nf], [PY, "-m", "agents.nf", "start", "--name", nf,
+                                    "--ct-timeouts", self.timeouts.spec()],
                      f"starting NF service {nf}")
 
     def _start_agent(self, lb: str) -> None:
@@ -290,7 +293,8 @@ class Testbed:
         self._spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
                          "--cluster-intf", topo.cluster_intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
-                         "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs)], host=host)
+                         "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs),
+                         "--ct-timeouts", self.timeouts.spec()], host=host)
 
     def wait_agents_current(self, timeout: float) -> dict:
         """Until every LB in the view heartbeats the current epoch."""

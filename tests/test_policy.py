@@ -386,7 +386,7 @@ def test_invariants_hold_for_any_sequence(seq):
 
 def test_agents_rank_lb_nodes_by_the_gateways_slots(pol):
     """What an agent makes of the view (agents.lb.steering_slots) is the gateway's list."""
-    from agents.lb import steering_slots
+    from agents.datapath import steering_slots
     up_all(pol, 0.0)
     pol.remove_lb("lb2", now=1.0)
     pol.add_lb("lb4", mac(3, 4), 14, now=2.0)

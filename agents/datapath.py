@@ -1,0 +1,424 @@
+"""The LB node's packet logic (sans-I/O): what arrives, which connection it belongs to, where
+it goes. ``agents.lb`` only moves frames between sockets and this core.
+
+Events in: ``packet`` (an IPv4 frame from the switch), ``chain`` (a chain-protocol frame
+from another LB node), ``view`` (the controller's membership view), ``tick`` (engine timers),
+``housekeeping`` (connection expiry); time is passed in. Out come lists of actions:
+
+- ``bytes``: an Ethernet frame to send on the data interface (to an NF);
+- ``agents.chain.Send``: a chain frame for the LB node it names (the shell routes it);
+- ``Decided``: a connection was decided (the shell logs it).
+
+What belongs to a connection, as the NF's conntrack sees it:
+
+- **The connection's own packets** (TCP, UDP, ICMP echo and other protocols; key: the
+  canonical 5-tuple, ports 0 for protocols without ports). Each is tracked (``Conn``,
+  ``agents.conntrack``): TCP through both FINs or an RST, every state with an idle timeout
+  never shorter than the NF's for that state (``CtTimeouts.lb_timeouts``). When a
+  connection ends here, its entry is deleted (chain) or forgotten (``local``).
+- **ICMP errors** (destination unreachable, source quench, redirect, time exceeded, parameter
+  problem) go where the connection named by their inner header goes.
+- **IP fragments.** The gateway steers every fragment by addresses only, so all fragments of
+  a datagram reach one LB node. The first fragment carries the ports: its datagram (source,
+  destination, protocol, IP ID) is mapped to the connection, and later fragments follow it.
+  A later fragment that arrives before the first is held (up to ``frag_timeout``, as IP
+  reassembly waits) and sent after it. What is held too long or beyond the limits is
+  counted (``frag_expired``, ``frag_dropped``), never silently lost.
+
+Packets related to a connection (ICMP errors, later fragments) may reach a node that never
+saw the connection itself: it tracks the key as ``RELATED`` (the longest timeout) and, when
+that expires, drops only its cached answer: it cannot know that the connection ended. A node
+whose lookup finds no answer because another node deleted the entry proposes the NF the
+connection's packets went to before (if that NF is still usable), so a connection that is
+alive here is not moved by a delete elsewhere.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from agents import wire
+from agents.chain import ChainNode, Decision, Forward, Send, View
+from agents.conntrack import CLOSE, CLOSING, ESTABLISHED, OTHER, RELATED, STATES, Conn, CtTimeouts
+from agents.keys import flow_key_raw, key_str
+from agents.messages import Frame, ViewMsg
+from agents.modes import Picker
+
+__all__ = ["Datapath", "Decided", "steering_slots", "IPV4", "ICMP_ERRORS"]
+
+IPV4 = b"\x08\x00"
+ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
+MAX_BUFFERED = 256          # packets held per key while its lookup is pending
+FRAG_TIMEOUT = 30.0         # seconds a datagram's fragments are mapped / held (ipfrag_time)
+MAX_FRAG_DATAGRAMS = 4096   # datagrams whose later fragments wait for their first
+MAX_FRAGS_HELD = 64         # fragments held per datagram
+_PORTS = struct.Struct("!HH")
+_MF_OFFSET = 0x3FFF         # IPv4 flags/fragment offset: More Fragments and the offset
+_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Decided:
+    """The connection of ``key`` goes to NF ``nf`` (for the decision log)."""
+    key: bytes
+    nf: str
+
+
+def steering_slots(lbs) -> tuple[str, ...]:
+    """The gateway's bundle slots (see ``View.steering``); () unless every node has one."""
+    if not lbs or not all(lb.slot for lb in lbs) or len({lb.slot for lb in lbs}) < len(lbs):
+        return ()
+    slots = [""] * max(lb.slot for lb in lbs)
+    for lb in lbs:
+        slots[lb.slot - 1] = lb.name
+    return tuple(slots)
+
+
+class Datapath:
+    """One LB node's packet handling in LB mode ``mode`` (see ``agents.modes``)."""
+
+    def __init__(self, name: str, mode: str, mac: bytes,
+                 timeouts: CtTimeouts = CtTimeouts(), *, frag_timeout: float = FRAG_TIMEOUT,
+                 max_buffered: int = MAX_BUFFERED):
+        self.name, self.mode, self.mac = name, mode, mac
+        self.picker = Picker(mode)
+        self.timeouts = timeouts
+        self._lb_timeouts = timeouts.lb_timeouts()
+        self._other = {p: timeouts.other_timeout(p) for p in (1, 17)}
+        self._generic = timeouts.other_timeout(0)
+        self.frag_timeout = frag_timeout
+        self.max_buffered = max_buffered
+        self.node: ChainNode | None = None
+        self.epoch = 0
+        self.ready_epoch = 0
+        self.nf_mac: dict[str, bytes] = {}       # usable NFs (active or draining)
+        self.failed: set[str] = set()
+        self.conns: dict[bytes, Conn] = {}
+        self.buffered: dict[bytes, list[bytes]] = {}
+        self.frags: dict[bytes, tuple[bytes, float]] = {}            # datagram -> (key, time)
+        self.frag_held: dict[bytes, tuple[float, list[bytes]]] = {}  # datagram -> later frags
+        self.counts = {"rx": 0, "buffered": 0, "dropped_no_nf": 0, "dropped_buffer_full": 0,
+                       "dropped_not_member": 0, "malformed": 0, "deletes": 0, "forgotten": 0,
+                       "decisions": 0, "icmp_errors": 0, "fragments": 0, "frag_held": 0,
+                       "frag_expired": 0, "frag_dropped": 0}
+
+    # ------------------------------------------------------------------ packets
+
+    def packet(self, buf: bytes, now: float) -> list:
+        """An IPv4 frame the gateway steered here."""
+        self.counts["rx"] += 1
+        l4 = 14 + ((buf[14] & 0x0F) << 2)
+        proto = buf[23]
+        frag = ((buf[20] << 8) | buf[21]) & _MF_OFFSET
+        if frag:
+            return self._fragment(buf, now, proto, l4, frag)
+        return self._packet(buf, now, proto, l4)
+
+    def _packet(self, buf: bytes, now: float, proto: int, l4: int) -> list:
+        """A packet whose L4 header is there (not a later fragment)."""
+        if proto == 6:
+            if len(buf) < l4 + 14:
+                self.counts["malformed"] += 1
+                return []
+            sport, dport = _PORTS.unpack_from(buf, l4)
+            flags = buf[l4 + 13]
+        elif proto == 17:
+            if len(buf) < l4 + 8:
+                self.counts["malformed"] += 1
+                return []
+            sport, dport = _PORTS.unpack_from(buf, l4)
+            flags = 0
+        elif proto == 1 and len(buf) > l4 and buf[l4] in ICMP_ERRORS:
+            key = self._inner_key(buf, l4)
+            if key is None:
+                self.counts["malformed"] += 1
+                return []
+            self.counts["icmp_errors"] += 1
+            return self._related(key, buf, now)
+        else:
+            sport = dport = flags = 0
+        src, dst = buf[26:30], buf[30:34]
+        key = flow_key_raw(src, dst, proto, sport, dport)
+        c = self.conns.get(key)
+        if c is None or c.state == RELATED:
+            nf = c.nf if c is not None else ""
+            c = self.conns[key] = Conn.first(
+                proto, flags, src < dst or (src == dst and sport <= dport), now)
+            c.nf = nf
+        else:
+            c.seen = now
+            if flags & 0x07 or (proto == 6 and c.state != ESTABLISHED):   # FIN, SYN, RST
+                if flags & 0x02 and not flags & 0x10 and c.state in (CLOSING, CLOSE):
+                    c.nf = ""          # a reused 5-tuple: a new connection, proposed afresh
+                c.tcp(flags, src < dst or (src == dst and sport <= dport))
+        return self._route(key, c, buf, now)
+
+    def _related(self, key: bytes, buf: bytes, now: float) -> list:
+        """A packet that belongs to connection ``key`` (an ICMP error, a later fragment)."""
+        c = self.conns.get(key)
+        if c is None:
+            c = self.conns[key] = Conn(RELATED, now)
+        else:
+            c.seen = now
+        return self._route(key, c, buf, now)
+
+    def _route(self, key: bytes, c: Conn, buf: bytes, now: float) -> list:
+        node = self.node
+        if node is not None:
+            hit = node.cache.get(key)
+            if hit is not None:
+                nf = hit[1]
+                if c.nf is not nf:
+                    c.nf = nf
+                mac = self.nf_mac.get(nf)
+                if mac is None:
+                    self.counts["dropped_no_nf"] += 1
+                    return []
+                return [mac + self.mac + buf[12:]]
+            return self._lookup(key, c, buf, now)
+        if self.mode == "chain":
+            self.counts["dropped_no_nf"] += 1           # no view yet
+            return []
+        nf = self.picker.stateless(key)
+        mac = self.nf_mac.get(nf) if nf else None
+        if mac is None:
+            self.counts["dropped_no_nf"] += 1
+            return []
+        out = [mac + self.mac + buf[12:]]
+        if c.nf != nf:                               # a new connection, or a re-mapped one
+            c.nf = nf
+            self.counts["decisions"] += 1
+            out.append(Decided(key, nf))
+        return out
+
+    def _lookup(self, key: bytes, c: Conn, buf: bytes, now: float) -> list:
+        held = self.buffered.get(key)
+        if held is not None:
+            if len(held) < self.max_buffered:
+                held.append(buf)
+                self.counts["buffered"] += 1
+            else:
+                self.counts["dropped_buffer_full"] += 1
+            return []
+        if self.node.removed:
+            self.counts["dropped_not_member"] += 1      # no lookup can start: not a member
+            return []
+        # the NF this connection's packets went to, while it is usable: a delete of the entry
+        # by another node (whose copy of the connection went idle) must not move it
+        proposal = c.nf if c.nf in self.nf_mac else self.picker.propose(key)
+        if proposal is None:
+            self.counts["dropped_no_nf"] += 1
+            return []
+        self.buffered[key] = [buf]
+        self.counts["buffered"] += 1
+        return self._engine(self.node.lookup(key, proposal, now, buf[14:]))
+
+    def _inner_key(self, buf: bytes, l4: int) -> bytes | None:
+        """The connection an ICMP error is about, from the header it quotes."""
+        inner = l4 + 8
+        if len(buf) < inner + 20 or buf[inner] >> 4 != 4:
+            return None
+        proto = buf[inner + 9]
+        ports = inner + ((buf[inner] & 0x0F) << 2)
+        if proto in (6, 17) and not (((buf[inner + 6] << 8) | buf[inner + 7]) & 0x1FFF):
+            if len(buf) < ports + 4:
+                return None
+            sport, dport = _PORTS.unpack_from(buf, ports)
+        else:
+            sport = dport = 0
+        return flow_key_raw(buf[inner + 12:inner + 16], buf[inner + 16:inner + 20], proto,
+                            sport, dport)
+
+    def _fragment(self, buf: bytes, now: float, proto: int, l4: int, frag: int) -> list:
+        self.counts["fragments"] += 1
+        datagram = buf[26:34] + buf[18:20] + buf[23:24]      # addresses, IP ID, protocol
+        if frag & 0x1FFF:                                    # a later fragment: no ports
+            known = self.frags.get(datagram)
+            if known is not None:
+                return self._related(known[0], buf, now)
+            held = self.frag_held.get(datagram)
+            if held is None:
+                if len(self.frag_held) >= MAX_FRAG_DATAGRAMS:
+                    self.counts["frag_dropped"] += 1
+                    return []
+                held = self.frag_held[datagram] = (now, [])
+            if len(held[1]) >= MAX_FRAGS_HELD:
+                self.counts["frag_dropped"] += 1
+                return []
+            held[1].append(buf)
+            self.counts["frag_held"] += 1
+            return []
+        # the first fragment: the ports (or the ICMP error's inner header) are in it
+        out = self._packet(buf, now, proto, l4)
+        key = self._key_of(buf, proto, l4)
+        if key is None:
+            return out
+        self.frags[datagram] = (key, now)
+        waiting = self.frag_held.pop(datagram, None)
+        for frame in waiting[1] if waiting else ():
+            out += self._related(key, frame, now)
+        return out
+
+    def _key_of(self, buf: bytes, proto: int, l4: int) -> bytes | None:
+        """The connection of a first fragment (None if it is too short to tell)."""
+        if proto in (6, 17):
+            if len(buf) < l4 + 4:
+                return None
+            sport, dport = _PORTS.unpack_from(buf, l4)
+        elif proto == 1 and len(buf) > l4 and buf[l4] in ICMP_ERRORS:
+            return self._inner_key(buf, l4)
+        else:
+            sport = dport = 0
+        return flow_key_raw(buf[26:30], buf[30:34], proto, sport, dport)
+
+    # ------------------------------------------------------------------ chain and view
+
+    def chain(self, msg: Frame, now: float) -> list:
+        """A chain frame from another LB node."""
+        if self.node is None:
+            return []
+        return self._engine(self.node.receive(msg.src, msg, now))
+
+    def tick(self, now: float) -> list:
+        return self._engine(self.node.tick(now)) if self.node is not None else []
+
+    def view(self, view: ViewMsg, now: float) -> list:
+        """A view from the controller; ignored unless newer than the current one."""
+        if view.epoch <= self.epoch:
+            return []
+        self.epoch = view.epoch
+        self.nf_mac = {nf.name: wire.mac_bytes(nf.mac) for nf in view.nfs
+                       if nf.state != _FAILED}
+        newly_failed = {nf.name for nf in view.nfs if nf.state == _FAILED} - self.failed
+        self.failed |= newly_failed
+        self.picker.set_active(nf.name for nf in view.nfs if nf.state == "active")
+        for nf in newly_failed:
+            for key in [k for k, v in self.picker.local.items() if v == nf]:
+                self.picker.forget(key)
+        if self.mode != "chain":
+            return []
+        members = tuple(lb.name for lb in view.lbs)
+        chain_view = View(view.epoch, members, view.chain_len, steering_slots(view.lbs))
+        if self.node is None:
+            if self.name not in members:
+                return []
+            self.node = ChainNode(self.name, chain_view)
+            return self._engine(self.node.tick(now))
+        out = self._engine(self.node.set_view(chain_view, now))
+        for nf in newly_failed:
+            out += self._engine(self.node.purge_nf(nf, now))
+        return out
+
+    def _engine(self, actions) -> list:
+        """The engine's actions as this node's: held packets first, then the rest in order."""
+        frames, rest = [], []
+        for a in actions:
+            kind = type(a)
+            if kind is Send:
+                rest.append(a)
+            elif kind is Decision:
+                self.counts["decisions"] += 1
+                held = self.buffered.pop(a.key, ())
+                if a.released:                       # the tail sent the first one
+                    held = held[1:]
+                c = self.conns.get(a.key)
+                if c is not None:
+                    c.nf = a.nf
+                mac = self.nf_mac.get(a.nf)
+                if mac is None:
+                    self.counts["dropped_no_nf"] += len(held)
+                else:
+                    frames.extend(mac + self.mac + b[12:] for b in held)
+                rest.append(Decided(a.key, a.nf))
+            elif kind is Forward:                    # as the tail: an asker's first packet
+                mac = self.nf_mac.get(a.nf)
+                if mac is None:
+                    self.counts["dropped_no_nf"] += 1
+                else:
+                    rest.append(mac + self.mac + IPV4 + a.packet)
+        frames.extend(rest)
+        return frames
+
+    # ------------------------------------------------------------------ timers
+
+    def housekeeping(self, now: float) -> list:
+        """Connections whose idle time passed their state's timeout end here."""
+        lb_t, other, generic = self._lb_timeouts, self._other, self._generic
+        done = [k for k, c in self.conns.items()
+                if now - c.seen >= (lb_t[c.state] if c.state != OTHER
+                                    else other.get(k[0], generic))]
+        out: list = []
+        node = self.node
+        for key in done:
+            c = self.conns.pop(key)
+            if c.state == RELATED:
+                self.counts["forgotten"] += 1
+                if node is not None:
+                    node.forget(key)
+                continue
+            self.counts["deletes"] += 1
+            if node is not None:
+                if key in node.cache:
+                    out += self._engine(node.delete(key, now))
+            else:
+                self.picker.forget(key)
+        for datagram in [d for d, (_, t) in self.frags.items() if now - t >= self.frag_timeout]:
+            del self.frags[datagram]
+        for datagram in [d for d, (t, _) in self.frag_held.items()
+                         if now - t >= self.frag_timeout]:
+            self.counts["frag_expired"] += len(self.frag_held.pop(datagram)[1])
+        return out
+
+    # ------------------------------------------------------------------ queries
+
+    def heartbeat(self) -> tuple[int, int]:
+        """(the newest view epoch this node is ready to serve, the entries it holds)."""
+        node = self.node
+        if node is None or node.synced:
+            self.ready_epoch = self.epoch
+        entries = node.live if node is not None else len(self.picker.local)
+        return self.ready_epoch, entries
+
+    def states(self) -> dict[str, int]:
+        """Tracked connections per tracker state."""
+        out = dict.fromkeys(STATES, 0)
+        for c in self.conns.values():
+            out[STATES[c.state]] += 1
+        return out
+
+    def status(self) -> dict:
+        node = self.node
+        out = {"name": self.name, "mode": self.mode, "epoch": self.epoch,
+               "active_nfs": list(self.picker.active), "counts": dict(self.counts),
+               "pending": len(self.buffered), "connections": len(self.conns),
+               "conn_states": self.states(), "timeouts": self.timeouts.asdict()}
+        if node is not None:
+            out.update(entries=node.live, records=len(node.store), cached=len(node.cache),
+                       synced=node.synced, roles=node.roles(), engine=node.stats,
+                       members=list(node.view.members), steering=list(node.view.steering),
+                       chain_len=node.view.chain_len)
+        else:
+            out.update(entries=len(self.picker.local))
+        return out
+
+    def table(self, limit: int = 50) -> dict:
+        node = self.node
+        if node is None:
+            rows = [{"key": key_str(k), "nf": nf, "role": "local"}
+                    for k, nf in list(self.picker.local.items())[:limit]]
+            return {"name": self.name, "entries": len(self.picker.local), "rows": rows,
+                    "chains": []}
+        rows, chains = [], {}
+        for key, rec in node.store.items():
+            chain = node.view.chain(key)
+            chains[chain] = chains.get(chain, 0) + 1
+            if len(rows) < limit:
+                c = self.conns.get(key)
+                rows.append({"key": key_str(key), "nf": rec.nf or "(deleted)", "ver": rec.ver,
+                             "committed": rec.committed, "role": node.role(key),
+                             "chain": " > ".join(chain),
+                             "state": STATES[c.state] if c is not None else ""})
+        return {"name": self.name, "epoch": node.view.epoch, "entries": len(node.store),
+                "roles": node.roles(), "rows": rows,
+                "chains": [{"chain": " > ".join(c), "keys": n}
+                           for c, n in sorted(chains.items(), key=lambda x: -x[1])]}
