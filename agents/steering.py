@@ -14,6 +14,11 @@ little-endian words.
 ``score`` ranks the LB nodes as the gateway does for a connection key, so the chain can make
 the LB node a new connection arrives at the head of its chain. A root test checks the
 choice against ``ovs-appctl ofproto/trace`` on a live bridge.
+
+IPv4 fragments (first and later) are steered by a flow of their own that hashes the two
+addresses only (``bundle(symmetric_l3, ...)``, same members, HRW), so all fragments of a
+datagram reach one LB node. The chain's placement, which follows the 5-tuple hash above, does
+not apply to them: the LB node they reach looks the connection up like any other asker.
 """
 from __future__ import annotations
 

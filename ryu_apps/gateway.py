@@ -22,9 +22,14 @@ Started by ``python -m ryu_apps.launch`` (which calls ``configure`` first). It
   Mutations answer 200 with the new state; bad input 400, unknown names/paths 404, wrong
   method 405, always as ``{"error": "..."}``.
 
-Flow table (table 0): 300 heartbeats -> controller; 200 IPv4 from an edge port -> bundle
-over LB ports (drop when none is up); 150 anything else from an edge port -> drop;
-100 dst MAC -> its port; 0 drop.
+Flow table (table 0): 300 heartbeats -> controller; 210 IPv4 fragments (first and later,
+``nw_frag=yes``) from an edge port -> bundle over LB ports hashing the two addresses only
+(``symmetric_l3``), so every fragment of a datagram, in either direction, reaches one LB node
+(OVS 3.1's ``symmetric_l3l4+udp`` also leaves the ports out of any fragment's hash, in either
+fragment mode: this flow says so rather than relying on it); 200 other IPv4 from an edge
+port -> bundle over LB ports (symmetric 5-tuple); both drop when no LB node is up; 150
+anything else from an edge port -> drop; 100 dst MAC -> its port; 0 drop. The steering flows
+are ``steering_flows``, rewritten in full on every change.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import json
 import re
 import time
 from collections import Counter
+from typing import NamedTuple
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -45,12 +51,49 @@ from ryu_apps.policy import (CONTROLLER_MAC, EMPTY_SLOT_PORT, AddHostRoute, DelH
 
 ETH_CHAINLB = wire.ETHERTYPE
 ETH_IPV4 = 0x0800
-NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3  # OVS flow_hash_fields; os-ken names only 0 and 1
+# OVS's enum nx_hash_fields (os-ken names only 0 and 1): 3 hashes the two addresses, the
+# protocol and the two TCP/SCTP/UDP ports; 6 the two addresses only; both symmetric
+NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
+NX_HASH_FIELDS_SYMMETRIC_L3 = 6
 COOKIE = 0xC4A1
-PRIO_HEARTBEAT, PRIO_STEER, PRIO_EDGE_DROP, PRIO_ROUTE, PRIO_MISS = 300, 200, 150, 100, 0
+PRIO_HEARTBEAT, PRIO_STEER_FRAG, PRIO_STEER, PRIO_EDGE_DROP, PRIO_ROUTE, PRIO_MISS = \
+    300, 210, 200, 150, 100, 0
 TICK = 0.1
 
 _SETTINGS: dict | None = None
+
+
+class SteeringFlow(NamedTuple):
+    """One flow of the steering: ``match`` holds ``OFPMatch`` keyword arguments; ``hash_fields``
+    is the ``bundle`` action's fields (HRW over ``members``), None for no action (drop)."""
+    priority: int
+    match: dict
+    hash_fields: int | None
+    members: tuple[int, ...] = ()
+
+
+def steering_flows(edge_ports, lb_ports) -> list[SteeringFlow]:
+    """The flows that steer IPv4 from ``edge_ports`` over ``lb_ports`` (their slots, in order;
+    none: IPv4 is dropped), per edge port: fragments by addresses, other IPv4 by connection,
+    anything else dropped. The same (priority, match) pairs whatever ``lb_ports``, so a new
+    call's flows replace the last's."""
+    lb_ports = tuple(lb_ports)
+    flows = []
+    for port in edge_ports:
+        # ip_frag (NXM_NX_IP_FRAG, value/mask: NXM_IP_FRAG_YES is any fragment) needs the
+        # Ethertype ahead of it in the match, and OFPMatch orders its fields by OXM class:
+        # eth_type (OpenFlow basic, 0x8000) would follow ip_frag (NXM_1, 0x0001) and OVS
+        # would reject the flow (OFPBMC_BAD_PREREQ); eth_type_nxm (NXM_0) precedes it.
+        frag = {"in_port": port, "eth_type_nxm": ETH_IPV4, "ip_frag": nicira_ext.NXM_IP_FRAG_YES}
+        ipv4 = {"in_port": port, "eth_type": ETH_IPV4}
+        if lb_ports:  # else no LB node is up: drop
+            flows += [SteeringFlow(PRIO_STEER_FRAG, frag, NX_HASH_FIELDS_SYMMETRIC_L3, lb_ports),
+                      SteeringFlow(PRIO_STEER, ipv4, NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, lb_ports)]
+        else:
+            flows += [SteeringFlow(PRIO_STEER_FRAG, frag, None),
+                      SteeringFlow(PRIO_STEER, ipv4, None)]
+        flows.append(SteeringFlow(PRIO_EDGE_DROP, {"in_port": port}, None))
+    return flows
 
 
 def configure(cfg: dict, secret: bytes, rest_host: str = "127.0.0.1", rest_port: int = 8080) -> None:
@@ -164,16 +207,12 @@ class Gateway(app_manager.OSKenApp):
 
     def _set_steering(self, act: SetSteering) -> None:
         parser = self.dp.ofproto_parser
-        if act.lb_ports:
-            actions = [parser.NXActionBundle(
-                algorithm=nicira_ext.NX_BD_ALG_HRW, fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP,
-                basis=0, slave_type=nicira_ext.NXM_OF_IN_PORT, n_slaves=len(act.lb_ports),
-                ofs_nbits=0, dst=0, slaves=list(act.lb_ports))]
-        else:
-            actions = []  # no LB node up: drop
-        for port in act.edge_ports:
-            self._flow(PRIO_STEER, parser.OFPMatch(in_port=port, eth_type=ETH_IPV4), actions)
-            self._flow(PRIO_EDGE_DROP, parser.OFPMatch(in_port=port), [])
+        for f in steering_flows(act.edge_ports, act.lb_ports):
+            actions = [] if f.hash_fields is None else [parser.NXActionBundle(
+                algorithm=nicira_ext.NX_BD_ALG_HRW, fields=f.hash_fields,
+                basis=0, slave_type=nicira_ext.NXM_OF_IN_PORT, n_slaves=len(f.members),
+                ofs_nbits=0, dst=0, slaves=list(f.members))]
+            self._flow(f.priority, parser.OFPMatch(**f.match), actions)
         self.logger.info("steering over LB ports %s (%d: empty slot)", list(act.lb_ports),
                          EMPTY_SLOT_PORT)
 
