@@ -5,7 +5,9 @@ MODE    ?= chain
 CLI     ?=
 RUNS    ?=
 OUT     ?= results/compare
+CT_TIMEOUTS ?=
 CLI_ARG := $(if $(filter 1 yes true,$(CLI)),--cli,)
+CT_ARG  := $(if $(CT_TIMEOUTS),--ct-timeouts $(CT_TIMEOUTS),)
 
 .PHONY: help setup test scenario cli matrix compare bench bench-engine clean venv-check
 
@@ -16,6 +18,8 @@ help:
 	@echo "  sudo make scenario NAME=scale-out MODE=chain [CLI=1]"
 	@echo "                                       run one scenario (MODE: chain|maglev|local|hash; NAME=all for every one)"
 	@echo "  sudo make cli                        open the interactive testbed CLI"
+	@echo "      (scenario, cli: CT_TIMEOUTS=tcp_established=600,udp=20 sets the NFs' conntrack"
+	@echo "       timeouts, and the LB nodes' connection tracking with them)"
 	@echo "  sudo make matrix [SCALE=0.5]         run every scenario in every mode and compare"
 	@echo "  make compare RUNS=\"DIR ...\" OUT=DIR  compare result folders (table + plots)"
 	@echo "  sudo make bench                      testbed benchmarks"
@@ -32,10 +36,10 @@ test: setup
 	$(PY) -m pytest -q
 
 scenario: setup
-	$(PY) -m scenarios run $(NAME) --mode $(MODE) $(CLI_ARG)
+	$(PY) -m scenarios run $(NAME) --mode $(MODE) $(CLI_ARG) $(CT_ARG)
 
 cli: setup
-	$(PY) -m scenarios cli --mode $(MODE)
+	$(PY) -m scenarios cli --mode $(MODE) $(CT_ARG)
 
 matrix: setup
 	$(PY) -m scenarios matrix $(if $(SCALE),--time-scale $(SCALE),)

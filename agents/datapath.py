@@ -104,18 +104,15 @@ class Datapath:
 
     # ------------------------------------------------------------------ packets
 
-    def packet(self, buf: bytes, now: float) -> list:
+    def packet(self, buf: bytes, now: float, _first_fragment: bool = False) -> list:
         """An IPv4 frame the gateway steered here."""
-        self.counts["rx"] += 1
         l4 = 14 + ((buf[14] & 0x0F) << 2)
         proto = buf[23]
-        frag = ((buf[20] << 8) | buf[21]) & _MF_OFFSET
-        if frag:
-            return self._fragment(buf, now, proto, l4, frag)
-        return self._packet(buf, now, proto, l4)
-
-    def _packet(self, buf: bytes, now: float, proto: int, l4: int) -> list:
-        """A packet whose L4 header is there (not a later fragment)."""
+        if not _first_fragment:
+            self.counts["rx"] += 1
+            frag = ((buf[20] << 8) | buf[21]) & _MF_OFFSET
+            if frag:
+                return self._fragment(buf, now, proto, l4, frag)
         if proto == 6:
             if len(buf) < l4 + 14:
                 self.counts["malformed"] += 1
@@ -151,6 +148,13 @@ class Datapath:
                 if flags & 0x02 and not flags & 0x10 and c.state in (CLOSING, CLOSE):
                     c.nf = ""          # a reused 5-tuple: a new connection, proposed afresh
                 c.tcp(flags, src < dst or (src == dst and sport <= dport))
+        node = self.node
+        if node is not None:                        # the hot path: a decided connection
+            hit = node.cache.get(key)
+            if hit is not None and c.nf is hit[1]:
+                mac = self.nf_mac.get(c.nf)
+                if mac is not None:
+                    return [mac + self.mac + buf[12:]]
         return self._route(key, c, buf, now)
 
     def _related(self, key: bytes, buf: bytes, now: float) -> list:
@@ -249,7 +253,7 @@ class Datapath:
             self.counts["frag_held"] += 1
             return []
         # the first fragment: the ports (or the ICMP error's inner header) are in it
-        out = self._packet(buf, now, proto, l4)
+        out = self.packet(buf, now, True)
         key = self._key_of(buf, proto, l4)
         if key is None:
             return out

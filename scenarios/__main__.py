@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.modes import MODES
 from scenarios import registry
 
@@ -30,10 +31,15 @@ def main(argv=None) -> int:
     r.add_argument("--cli", action="store_true", help="open the Mininet CLI at the end or on failure")
     r.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every time and duration (0.1..10; e.g. 0.5 for a quick run)")
+    ct_help = ("conntrack timeouts of the NFs, and of the LB nodes' connection tracking with "
+               "them: name=seconds,... (names: " + ", ".join(CtTimeouts().asdict())
+               + "; default: the kernel's)")
+    r.add_argument("--ct-timeouts", default="", help=ct_help)
     sub.add_parser("list", help="list scenarios and modes")
     sub.add_parser("cleanup", help="remove what a crashed run left behind")
     c = sub.add_parser("cli", help="start the testbed and open the interactive CLI")
     c.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
+    c.add_argument("--ct-timeouts", default="", help=ct_help)
     m = sub.add_parser("matrix", help="run every scenario in every mode, then compare")
     m.add_argument("--out", default=None)
     m.add_argument("--time-scale", type=float, default=1.0,
@@ -54,6 +60,10 @@ def main(argv=None) -> int:
         return 0
     if getattr(args, "mode", "chain") not in MODES:
         sys.exit(f"error: unknown mode {args.mode!r}; valid modes: {', '.join(MODES)}")
+    try:
+        timeouts = parse_timeouts(getattr(args, "ct_timeouts", ""))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if args.cmd == "run":
         names = list(registry.SCENARIOS) if args.name == "all" else [args.name]
         for n in names:
@@ -72,10 +82,11 @@ def main(argv=None) -> int:
         elif args.cmd == "run":
             from scenarios.run import run_scenario
             for n in names:
-                run_scenario(n, args.mode, args.seed, cli=args.cli, time_scale=args.time_scale)
+                run_scenario(n, args.mode, args.seed, cli=args.cli, time_scale=args.time_scale,
+                             timeouts=timeouts)
         elif args.cmd == "cli":
             from scenarios.cli import interactive
-            interactive(args.mode)
+            interactive(args.mode, timeouts)
         elif args.cmd == "matrix":
             from scenarios.compare import matrix
             from scenarios.run import run_scenario

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mininet.cli import CLI
 
+from agents.conntrack import CtTimeouts
 from agents import lb as lb_agent
 from scenarios import report
 from scenarios.testbed import RUN_DIR, Testbed, TestbedFailure, wait_for
@@ -374,15 +375,16 @@ def run_cli(tb: Testbed, run_dir: Path, traffic=None, report_dir: Path | None = 
     TestbedCLI(tb, run_dir, traffic, report_dir)
 
 
-def interactive(mode: str) -> Path:
+def interactive(mode: str, timeouts: CtTimeouts = CtTimeouts()) -> Path:
     """``python -m scenarios cli --mode MODE``: a fresh testbed, the CLI, cleanup on exit."""
     from scenarios.run import new_run_dir
     params = TestbedParams()
     run_id, run_dir = new_run_dir("cli", mode)
     (run_dir / "params.json").write_text(json.dumps(
-        {"scenario": "cli", "mode": mode, "run_id": run_id, "testbed": params.asdict()},
+        {"scenario": "cli", "mode": mode, "run_id": run_id, "testbed": params.asdict(),
+         "conntrack_timeouts": timeouts.asdict(), "lb_timeouts": timeouts.lb_timeouts_by_state()},
         indent=1))
-    with Testbed(params, mode, run_dir) as tb:
+    with Testbed(params, mode, run_dir, timeouts=timeouts) as tb:
         run_cli(tb, run_dir, report_dir=run_dir)
     print(f"testbed stopped; run folder: {run_dir}")
     return run_dir

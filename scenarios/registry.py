@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+from scenarios import workloads
+from scenarios.workloads import AppBatch
 from topo.testbed import TestbedParams, ip_of
 
 ACTIONS = ("add_nf", "drain_nf", "remove_nf", "kill_nf", "kill_lb", "add_lb")
@@ -38,6 +40,7 @@ class Scenario:
     events: tuple[Event, ...] = ()
     chain_loss_pct: int = 0               # chain frames dropped on LB hosts (nftables)
     params: dict = field(default_factory=dict)   # TestbedParams overrides
+    apps: tuple[AppBatch, ...] = ()       # real applications (scenarios.workloads)
 
     def scaled(self, factor: float) -> "Scenario":
         """The same scenario with every time and duration multiplied by ``factor``."""
@@ -48,11 +51,14 @@ class Scenario:
                                              spread_s=b.spread_s * factor,
                                              duration_s=max(1.0, round(b.duration_s * factor)))
                                      for b in self.batches),
-                       events=tuple(replace(e, at_s=e.at_s * factor) for e in self.events))
+                       events=tuple(replace(e, at_s=e.at_s * factor) for e in self.events),
+                       apps=tuple(workloads.scaled(a, factor) for a in self.apps))
 
     @property
     def traffic_s(self) -> float:
-        return max(b.start_s + b.spread_s + b.duration_s for b in self.batches)
+        """When the last planned traffic should have ended."""
+        return max([b.start_s + b.spread_s + b.duration_s for b in self.batches]
+                   + [a.start_s + a.spread_s + workloads.expected_s(a) for a in self.apps])
 
 
 BASE = (FlowBatch(12, 0.0, 3.0, 24.0),)
@@ -77,6 +83,19 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              (Event(7.0, "add_nf"), Event(15.0, "kill_lb", "lb3"))),
     Scenario("lossy-chain", "scale-out with 3% of chain frames dropped on the LB hosts",
              BASE + (LATE,), (Event(8.0, "add_nf"),), chain_loss_pct=3),
+    Scenario("real-traffic", "nginx and curl (short, rate-limited, keep-alive idle), half-closed "
+             "request/response, UDP larger than the MTU, ICMP errors, while NFs are added and "
+             "drained and an LB node is killed",
+             (FlowBatch(4, 0.0, 3.0, 26.0),),
+             (Event(7.0, "add_nf"), Event(12.0, "drain_nf", "nf1"), Event(17.0, "kill_lb", "lb2"),
+              Event(22.0, "add_nf")),
+             params={"spare_nfs": 2},
+             apps=(AppBatch("http_download", 4, 1.0, 3.0),
+                   AppBatch("http_keepalive", 4, 0.5, 2.0),
+                   AppBatch("halfclose", 10, 2.0, 20.0),
+                   AppBatch("http_short", 16, 0.0, 26.0),
+                   AppBatch("udp_large", 4, 1.0, 4.0),
+                   AppBatch("udp_probe", 4, 1.5, 12.0))),
 ]}
 
 

@@ -13,9 +13,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from scenarios import registry, report
+from scenarios import registry, report, workloads
 from agents.lb import query
-from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedFailure
+from agents.conntrack import CtTimeouts
+from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedFailure, host_checked, wait_for
 from topo.testbed import TestbedParams
 
 RESULTS = ROOT / "results"
@@ -80,6 +81,55 @@ class Traffic:
                 for f in self.flows}
 
 
+class Apps:
+    """Real applications (``scenarios.workloads``): servers on every server host, one client
+    process per planned connection, started on schedule; outcomes in logs/apps/."""
+
+    def __init__(self, tb: Testbed, planned: list[dict]):
+        self.tb, self.planned = tb, planned
+        self.dir = tb.logs / "apps"
+        self.dir.mkdir(exist_ok=True)
+        self.out = self.dir / "outcomes.jsonl"
+        self.clients: dict[str, object] = {}
+
+    def start_servers(self) -> None:
+        if not self.planned:
+            return
+        from agents.apps import make_files
+        www = self.dir / "www"
+        make_files(str(www))
+        servers = sorted({a["server"] for a in self.planned})
+        for s in servers:
+            host = self.tb.net[s]
+            # every ICMP error counts: the kernel's rate limit would drop some
+            host_checked(host, ["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"],
+                         "turning off the ICMP rate limit")
+            run = self.dir / s
+            run.mkdir(exist_ok=True)
+            for name, cmd in workloads.server_commands(str(www), str(run)).items():
+                self.tb._spawn(f"app-{s}-{name}", cmd, host=host)
+        ports = (workloads.HTTP_PORT, workloads.HALFCLOSE_PORT)
+        for s in servers:
+            wait_for(f"the application servers on {s}",
+                     lambda: all(f":{p} " in self.tb.net[s].cmd(f"ss -Hltn sport = :{p}")
+                                 for p in ports), 15)
+
+    def start(self, app: dict) -> None:
+        self.clients[app["conn_id"]] = self.tb._spawn(
+            f"app-{app['conn_id']}", workloads.client_command(app, str(self.out)),
+            host=self.tb.net[app["client"]])
+
+    def running(self) -> int:
+        return sum(1 for p in self.clients.values() if p.poll() is None)
+
+    def results(self) -> list[dict]:
+        if not self.planned:
+            return []
+        from scenarios.report import load_apps
+        records, _ = load_apps(self.out) if self.out.exists() else ([], 0)
+        return workloads.outcomes(self.planned, records)
+
+
 def _do_event(tb: Testbed, ev: registry.Event) -> str:
     if ev.action == "add_nf":
         return tb.add_nf(ev.target)
@@ -90,33 +140,44 @@ def _do_event(tb: Testbed, ev: registry.Event) -> str:
 
 
 def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedParams | None = None,
-                 cli: bool = False, time_scale: float = 1.0, log=print) -> Path:
+                 cli: bool = False, time_scale: float = 1.0, log=print,
+                 timeouts: CtTimeouts | None = None) -> Path:
     scenario = registry.get(name)
     if time_scale != 1.0:
         scenario = scenario.scaled(time_scale)
     params = (params or TestbedParams(**scenario.params)).validate()
+    timeouts = timeouts or CtTimeouts()
     with Lock() as lock:              # before anything is written: a refused run leaves nothing
-        return _run(scenario, mode, seed, params, cli, time_scale, log, lock)
+        return _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts)
 
 
-def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
+def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts) -> Path:
     name = scenario.name
     flows = registry.plan_flows(scenario, params, seed)
+    apps = workloads.plan_apps(scenario.apps, [f"c{i}" for i in range(1, params.clients + 1)],
+                               [f"s{i}" for i in range(1, params.servers + 1)], seed)
     run_id, run_dir = new_run_dir(name, mode)
     log(f"== scenario {name} ({scenario.description}), mode {mode}, seed {seed}")
     log(f"   results: {run_dir}")
     meta = {"scenario": name, "mode": mode, "run_id": run_id}
     (run_dir / "params.json").write_text(json.dumps({
         **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(),
-        "chain_loss_pct": scenario.chain_loss_pct, "flows": flows, "events": [vars(e) for e in scenario.events], "versions": _versions(),
+        "chain_loss_pct": scenario.chain_loss_pct, "flows": flows, "apps": apps,
+        "events": [vars(e) for e in scenario.events],
+        "conntrack_timeouts": timeouts.asdict(), "lb_timeouts": timeouts.lb_timeouts_by_state(),
+        "versions": _versions(),
     }, indent=1))
     events_done: list[tuple[float, str, str]] = []
     timeline: list[dict] = []
     failure = None
-    with Testbed(params, mode, run_dir, scenario.chain_loss_pct, log, lock=lock) as tb:
+    with Testbed(params, mode, run_dir, scenario.chain_loss_pct, log, lock=lock,
+                 timeouts=timeouts) as tb:
         traffic = Traffic(tb, flows)
         traffic.start_servers()
+        programs = Apps(tb, apps)
+        programs.start_servers()
         schedule = sorted([(f["start_s"], "flow", f) for f in flows]
+                          + [(a["start_s"], "app", a) for a in apps]
                           + [(e.at_s, "event", e) for e in scenario.events],
                           key=lambda x: (x[0], x[1] != "event"))
         t0 = time.monotonic()
@@ -129,6 +190,8 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
                     _, kind, item = schedule.pop(0)
                     if kind == "flow":
                         traffic.start(item)
+                    elif kind == "app":
+                        programs.start(item)
                     else:
                         target = _do_event(tb, item)
                         events_done.append((round(now, 3), item.action, target))
@@ -137,9 +200,11 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
                     next_sample += 1.0
                     timeline.append(_sample(tb, now))
                     log(f"   t={now:5.1f}s  flows running {traffic.running():3d}/"
-                        f"{len(traffic.clients)}  epoch {timeline[-1]['epoch']}  "
+                        f"{len(traffic.clients)}"
+                        + (f"  apps {programs.running():3d}/{len(programs.clients)}"
+                           if apps else "") + f"  epoch {timeline[-1]['epoch']}  "
                         f"table entries {timeline[-1]['entries']}  deletes {timeline[-1]['deletes']}")
-                if not schedule and traffic.running() == 0:
+                if not schedule and traffic.running() == 0 and programs.running() == 0:
                     break
                 if now > end:
                     log(f"   t={now:5.1f}s  flows still running past the scenario end: stopping them")
@@ -158,8 +223,9 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock) -> Path:
         dumps = {nf: tb.nf_dumps[nf] if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         _write_timeline(run_dir, timeline)
     iperf = traffic.results()
-    flows_df = report.build_flows(meta, flows, iperf, dumps)
-    summary = report.build_summary(flows_df, events_done, meta, dumps, flows)
+    outcomes = programs.results()
+    flows_df = report.build_flows(meta, flows, iperf, dumps, apps=outcomes)
+    summary = report.build_summary(flows_df, events_done, meta, dumps, flows, apps=outcomes)
     report.write_results(run_dir, flows_df, summary)
     log("")
     log(report.format_summary(summary))

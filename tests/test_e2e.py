@@ -102,3 +102,32 @@ def test_scale_out_maglev_moves_connections():
     assert int(summary["moved"]) == len(moved) > 0, "stateless Maglev re-maps live connections"
     assert moved["nfs_seen"].str.contains("nf4").all()
     _nothing_left_behind()
+
+
+def test_real_traffic_chain_moves_nothing_and_every_application_completes():
+    """nginx/curl, idle keep-alive, half-closed request/response, UDP larger than the MTU and
+    ICMP errors across NF adds, a drain and an LB kill: no connection reaches two NFs, and
+    every client finished, as on a direct path."""
+    run_dir, flows, summary, params = _run("real-traffic", "chain")
+    apps = flows[flows["role"] == "app"]
+    assert len(apps) == len(params["apps"]) > 0
+    assert int(summary["moved"]) == 0, flows[flows["moved"].astype(str).eq("True")][
+        ["flow_id", "role", "proto", "packets_by_nf", "related_packets"]]
+    assert (apps["nfs_seen"] != "").all(), "every app connection is in the NFs' counters"
+    failed = apps[~apps["completed"].astype(str).eq("True")]
+    assert failed.empty, failed[["flow_id", "error", "packets_by_nf"]]
+    by_id = {a["conn_id"]: a for a in params["apps"]}
+    kinds = apps["flow_id"].map(lambda i: by_id[i]["kind"])
+    probes = apps[kinds == "udp_probe"]
+    assert (probes["related_packets"].astype(int) > 0).all(), \
+        "the ICMP errors of the probes are counted as theirs"
+    outcomes = [json.loads(line) for line in
+                (run_dir / "logs" / "apps" / "outcomes.jsonl").read_text().splitlines()]
+    big = [o for o in outcomes if o["app"] == "udp-client"]
+    assert big and all(o["received"] == o["sent"] for o in big), big
+    assert int(summary["broken"]) == 0
+    agents = [json.loads(p.read_text()) for p in (run_dir / "logs").glob("lb*.stats.json")]
+    assert sum(a["counts"]["fragments"] for a in agents) > 0
+    assert sum(a["counts"]["icmp_errors"] for a in agents) > 0
+    assert params["conntrack_timeouts"]["tcp_established"] == 432000
+    _nothing_left_behind()
