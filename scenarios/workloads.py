@@ -8,8 +8,9 @@ connection from a client port planned here, so its outcome (one JSON line, see
 Kinds (the servers every server host runs are started once per run, ``SERVERS``):
 
 - ``http_short``: curl fetches a small file from nginx;
-- ``http_download``: curl fetches a large file at a limited rate, ``Connection: close``, so
-  the server's FIN comes while the client still reads (a half-closed connection);
+- ``http_download``: curl fetches a large file that nginx paces (``?rate=``: curl's own
+  ``--limit-rate`` lets the first megabytes through at once), a connection that lives across
+  the scenario's events;
 - ``http_keepalive``: several requests on one HTTP/1.1 connection with idle time between;
 - ``halfclose``: the client sends its request and its FIN; the server pauses, then answers;
 - ``udp_large``: UDP requests and replies larger than the MTU (IP fragments both ways);
@@ -22,6 +23,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 
+from agents.apps import NGINX_FILES
 from topo.testbed import ip_of
 
 KINDS = ("http_short", "http_download", "http_keepalive", "halfclose", "udp_large",
@@ -32,6 +34,7 @@ UDP_PORT = 7001
 CLOSED_PORT = 7009          # nothing listens there
 FIRST_CLIENT_PORT = 40001   # apart from iperf3's client ports (20001..)
 SMALL, LARGE = "small.bin", "large.bin"
+SIZES = NGINX_FILES
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ DEFAULTS: dict[str, dict] = {
                   "timeout_s": 3.0},
     "udp_probe": {"count": 10, "interval_s": 1.0},
 }
-LARGE_BYTES = 2 * 1024 * 1024
+LARGE_BYTES = SIZES[LARGE]
 HALFCLOSE_REPLY = DEFAULTS["halfclose"]["size"]
 UDP_REPLY = DEFAULTS["udp_large"]["reply_size"]
 
@@ -127,7 +130,8 @@ def server_commands(www: str, run_dir: str) -> dict[str, list[str]]:
     """The servers every server host runs: name -> command (``www``: the served files)."""
     py = [sys.executable, "-m", "agents.apps"]
     return {
-        "nginx": py + ["nginx", "--root", www, "--port", str(HTTP_PORT), "--run-dir", run_dir],
+        "nginx": py + ["nginx", "--root", www, "--port", str(HTTP_PORT), "--run-dir", run_dir,
+                       "--no-files"],
         "halfclose": py + ["halfclose-server", "--port", str(HALFCLOSE_PORT),
                            "--pause", str(DEFAULTS["halfclose"]["pause_s"]),
                            "--size", str(HALFCLOSE_REPLY)],
@@ -141,11 +145,11 @@ def client_command(app: dict, out: str) -> list[str]:
     common = ["--cport", str(app["client_port"]), "--out", out]
     kind, server, port = app["kind"], app["server_ip"], str(app["server_port"])
     if kind == "http_short":
-        return py + ["curl", "--url", f"http://{server}:{port}/{SMALL}",
-                     "--timeout", str(o["timeout_s"])] + common
+        return py + ["curl", "--url", f"http://{server}:{port}/{SMALL}", "--expect",
+                     str(SIZES[SMALL]), "--timeout", str(o["timeout_s"])] + common
     if kind == "http_download":
-        return py + ["curl", "--url", f"http://{server}:{port}/{LARGE}", "--limit-rate",
-                     str(o["rate"]), "--close", "--timeout", str(o["timeout_s"])] + common
+        return py + ["curl", "--url", f"http://{server}:{port}/{LARGE}?rate={o['rate']}",
+                     "--expect", str(LARGE_BYTES), "--timeout", str(o["timeout_s"])] + common
     if kind == "http_keepalive":
         return py + ["keepalive-client", "--server", server, "--port", port, "--path",
                      f"/{SMALL}", "--idle", str(o["idle_s"]), "--requests", str(o["requests"]),

@@ -12,7 +12,8 @@ STAMP="$VENV/.chainlb-deps"
 SYS_PY=/usr/bin/python3
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl
 PACKAGES=(mininet openvswitch-switch iperf3 ethtool nftables conntrack iputils-ping
-          tcpdump iproute2 python3-venv tmux procps)
+          tcpdump iproute2 python3-venv tmux procps nginx-light curl)
+POLICY_RC=/usr/sbin/policy-rc.d
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -38,7 +39,27 @@ install_packages() {
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     run apt-get update -q
+    # Installing nginx would start its service on port 80 (invoke-rc.d, deb-systemd-invoke):
+    # a policy-rc.d answering 101 (action forbidden) prevents that; ours is removed afterwards,
+    # also on failure (trap), and one that was there before is left alone. The testbed runs
+    # its own nginx processes inside the hosts (agents/apps.py nginx).
+    local nginx_before own_policy=0
+    nginx_before="$(dpkg-query -W -f='${Status}' nginx 2>/dev/null || true)"
+    if [[ ! -e "$POLICY_RC" ]]; then
+        trap 'rm -f "$POLICY_RC"' EXIT
+        own_policy=1
+        printf '#!/bin/sh\n# chainlb setup.sh: no service starts during apt-get install\nexit 101\n' \
+            > "$POLICY_RC" && chmod 755 "$POLICY_RC" || die "cannot write $POLICY_RC"
+    fi
     run apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if ((own_policy)); then
+        rm -f "$POLICY_RC"
+        trap - EXIT
+    fi
+    # nor at boot (the package enables the unit), when this run installed nginx
+    if [[ "$nginx_before" != "install ok installed" ]] && command -v systemctl >/dev/null; then
+        systemctl disable --quiet nginx.service >/dev/null 2>&1 || true
+    fi
 }
 
 ovs_answers() { ovs-vsctl --timeout=5 show >/dev/null 2>&1; }
