@@ -3,7 +3,10 @@
 The root test builds plain namespaces (not Mininet): cli, srv, nf1, nf2 on a Linux bridge that
 lives in its own namespace. The client's route to the server and the server's route back go via
 nf1's IP; re-routing both to nf2 mid-connection moves the connection, and nf2's conntrack
-(tcp_loose=0) drops it as invalid: the TCP connection stalls.
+(tcp_loose=0) drops it as invalid: the TCP connection stalls. Two more root tests: ``start
+--ct-timeouts`` in a scratch namespace reads every conntrack sysctl back, and UDP to a closed
+port through nf1 puts the port-unreachable errors in the dump's ``related`` under the UDP
+datagram's own tuple (not in ``flows``).
 """
 from __future__ import annotations
 
@@ -11,12 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from agents import nf
+from agents.conntrack import CtTimeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +96,87 @@ def test_sysctl_path_keeps_interface_dots():
         Path("/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
 
 
+# related_flows as nft 1.0.6 prints it: raw numbers (saddr, daddr, protocol, sport << 16 | dport)
+RELATED_DOC = {"nftables": [
+    {"metainfo": {"version": "1.0.6"}},
+    {"set": {"family": "inet", "name": "related_flows", "table": "chainlb_nf",
+             "type": ["integer", "integer", "integer", "integer"], "size": 4, "elem": [
+                 # 10.0.1.1:49022 -> 10.0.2.1:5001 tcp (a port unreachable from 10.0.2.1)
+                 {"elem": {"val": {"concat": [167772417, 167772673, 6, 49022 << 16 | 5001]},
+                           "counter": {"packets": 2, "bytes": 140}}},
+                 # the inner packet an echo request (ports zeroed by the rule), hex accepted
+                 {"elem": {"val": {"concat": ["0x0a000101", "0x0a000201", "0x01", 0]},
+                           "counter": {"packets": 1, "bytes": 56}}}]}}]}
+
+
+def test_build_dump_reports_related_icmp_errors_by_inner_tuple():
+    doc = nf.build_dump("nf1", FLOWS_DOC, INVALID_DOC, COUNTERS_DOC, RELATED_DOC)
+    assert doc["related"] == [
+        {"src": "10.0.1.1", "dst": "10.0.2.1", "proto": "icmp", "sport": 0, "dport": 0,
+         "packets": 1, "bytes": 56},
+        {"src": "10.0.1.1", "dst": "10.0.2.1", "proto": "tcp", "sport": 49022, "dport": 5001,
+         "packets": 2, "bytes": 140}]
+    assert len(doc["flows"]) == 3 and doc["set_full"] is False   # flows untouched
+    assert nf.build_dump("nf1", FLOWS_DOC, {}, {})["related"] == []   # no related set given
+    full = json.loads(json.dumps(RELATED_DOC))
+    full["nftables"][1]["set"]["size"] = 2
+    assert nf.build_dump("nf1", FLOWS_DOC, {}, {}, full)["set_full"] is True
+
+
+def test_parse_related_set_rejects_unexpected_elements():
+    for val in ({"concat": ["10.0.1.1", "10.0.2.1", "tcp", 1, 2]},     # a 5-tuple element
+                {"concat": [167772417, 167772673, 300, 0]},              # not 8 bits
+                {"concat": [-1, 167772673, 6, 0]}, "x"):
+        with pytest.raises(nf.NFError, match="nft output"):
+            nf.parse_related_set({"nftables": [{"set": {"elem": [{"elem": {"val": val}}]}}]})
+
+
+def test_ruleset_counts_icmp_errors_by_inner_header_not_in_flows():
+    text = nf.ruleset(1000)
+    errors = ("icmp type { destination-unreachable, source-quench, redirect, time-exceeded, "
+              "parameter-problem }")
+    assert "typeof @th,160,32 . @th,192,32 . @th,136,8 . @th,224,32" in text
+    assert f"{errors} @th,136,8 {{ 6, 17 }} update @related_flows {{ @th,160,32 . @th,192,32 " \
+        ". @th,136,8 . @th,224,32 }" in text
+    assert f"{errors} @th,136,8 != {{ 6, 17 }} update @related_flows" in text
+    # non-TCP/UDP packets reach @flows only when they are not ICMP errors
+    flows_noports = [line.strip() for line in text.splitlines()
+                     if "update @flows" in line and ". 0 . 0" in line]
+    assert flows_noports == [
+        "meta nfproto ipv4 meta l4proto != { tcp, udp, icmp } update @flows "
+        "{ ip saddr . ip daddr . meta l4proto . 0 . 0 }",
+        "meta nfproto ipv4 icmp type != { destination-unreachable, source-quench, redirect, "
+        "time-exceeded, parameter-problem } update @flows "
+        "{ ip saddr . ip daddr . meta l4proto . 0 . 0 }"]
+    assert text.index("update @related_flows") < text.index("accept")
+    assert "update @invalid_flows" not in text.split(errors + " @th,136,8 != { 6, 17 }")[0]
+
+
+def test_ct_timeouts_option_and_sysctl_list():
+    args = nf._parser().parse_args(["start", "--name", "nf1",
+                                    "--ct-timeouts", "tcp_established=600,udp=20"])
+    t = nf.parse_ct_timeouts(args.ct_timeouts)
+    assert (t.tcp_established, t.udp, t.icmp) == (600, 20, CtTimeouts().icmp)
+    assert nf.parse_ct_timeouts(None) == CtTimeouts()
+    assert nf._parser().parse_args(["start", "--name", "nf1"]).ct_timeouts is None
+    items = nf.conntrack_sysctls(t)
+    assert items[0] == ("net.netfilter.nf_conntrack_tcp_loose", 0)
+    got = dict(items)
+    assert len(got) == len(items) == 1 + len(CtTimeouts().asdict())
+    assert got["net.netfilter.nf_conntrack_tcp_timeout_established"] == 600
+    assert got["net.netfilter.nf_conntrack_udp_timeout"] == 20
+    assert got["net.netfilter.nf_conntrack_udp_timeout_stream"] == 120
+    assert got["net.netfilter.nf_conntrack_icmp_timeout"] == 30
+    assert got["net.netfilter.nf_conntrack_generic_timeout"] == 600
+    assert set(got) - {"net.netfilter.nf_conntrack_tcp_loose"} == set(t.sysctls())
+    assert dict(nf.conntrack_sysctls()) == dict(
+        CtTimeouts().sysctls(), **{"net.netfilter.nf_conntrack_tcp_loose": 0})
+    for spec, needle in (("tcp_established=0", "whole seconds"), ("foo=1", "unknown"),
+                         ("udp", "expected name=seconds"), ("udp=x", "not a whole number")):
+        with pytest.raises(nf.NFError, match=needle):
+            nf.parse_ct_timeouts(spec)
+
+
 def _nf_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "agents.nf", *args], cwd=ROOT, env=env,
@@ -101,6 +187,14 @@ def test_cli_rejects_bad_parameter_before_changing_anything():
     proc = _nf_cli("start", "--name", "nf1", "--max-flows", "0")
     assert proc.returncode == 1 and "max_flows must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_rejects_bad_ct_timeouts_in_one_line():
+    proc = _nf_cli("start", "--name", "nf1", "--ct-timeouts", "tcp_established=600,udp=soon")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("agents.nf start: error: --ct-timeouts")
+    assert "udp='soon' is not a whole number of seconds" in proc.stderr
 
 
 def test_cli_refuses_the_machines_own_namespace():
@@ -341,3 +435,61 @@ def test_moved_tcp_connection_breaks_at_second_nf(lab):
     assert stopped.returncode == 0, stopped.stderr
     assert lab.exec("nf2", "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
     assert "chainlb_nf" not in lab.exec("nf2", "nft", "list", "tables").stdout
+
+
+@pytest.mark.root
+def test_start_writes_the_conntrack_timeouts_of_the_spec():
+    """start --ct-timeouts in a scratch namespace: every conntrack sysctl reads back."""
+    ns = f"chainlbtest-{uuid.uuid4().hex[:6]}-ct"
+    sh("ip", "netns", "add", ns)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        spec = "tcp_established=600,udp=20,icmp=7,tcp_time_wait=33"
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "agents.nf",
+                               "start", "--name", "nf1", "--ct-timeouts", spec], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        want = dict(nf.conntrack_sysctls(nf.parse_ct_timeouts(spec)))
+        assert want["net.netfilter.nf_conntrack_tcp_timeout_time_wait"] == 33
+        got = {}
+        for key in want:
+            got[key] = int(sh("ip", "netns", "exec", ns, "sysctl", "-n", key).strip())
+        assert got == want
+        assert sh("ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+        # the ruleset prints back (nft 1.0.6 aborts on some raw-payload sets)
+        assert "set related_flows" in sh("ip", "netns", "exec", ns, "nft", "list", "ruleset")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+UDP_TO_CLOSED_PORT = r"""
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 0))
+for _ in range(3):
+    u.sendto(b"hello", (sys.argv[1], 5009))
+print(u.getsockname()[1])
+"""
+
+
+@pytest.mark.root
+def test_icmp_errors_are_counted_by_the_inner_tuple(lab):
+    started = lab.py("nf1", "-m", "agents.nf", "start", "--name", "nf1")
+    assert started.returncode == 0, started.stderr
+    lab.route_via("nf1")
+    sh("ip", "netns", "exec", lab.ns("srv"), "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+    proc = lab.exec("cli", sys.executable, "-c", UDP_TO_CLOSED_PORT, "10.0.2.1")
+    assert proc.returncode == 0, proc.stderr
+    cport = int(proc.stdout)
+    for _ in range(20):                 # the errors are forwarded asynchronously
+        doc = lab.dump("nf1")
+        if sum(r["packets"] for r in doc["related"]) >= 3:
+            break
+        time.sleep(0.1)
+    # port unreachable from srv to cli, counted as a packet of cli -> srv:5009/udp
+    assert doc["related"] == [{"src": "10.0.1.1", "dst": "10.0.2.1", "proto": "udp",
+                               "sport": cport, "dport": 5009, "packets": 3,
+                               "bytes": doc["related"][0]["bytes"]}]
+    assert doc["related"][0]["bytes"] >= 3 * 56
+    assert not [f for f in doc["flows"] if f["proto"] == "icmp"]     # not also in @flows
+    fwd = [f for f in doc["flows"] if f["proto"] == "udp" and f["sport"] == cport]
+    assert len(fwd) == 1 and fwd[0]["packets"] == 3

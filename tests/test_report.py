@@ -169,9 +169,13 @@ def test_every_planned_flow_has_rows_and_columns(scenario):
     flows, outputs, dumps, _, _ = scenario
     df = rp.build_flows(META, flows, outputs, dumps)
     assert list(df.columns) == rp.FLOW_COLUMNS
-    assert set(df["flow_id"]) == {"a", "b", "c", "d", "e"}
+    assert set(df[df["origin"] == "planned"]["flow_id"]) == {"a", "b", "c", "d", "e"}
+    # the ping, the unknown server port, c2 -> port 5204 (d is c1's): one row each
+    assert list(df[df["origin"] == "observed"]["flow_id"]) == ["o001", "o002", "o003"]
+    assert set(df["origin"]) == {"planned", "observed"}
     assert (df["scenario"] == "unit").all() and (df["run_id"] == "r1").all()
-    assert df["moved"].dtype == bool and df["completed"].dtype == bool
+    assert df["moved"].dtype == bool and df["completed"].dtype == "boolean"
+    assert df[df["origin"] == "planned"]["completed"].notna().all()
     assert list(df[df["flow_id"] == "a"]["role"]) == ["control", "data"]
 
 
@@ -217,12 +221,14 @@ def test_summary_counts(scenario):
     df = rp.build_flows(META, flows, outputs, dumps)
     s = rp.build_summary(df, events, META, dumps, flows).iloc[0]
     assert list(rp.build_summary(df, events, META).columns) == rp.SUMMARY_COLUMNS
-    assert (s["flows"], s["connections"], s["observed"]) == (5, 8, 7)
+    # 8 rows of planned flows (7 seen at an NF) and 3 observed rows of no planned flow
+    assert (s["flows"], s["apps"], s["connections"], s["observed"]) == (5, 0, 11, 10)
+    assert s["observed_unplanned"] == 3
     assert (s["moved"], s["moved_flows"], s["broken"]) == (2, 2, 3)
-    assert s["pcc_pct"] == pytest.approx(71.43)          # (7 observed - 2 moved) / 7
+    assert s["pcc_pct"] == pytest.approx(80.0)           # (10 observed - 2 moved) / 10
     assert s["completed_pct"] == pytest.approx(40.0)
     assert (s["invalid"], s["dropped"]) == (130, 2)
-    assert s["missing_dumps"] == "nf3" and s["unmatched_entries"] == 5
+    assert s["missing_dumps"] == "nf3" and s["unmatched_entries"] == 0   # all in some row
     assert s["nf_flows"] == "nf1:1;nf2:1;nf10:1"
     assert s["event_times"] == "10;15"
     assert s["events"] == "10s add-nf(nf10);15s drain(nf1)"
@@ -262,7 +268,7 @@ def test_write_and_read_back(tmp_path, scenario):
     assert back["packets_by_nf"].tolist() == df["packets_by_nf"].tolist()
     assert back["client_port"].isna().tolist() == df["client_port"].isna().tolist()
     s = pd.read_csv(spath)
-    assert s.loc[0, "moved"] == 2 and s.loc[0, "pcc_pct"] == 71.43
+    assert s.loc[0, "moved"] == 2 and s.loc[0, "pcc_pct"] == 80.0
 
 
 def test_format_summary_fits_a_screen(scenario):
@@ -273,7 +279,8 @@ def test_format_summary_fits_a_screen(scenario):
     text = rp.format_summary(two)
     lines = text.splitlines()
     assert len(lines) < 24 and max(map(len, lines)) <= 120
-    assert "PCC %" in lines[0] and "71.43" in lines[1] and "maglev" in text
+    assert "PCC %" in lines[0] and "80.0" in lines[1] and "maglev" in text
+    assert "3 of no planned flow or app" in text
     assert "missing NF dumps: nf3" in text and "10s add-nf(nf10)" in text
     assert rp.format_summary(one.iloc[0:0]) == "(no runs)"
 
@@ -337,3 +344,221 @@ def test_moved_unexpected_excludes_connections_of_a_killed_nf():
     assert summary["moved_unexpected"] == 1
     for event in [(4.0, "add_nf", "nf4"), (4.0, "drain_nf", "nf2"), (9.0, "remove_nf", "nf2")]:
         assert build_summary(df, [event]).iloc[0]["moved_unexpected"] == 2, event
+
+
+# --- related ICMP errors, observed connections, app connections ----------------------------
+
+C3, S2 = "10.0.1.3", "10.0.2.2"
+
+
+def related(src, dst, proto, sport, dport, packets, nbytes=None):
+    """An ICMP error counted by the inner tuple (the packet it is about, as it was sent)."""
+    return {"src": src, "dst": dst, "proto": proto, "sport": sport, "dport": dport,
+            "packets": packets, "bytes": packets * 70 if nbytes is None else nbytes}
+
+
+def test_related_icmp_at_another_nf_makes_the_connection_moved():
+    flows = [planned("u", C1, 6001, proto="udp"), planned("t", C1, 6002)]
+    nf1 = (both(C1, S1, "tcp", 41000, 6001, 5, 5) + [entry(C1, S1, "udp", 41001, 6001, 9)]
+           + both(C1, S1, "tcp", 42000, 6002, 5, 5))
+    dumps = {"nf1": dict(dump("nf1", nf1),
+                         related=[related(C1, S1, "tcp", 42000, 6002, 1)]),  # same NF: stays
+             "nf2": dict(dump("nf2", []),        # port unreachable for u's data, at nf2
+                         related=[related(C1, S1, "udp", 41001, 6001, 3)])}
+    df = rp.build_flows(META, flows, {}, dumps)
+    u = rows(df, "u")["data"]
+    assert u["moved"] and u["nfs_seen"] == "nf1;nf2"
+    assert u["packets_by_nf"] == "nf1:9;nf2:3" and u["related_packets"] == 3
+    assert u["packets"] == 12 and u["nf_bytes"] == 900 + 210
+    assert u["nf_first"] == "nf1"               # an ICMP error says nothing about the start
+    assert not rows(df, "u")["control"]["moved"]
+    t = rows(df, "t")["control"]
+    assert not t["moved"] and t["packets_by_nf"] == "nf1:11" and t["related_packets"] == 1
+    assert (df["origin"] == "planned").all()    # every entry claimed: no observed row
+    s = rp.build_summary(df, [], META, dumps, flows).iloc[0]
+    assert (s["moved"], s["moved_flows"], s["unmatched_entries"]) == (1, 1, 0)
+    # an error about a reply (inner server -> client) belongs to the same connection
+    dumps["nf2"]["related"] = [related(S1, C1, "udp", 6001, 41001, 2)]
+    u = rows(rp.build_flows(META, flows, {}, dumps), "u")["data"]
+    assert u["moved"] and u["packets_by_nf"] == "nf1:9;nf2:2"
+    # only at nf1: not moved
+    dumps["nf2"]["related"] = []
+    dumps["nf1"]["related"].append(related(C1, S1, "udp", 41001, 6001, 3))
+    u = rows(rp.build_flows(META, flows, {}, dumps), "u")["data"]
+    assert not u["moved"] and u["packets_by_nf"] == "nf1:12" and u["related_packets"] == 3
+
+
+def observed_dumps():
+    nf1 = (both(C3, S2, "tcp", 45000, 80, 6, 5)           # c3 -> s2:80, both directions
+           + both(C1, S1, "icmp", 0, 0, 2, 2)             # ping c1 <-> s1
+           + [entry(S2, C1, "icmp", 0, 0, 1),             # echo s2 -> c1 only
+              entry("192.168.7.7", C1, "udp", 53, 33000, 1)])   # outside the plan
+    nf2 = [entry(S2, C3, "tcp", 80, 45000, 4, invalid=4)]       # the reply moved to nf2
+    return {"nf1": dump("nf1", nf1, dropped=0), "nf2": dict(dump("nf2", nf2, invalid=4),
+            related=[related(C3, S2, "tcp", 45000, 80, 1)])}
+
+
+def test_observed_connections_one_row_per_connection_both_directions_merged():
+    df = rp.build_flows(META, [], {}, observed_dumps())
+    assert (df["origin"] == "observed").all() and (df["role"] == "observed").all()
+    by = {(r["proto"], r["client_ip"], r["server_ip"]): r for r in df.to_dict("records")}
+    assert len(by) == len(df) == 4
+    web = by[("tcp", C3, S2)]
+    assert (web["client"], web["server"], web["client_port"], web["server_port"]) == \
+        ("c3", "s2", 45000, 80)
+    assert web["packets_by_nf"] == "nf1:11;nf2:5" and web["invalid_by_nf"] == "nf2:4"
+    assert web["related_packets"] == 1 and web["moved"] and web["nf_first"] == "nf1"
+    ping = by[("icmp", C1, S1)]                       # both directions: the lower address
+    assert (ping["client"], ping["server"], ping["client_port"], ping["server_port"]) == \
+        ("c1", "s1", 0, 0)
+    assert ping["packets"] == 4 and not ping["moved"]
+    assert by[("icmp", S2, C1)]["client"] == "s2"     # one direction: its source
+    dns = by[("udp", C1, "192.168.7.7")]              # the ephemeral port is the client's
+    assert (dns["client"], dns["server"], dns["client_port"], dns["server_port"]) == \
+        ("c1", "192.168.7.7", 33000, 53)
+    for r in by.values():
+        assert pd.isna(r["completed"]) and pd.isna(r["bytes"]) and pd.isna(r["start_s"])
+        assert r["error"] == "" and r["flow_proto"] == r["proto"]
+    # ids follow the tuples, whatever the order of the dumps and their entries
+    order = [(r["flow_id"], r["client_ip"], r["server_ip"]) for r in df.to_dict("records")]
+    assert [o[0] for o in order] == ["o001", "o002", "o003", "o004"]
+    shuffled = {nf: dict(d, flows=list(reversed(d["flows"])))
+                for nf, d in reversed(list(observed_dumps().items()))}
+    again = rp.build_flows(META, [], {}, shuffled)
+    assert [(r["flow_id"], r["client_ip"], r["server_ip"]) for r in again.to_dict("records")] \
+        == order
+    s = rp.build_summary(df, [], META, observed_dumps(), []).iloc[0]
+    assert (s["flows"], s["connections"], s["observed"], s["observed_unplanned"]) == (0, 4, 4, 4)
+    assert (s["moved"], s["broken"], s["unmatched_entries"]) == (1, 0, 0)
+    assert s["pcc_pct"] == pytest.approx(75.0)
+
+
+def app(conn_id, client_ip, client_port, server_ip, server_port, proto="tcp", completed=True,
+        **kw):
+    rec = {"app": "curl", "conn_id": conn_id, "client": "c1", "server": "s1",
+           "client_ip": client_ip, "client_port": client_port, "server_ip": server_ip,
+           "server_port": server_port, "proto": proto, "start_s": 2.0, "duration_s": 0.5,
+           "completed": completed, "bytes": 1000, "error": "" if completed else "timeout"}
+    return dict(rec, **kw)
+
+
+def test_app_connections_joined_by_exact_5_tuple():
+    flows = [planned("f1", C1, 5201)]
+    apps = [app("a001", C1, 40001, S1, 80),
+            app("a002", C1, 40002, S1, 7009, proto="udp", completed=False, duration_s=None,
+                bytes=None, app="udp-probe"),
+            app("a003", C1, 40003, S1, 5201)]          # shares the planned flow's triple
+    nf1 = (both(C1, S1, "tcp", 40001, 80, 7, 6)
+           + both(C1, S1, "tcp", 40009, 80, 3, 3)       # same hosts and port, not an app's
+           + [entry(C1, S1, "udp", 40002, 7009, 3)]
+           + both(C1, S1, "tcp", 40003, 5201, 2, 2) + both(C1, S1, "tcp", 30000, 5201, 4, 4))
+    dumps = {"nf1": dump("nf1", nf1),
+             "nf2": dict(dump("nf2", []), related=[related(C1, S1, "udp", 40002, 7009, 3)])}
+    df = rp.build_flows(META, flows, {}, dumps, apps=apps)
+    by = {r["flow_id"]: r for r in df.to_dict("records")}
+    a1, a2, a3 = by["a001"], by["a002"], by["a003"]
+    for r in (a1, a2, a3):
+        assert r["origin"] == "planned" and r["role"] == "app"
+    assert (a1["proto"], a1["flow_proto"], a1["client_port"], a1["server_port"]) == \
+        ("tcp", "tcp", 40001, 80)
+    assert a1["packets_by_nf"] == "nf1:13" and not a1["moved"] and a1["completed"]
+    assert a1["bytes"] == 1000 and a1["end_s"] == 2.5 and a1["throughput_bps"] == 16000
+    assert a2["packets_by_nf"] == "nf1:3;nf2:3" and a2["moved"] and a2["related_packets"] == 3
+    assert not a2["completed"] and a2["error"] == "timeout"
+    assert pd.isna(a2["end_s"]) and pd.isna(a2["bytes"]) and pd.isna(a2["throughput_bps"])
+    assert a3["packets_by_nf"] == "nf1:4"               # its exact tuple, not the flow's
+    assert rows(df, "f1")["control"]["client_port"] == 30000
+    obs = df[df["origin"] == "observed"]
+    assert obs[["client_port", "server_port"]].values.tolist() == [[40009, 80]]
+    s = rp.build_summary(df, [], META, dumps, flows, apps=apps).iloc[0]
+    assert (s["flows"], s["apps"], s["connections"], s["observed_unplanned"]) == (1, 3, 5, 1)
+    # f1 (no iperf3 output) and a002 are broken; a002 is the moved one
+    assert (s["broken"], s["moved"], s["moved_flows"], s["unmatched_entries"]) == (2, 1, 1, 0)
+    assert s["completed_pct"] == pytest.approx(50.0)
+    # without the records the same entries are observed connections
+    plain = rp.build_flows(META, flows, {}, dumps)
+    assert (plain["role"] == "app").sum() == 0 and (plain["origin"] == "observed").sum() == 3
+
+
+def test_bad_app_records_are_named():
+    ok = app("a001", C1, 40001, S1, 80)
+    cases = [({k: v for k, v in ok.items() if k != "client_port"},
+              r"app record #0 \('a001'\) lacks client_port"),
+             (dict(ok, client_port=0), r"'a001'\): field 'client_port' must be a port"),
+             (dict(ok, client_port="40001"), "field 'client_port'"),
+             (dict(ok, proto="sctp"), "field 'proto' must be tcp or udp"),
+             (dict(ok, client_ip="c1"), "field 'client_ip' must be an IPv4 address"),
+             (dict(ok, completed="yes"), "field 'completed' must be true or false"),
+             (dict(ok, duration_s=-1), "field 'duration_s'"),
+             (dict(ok, bytes=1.5), "field 'bytes'"),
+             (dict(ok, start_s=None), "field 'start_s'"),
+             (dict(ok, conn_id=""), "field 'conn_id'")]
+    for rec, needle in cases:
+        with pytest.raises(ValueError, match=needle):
+            rp.build_flows(META, [], {}, {}, apps=[rec])
+    with pytest.raises(ValueError, match=r"app record #1 \('a001'\): conn_id 'a001' is also"):
+        rp.build_flows(META, [], {}, {}, apps=[ok, app("a001", C1, 40002, S1, 80)])
+    with pytest.raises(ValueError, match="also the id of a planned flow"):
+        rp.build_flows(META, [planned("a001", C1, 5201)], {}, {}, apps=[ok])
+    with pytest.raises(ValueError, match="same 5-tuple"):
+        rp.build_flows(META, [], {}, {}, apps=[ok, dict(ok, conn_id="a002")])
+    with pytest.raises(ValueError, match="app record #0: expected a mapping"):
+        rp.build_summary(rp.build_flows(META, [], {}, {}), [], META, {}, [], apps=["x"])
+
+
+def test_load_apps_skips_and_counts_bad_lines(tmp_path):
+    path = tmp_path / "apps.jsonl"
+    lines = [json.dumps(app("a001", C1, 40001, S1, 80)), "", "[1, 2]",
+             json.dumps(app("a002", C1, 40002, S1, 80)), '{"app": "curl", "conn_']
+    path.write_text("\n".join(lines) + "\n")
+    records, bad = rp.load_apps(path)
+    assert [r["conn_id"] for r in records] == ["a001", "a002"] and bad == 2
+    assert rp.load_apps(tmp_path / "absent.jsonl") == ([], 0)
+    df = rp.build_flows(META, [], {}, {}, apps=records)
+    assert list(df["flow_id"]) == ["a001", "a002"]
+
+
+def test_completed_na_of_observed_rows_round_trips(tmp_path):
+    flows = [planned("x", C1, 5201)]
+    dumps = observed_dumps()
+    df = rp.build_flows(META, flows, {}, dumps, apps=[app("a001", C1, 40001, S1, 80)])
+    summary = rp.build_summary(df, [], META, dumps, flows)
+    fpath, _ = rp.write_results(tmp_path, df, summary)
+    back = rp.read_flows(fpath)
+    assert back["completed"].dtype == "boolean"
+    assert back["completed"].isna().tolist() == df["completed"].isna().tolist() == \
+        [False, False] + [True] * 4
+    assert back["completed"].tolist()[:2] == [False, True] and back["completed"].tolist() == \
+        df["completed"].tolist()
+    assert back["origin"].tolist() == df["origin"].tolist()
+    assert back["related_packets"].tolist() == df["related_packets"].tolist()
+    assert back["start_s"].dtype == "float64" and back["start_s"].isna().sum() == 4
+    assert back["error"].tolist() == df["error"].tolist()
+    # the summary of the table read back is the same
+    again = rp.build_summary(back, [], META, dumps, flows)
+    pd.testing.assert_frame_equal(again, summary)
+
+
+def test_flows_csv_without_the_new_columns_reads_as_planned(tmp_path, scenario):
+    flows, outputs, dumps, events, _ = scenario
+    df = rp.build_flows(META, flows, outputs, dumps)
+    old = df[df["origin"] == "planned"].drop(columns=["origin", "related_packets"])
+    old = old.assign(completed=old["completed"].astype(bool))
+    old.to_csv(tmp_path / "flows.csv", index=False)
+    back = rp.read_flows(tmp_path / "flows.csv")
+    assert list(back.columns) == rp.FLOW_COLUMNS
+    assert (back["origin"] == "planned").all() and (back["related_packets"] == 0).all()
+    assert back["completed"].tolist() == old["completed"].tolist()
+
+
+def test_unmatched_entries_are_entries_no_row_holds():
+    bad = {"src": C1, "dst": S1, "proto": "tcp", "dport": 80, "packets": 1, "bytes": 60}
+    dumps = {"nf1": dict(dump("nf1", both(C1, S1, "tcp", 40001, 80, 2, 2) + [bad]),
+                         related=[{"src": C1}])}
+    df = rp.build_flows(META, [], {}, dumps)
+    assert len(df) == 1
+    assert rp.build_summary(df, [], META, dumps).iloc[0]["unmatched_entries"] == 2
+    assert rp.match_connections([], dumps)[1] == 4       # 2 of no planned flow + 2 malformed
+    # rows dropped from the table: their entries are no longer accounted for
+    assert rp.build_summary(df.iloc[0:0], [], META, dumps).iloc[0]["unmatched_entries"] == 4
+    assert pd.isna(rp.build_summary(df, [], META).iloc[0]["unmatched_entries"])
