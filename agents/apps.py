@@ -40,13 +40,15 @@ port of 0 picks any port (the record gives the one used):
     Completed: K responses, all 200 and complete, on that one connection. ``bytes`` counts body
     bytes. Extra fields: ``path``, ``requests``, ``responses``, ``statuses``, ``idle``.
 ``udp-client --server IP --port P --cport C --count K --size N --reply-size M --interval I``
-``--timeout T --out FILE``
+``--timeout T [--retries R --retry-after A] --out FILE``
     From local port C, send K datagrams of N bytes (header: magic, session id, sequence number;
     DF never set, so the kernel fragments datagrams larger than the MTU) every I seconds while
     receiving replies; a reply counts if it echoes our session and a sequence number we sent,
     is M bytes long and arrives within T of its datagram. Ends when every reply arrived or T after
-    the last send. Completed: every reply arrived. Extra fields: ``count``, ``size``,
-    ``reply_size``, ``sent``, ``received``, ``late``, ``bad``, ``missing`` (first 20 sequence
+    the last send. A request unanswered after A seconds is resent, up to R times (as a DNS
+    client retries; default no retry). Completed: every reply arrived. Extra fields: ``count``,
+    ``size``, ``retries``, ``resent``,
+    ``reply_size``, ``sent`` (first sends), ``received``, ``late``, ``bad``, ``missing`` (first 20 sequence
     numbers), ``rtt_avg_ms``, ``rtt_max_ms``; ``bytes`` counts the replies' bytes.
 ``udp-probe --server IP --port P --cport C --count K --interval I [--timeout T] --out FILE``
     Connected UDP socket with IP_RECVERR to a port where nothing listens: send K probes every I
@@ -81,6 +83,7 @@ import argparse
 import errno
 import ipaddress
 import json
+import math
 import os
 import random
 import select
@@ -508,12 +511,15 @@ def udp_server(port: int, size: int = 3000, ready: Optional[Callable[[int], None
 
 
 def udp_client(server: str, port: int, cport: int, count: int, size: int, reply_size: int,
-               interval: float, timeout: float, rec: Optional[Dict[str, Any]] = None
-               ) -> Dict[str, Any]:
+               interval: float, timeout: float, rec: Optional[Dict[str, Any]] = None,
+               retries: int = 0, retry_after: float = 1.0) -> Dict[str, Any]:
     rec = rec if rec is not None else base_record("udp-client", "udp", server, port, cport)
     rec.update(count=count, size=size, reply_size=reply_size, sent=0, received=0, late=0,
-               bad=0, missing=[], rtt_avg_ms=None, rtt_max_ms=None)
+               bad=0, missing=[], rtt_avg_ms=None, rtt_max_ms=None, retries=retries,
+               resent=0)
+    tries: Dict[int, int] = {}
     session = random.getrandbits(32)
+    pad = b"q" * (size - UDP_HEADER.size)
     sent_at: Dict[int, float] = {}
     got: Dict[int, float] = {}
     stage = "bind"
@@ -524,14 +530,34 @@ def udp_client(server: str, port: int, cport: int, count: int, size: int, reply_
         _local_addr(sock, server, rec)
         dest = (server, port)
 
+        def resend_due() -> float:
+            """Resend requests unanswered for ``retry_after`` (as DNS clients do); the time
+            of the next resend due."""
+            nxt = math.inf
+            for seq, t in sent_at.items():
+                if seq in got or tries.get(seq, 0) >= retries:
+                    continue
+                due = t + retry_after
+                if due <= time.monotonic():
+                    tries[seq] = tries.get(seq, 0) + 1
+                    sent_at[seq] = time.monotonic()
+                    sock.sendto(UDP_HEADER.pack(UDP_MAGIC, session, seq) + pad, dest)
+                    rec["resent"] += 1
+                    due = sent_at[seq] + retry_after
+                nxt = min(nxt, due)
+            return nxt
+
         def receive_until(until: float) -> None:
             while len(got) < count:
-                wait = until - time.monotonic()
+                nxt = resend_due() if retries else math.inf
+                wait = min(until, nxt) - time.monotonic()
                 if wait <= 0:
-                    return
+                    if time.monotonic() >= until:
+                        return
+                    continue
                 r, _, _ = select.select([sock], [], [], wait)
                 if not r:
-                    return
+                    continue
                 try:
                     data, peer = sock.recvfrom(65536)
                 except (BlockingIOError, InterruptedError):
@@ -558,7 +584,6 @@ def udp_client(server: str, port: int, cport: int, count: int, size: int, reply_
                 rec["bytes"] += len(data)
 
         t0 = time.monotonic()
-        pad = b"q" * (size - UDP_HEADER.size)
         for seq in range(count):
             receive_until(t0 + seq * interval)
             stage = "send"
@@ -566,7 +591,7 @@ def udp_client(server: str, port: int, cport: int, count: int, size: int, reply_
             sock.sendto(UDP_HEADER.pack(UDP_MAGIC, session, seq) + pad, dest)
             rec["sent"] += 1
         stage = "recv"
-        receive_until(time.monotonic() + timeout if count else 0)
+        receive_until(time.monotonic() + timeout + retries * retry_after if count else 0)
         rec["completed"] = len(got) == count
         if not rec["completed"]:
             rec["error"] = f"{count - len(got)} of {count} replies missing"
@@ -1008,6 +1033,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--reply-size", required=True, type=_udp_size)
     c.add_argument("--interval", required=True, type=_nonneg_float)
     c.add_argument("--timeout", required=True, type=_pos_float, help="seconds per reply")
+    c.add_argument("--retries", type=_nonneg_int, default=0,
+                   help="resend a request unanswered after --retry-after, this many times (0)")
+    c.add_argument("--retry-after", type=_pos_float, default=1.0,
+                   help="seconds before an unanswered request is resent (1.0)")
 
     c = client("udp-probe", "UDP to a closed port, count the ICMP port-unreachable errors")
     c.add_argument("--count", required=True, type=_nonneg_int)
@@ -1086,7 +1115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.timeout, r),
         "udp-client": lambda r: udp_client(
             args.server, args.port, args.cport, args.count, args.size, args.reply_size,
-            args.interval, args.timeout, r),
+            args.interval, args.timeout, r, args.retries, args.retry_after),
         "udp-probe": lambda r: udp_probe(
             args.server, args.port, args.cport, args.count, args.interval, args.timeout, r),
     }

@@ -13,7 +13,9 @@ Kinds (the servers every server host runs are started once per run, ``SERVERS``)
   the scenario's events;
 - ``http_keepalive``: several requests on one HTTP/1.1 connection with idle time between;
 - ``halfclose``: the client sends its request and its FIN; the server pauses, then answers;
-- ``udp_large``: UDP requests and replies larger than the MTU (IP fragments both ways);
+- ``udp_large``: UDP requests and replies larger than the MTU (IP fragments both ways); a
+  request unanswered for a second is resent (twice at most), as DNS clients do: a datagram
+  sent to an LB node that just died is lost before the controller notices;
 - ``udp_probe``: UDP probes to a closed port; the server's ICMP port-unreachable errors must
   reach the client.
 """
@@ -62,7 +64,7 @@ DEFAULTS: dict[str, dict] = {
     "http_keepalive": {"requests": 3, "idle_s": 8.0, "timeout_s": 60.0},
     "halfclose": {"pause_s": 4.0, "size": 20000, "timeout_s": 30.0},
     "udp_large": {"count": 15, "size": 4000, "reply_size": 3000, "interval_s": 1.0,
-                  "timeout_s": 3.0},
+                  "timeout_s": 3.0, "retries": 2, "retry_after_s": 1.0},
     "udp_probe": {"count": 10, "interval_s": 1.0},
 }
 LARGE_BYTES = SIZES[LARGE]
@@ -161,7 +163,8 @@ def client_command(app: dict, out: str) -> list[str]:
         return py + ["udp-client", "--server", server, "--port", port, "--count",
                      str(o["count"]), "--size", str(o["size"]), "--reply-size",
                      str(o["reply_size"]), "--interval", str(o["interval_s"]),
-                     "--timeout", str(o["timeout_s"])] + common
+                     "--timeout", str(o["timeout_s"]), "--retries", str(o["retries"]),
+                     "--retry-after", str(o["retry_after_s"])] + common
     return py + ["udp-probe", "--server", server, "--port", port, "--count", str(o["count"]),
                  "--interval", str(o["interval_s"])] + common
 

@@ -608,3 +608,39 @@ def test_curl_refused_is_recorded(tmp_path):
     rec = one_record(out)
     assert rec["exit_code"] == 7 and not rec["completed"] and rec["server_port"] == port
     assert rec["error"].startswith("curl: (7)") and rec["client_ip"] == "127.0.0.1"
+
+
+def test_udp_client_resends_an_unanswered_request():
+    """A server that ignores the first copy of every request: with retries the client gets
+    every reply (and counts the resends); without, none."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    seen, stop_ = set(), threading.Event()
+
+    def serve():
+        while not stop_.is_set():
+            try:
+                data, peer = srv.recvfrom(65536)
+            except socket.timeout:
+                continue
+            head = data[:apps.UDP_HEADER.size]
+            if head in seen:
+                srv.sendto(head + b"r" * (200 - len(head)), peer)
+            seen.add(head)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        port = srv.getsockname()[1]
+        rec = apps.udp_client("127.0.0.1", port, 0, count=3, size=300, reply_size=200,
+                              interval=0.05, timeout=0.5, retries=2, retry_after=0.1)
+        assert rec["completed"] and rec["received"] == 3, rec
+        assert rec["sent"] == 3 and rec["resent"] >= 3
+        rec = apps.udp_client("127.0.0.1", port, 0, count=2, size=300, reply_size=200,
+                              interval=0.05, timeout=0.3)
+        assert not rec["completed"] and rec["received"] == 0 and rec["resent"] == 0
+    finally:
+        stop_.set()
+        t.join()
+        srv.close()
