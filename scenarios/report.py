@@ -21,17 +21,17 @@ Every NF entry goes to one row of flows.csv (:func:`assign_entries`), and a rela
 (in ``packets_by_nf``, ``packets``, ``nf_bytes``, ``related_packets``): an ICMP error that
 reached another NF than its connection's makes the connection ``moved``. In this order:
 
-- an app connection (``origin`` planned, ``role`` app, ``flow_id`` its conn_id, ``proto`` and
-  ``flow_proto`` its proto) takes the entries of its exact 5-tuple, in either direction; its
+- an app connection (``origin`` planned, ``role`` app, ``app`` the record's program, ``flow_id``
+  its conn_id, ``proto`` and ``flow_proto`` its proto) takes the entries of its exact 5-tuple, in either direction; its
   ``end_s`` is start_s + duration_s, ``bytes``, ``completed`` and ``error`` are the record's,
   ``throughput_bps`` is 8 * bytes / duration_s (empty when either is unknown);
-- a planned flow (``origin`` planned) takes those matching (client ip, server ip, server port),
+- a planned flow (``origin`` planned, ``app`` iperf3) takes those matching (client ip, server ip, server port),
   in either direction; the client port tells its connections apart. iperf3 opens a control
   connection (TCP) and data connections (TCP or UDP): the data ones are those whose client port
   is in ``start.connected[].local_port``; a TCP connection not listed there is the control
   connection. Every flow gets one control row and one row per data stream, with empty NF columns
   for a connection no NF saw;
-- every other connection an NF saw is one row of ``origin`` and ``role`` observed
+- every other connection an NF saw is one row of ``origin`` and ``role`` observed (``app`` empty)
   (``flow_id`` o001, o002, ... in the order of their tuples): the NF entries grouped by the
   canonical 5-tuple (both directions one row; ICMP echo, ports 0, one row per pair of hosts).
   Its client is the endpoint with the higher (ephemeral) port, with equal ports the first
@@ -61,7 +61,7 @@ import pandas as pd
 from topo.testbed import name_of_ip
 
 FLOW_COLUMNS = [
-    "scenario", "mode", "run_id", "flow_id", "origin", "role", "proto", "flow_proto",
+    "scenario", "mode", "run_id", "flow_id", "origin", "role", "app", "proto", "flow_proto",
     "client", "server", "client_ip", "server_ip", "client_port", "server_port",
     "start_s", "duration_s", "end_s",
     "nf_first", "nfs_seen", "packets_by_nf", "invalid_by_nf", "packets", "invalid_packets",
@@ -524,7 +524,7 @@ def build_flows(meta: Mapping[str, Any], planned, iperf: Mapping[Any, Any],
                 else (None, None)
             rows.append({
                 **base, "flow_id": fid, "origin": "planned", "role": conn_roles[c],
-                "proto": c[0], "flow_proto": fproto, "client": f["client"],
+                "app": "iperf3", "proto": c[0], "flow_proto": fproto, "client": f["client"],
                 "server": f["server"], "client_ip": f["client_ip"], "server_ip": f["server_ip"],
                 "client_port": c[1], "server_port": int(f["server_port"]),
                 "start_s": start, "duration_s": float(f["duration_s"]), "end_s": end,
@@ -538,7 +538,7 @@ def build_flows(meta: Mapping[str, Any], planned, iperf: Mapping[Any, Any],
         nbytes = None if a["bytes"] is None else float(a["bytes"])
         rows.append({
             **base, "flow_id": a["conn_id"], "origin": "planned", "role": "app",
-            "proto": a["proto"], "flow_proto": a["proto"], "client": a["client"],
+            "app": a["app"], "proto": a["proto"], "flow_proto": a["proto"], "client": a["client"],
             "server": a["server"], "client_ip": a["client_ip"], "server_ip": a["server_ip"],
             "client_port": a["client_port"], "server_port": a["server_port"],
             "start_s": start, "duration_s": dur,
@@ -557,7 +557,7 @@ def build_flows(meta: Mapping[str, Any], planned, iperf: Mapping[Any, Any],
     for n, (_, proto, cip, cport, sip, sport, per_nf) in enumerate(observed, 1):
         rows.append({
             **base, "flow_id": f"o{n:03d}", "origin": "observed", "role": "observed",
-            "proto": proto, "flow_proto": proto, "client": _host_name(cip),
+            "app": "", "proto": proto, "flow_proto": proto, "client": _host_name(cip),
             "server": _host_name(sip), "client_ip": cip, "server_ip": sip,
             "client_port": cport, "server_port": sport,
             "start_s": None, "duration_s": None, "end_s": None,
@@ -725,7 +725,10 @@ def read_flows(path) -> pd.DataFrame:
         df.insert(df.columns.get_loc("role"), "origin", "planned")
     if "related_packets" not in df:
         df.insert(df.columns.get_loc("nf_bytes"), "related_packets", 0)
-    for col in ("origin", "nf_first", "nfs_seen", "packets_by_nf", "invalid_by_nf", "error"):
+    if "app" not in df:
+        df.insert(df.columns.get_loc("role") + 1, "app",
+                  df["role"].map(lambda r: "" if r == "observed" else "iperf3"))
+    for col in ("origin", "app", "nf_first", "nfs_seen", "packets_by_nf", "invalid_by_nf", "error"):
         df[col] = df[col].astype(str)
     df["origin"] = df["origin"].replace("", "planned")
     return df

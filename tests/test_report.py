@@ -468,7 +468,9 @@ def test_app_connections_joined_by_exact_5_tuple():
     assert pd.isna(a2["end_s"]) and pd.isna(a2["bytes"]) and pd.isna(a2["throughput_bps"])
     assert a3["packets_by_nf"] == "nf1:4"               # its exact tuple, not the flow's
     assert rows(df, "f1")["control"]["client_port"] == 30000
+    assert a2["app"] == "udp-probe" and rows(df, "f1")["control"]["app"] == "iperf3"
     obs = df[df["origin"] == "observed"]
+    assert obs["app"].tolist() == [""]
     assert obs[["client_port", "server_port"]].values.tolist() == [[40009, 80]]
     s = rp.build_summary(df, [], META, dumps, flows, apps=apps).iloc[0]
     assert (s["flows"], s["apps"], s["connections"], s["observed_unplanned"]) == (1, 3, 5, 1)
