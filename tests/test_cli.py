@@ -368,10 +368,25 @@ def test_make_cli_session_and_nothing_left_behind(tmp_path):
         out = _command(child, "table")
         assert "usage: table lbN" in out, out
 
+        # any program's connection is in the report: curl to a web server started here
+        out = _command(child, "s1 python3 -m http.server 8088 --bind 10.0.2.1 "
+                              ">/dev/null 2>&1 & echo PID=$!")
+        server_pid = re.search(r"PID=(\d+)", out).group(1)
+        out = _poll_command(child, "c1 curl -s -o /dev/null -w 'code=%{http_code}\\n' "
+                                   "--local-port 41234 http://10.0.2.1:8088/", r"code=200", 20)
+        assert "code=200" in out, out
+        _command(child, f"s1 kill {server_pid}")
+
         out = _command(child, "report", 60)
         assert "3 flows still running" in out and "wrote" in out, out
         flows = pd.read_csv(run_dir / "flows.csv", keep_default_na=False)
-        assert sorted(set(flows["flow_id"])) == ["x001", "x002", "x003"]
+        planned = flows[flows["origin"] == "planned"]
+        assert sorted(set(planned["flow_id"])) == ["x001", "x002", "x003"]
+        web = flows[(flows["client_port"].astype(str) == "41234")
+                    & (flows["server_port"].astype(str) == "8088")]
+        assert len(web) == 1, flows[["flow_id", "origin", "client_port", "server_port"]]
+        assert web.iloc[0]["origin"] == "observed" and web.iloc[0]["client"] == "c1"
+        assert web.iloc[0]["nfs_seen"] != "" and web.iloc[0]["moved"] in (False, "False")
         # once the flows ended (20 s), the report holds their iperf3 results
         deadline = time.monotonic() + 40
         while "still running" in out and time.monotonic() < deadline:
