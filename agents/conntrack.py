@@ -168,6 +168,8 @@ class Conn:
         c = cls(ESTABLISHED, now)         # picked up in the middle unless it starts here
         if flags & (_SYN | _ACK | _RST | _FIN) == _SYN:
             c.state = SYN_SENT
+        elif flags & (_SYN | _ACK | _RST | _FIN) == _SYN | _ACK:
+            c.state = SYN_RECV            # the SYN went through another node
         else:
             c.tcp(flags, low)
         return c

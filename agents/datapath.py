@@ -359,6 +359,8 @@ class Datapath:
                 self.counts["forgotten"] += 1
                 if node is not None:
                     node.forget(key)
+                else:
+                    self.picker.forget(key)     # local mode: the table's entry is the answer
                 continue
             self.counts["deletes"] += 1
             if node is not None:

@@ -64,7 +64,10 @@ def _data_rows(flows: pd.DataFrame) -> pd.DataFrame:
 def test_scale_out_chain_moves_nothing_and_uses_the_new_nf():
     run_dir, flows, summary, params = _run("scale-out", "chain")
     planned = {f["flow_id"] for f in params["flows"]}
-    assert set(flows["flow_id"]) == planned, "flows.csv must hold every started flow"
+    assert set(flows[flows["origin"] == "planned"]["flow_id"]) == planned, \
+        "flows.csv must hold every started flow"
+    assert set(flows[flows["origin"] == "observed"]["proto"]) <= {"icmp"}, \
+        "beyond the flows, only the testbed's reachability pings"
     data = _data_rows(flows)
     assert len(data) == len(planned)
     assert not flows["moved"].astype(str).eq("True").any(), flows[["flow_id", "packets_by_nf"]]
