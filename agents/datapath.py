@@ -53,7 +53,6 @@ FRAG_TIMEOUT = 30.0         # seconds a datagram's fragments are mapped / held (
 MAX_FRAG_DATAGRAMS = 4096   # datagrams whose later fragments wait for their first
 MAX_FRAGS_HELD = 64         # fragments held per datagram
 _PORTS = struct.Struct("!HH")
-_MF_OFFSET = 0x3FFF         # IPv4 flags/fragment offset: More Fragments and the offset
 _FAILED = "failed"
 
 
@@ -104,15 +103,20 @@ class Datapath:
 
     # ------------------------------------------------------------------ packets
 
-    def packet(self, buf: bytes, now: float, _first_fragment: bool = False) -> list:
+    def packet(self, buf: bytes, now: float) -> list:
         """An IPv4 frame the gateway steered here."""
+        out = self.forward(buf, now)
+        return [out] if type(out) is bytes else out
+
+    def forward(self, buf: bytes, now: float, _first_fragment: bool = False) -> bytes | list:
+        """``packet`` for the data path's loop: the common case, one frame to an NF, comes as
+        that frame alone (no list to build per packet)."""
         l4 = 14 + ((buf[14] & 0x0F) << 2)
         proto = buf[23]
         if not _first_fragment:
             self.counts["rx"] += 1
-            frag = ((buf[20] << 8) | buf[21]) & _MF_OFFSET
-            if frag:
-                return self._fragment(buf, now, proto, l4, frag)
+            if buf[20] & 0x3F or buf[21]:             # More Fragments, or an offset
+                return self._fragment(buf, now, proto, l4)
         if proto == 6:
             if len(buf) < l4 + 14:
                 self.counts["malformed"] += 1
@@ -154,7 +158,7 @@ class Datapath:
             if hit is not None and c.nf is hit[1]:
                 mac = self.nf_mac.get(c.nf)
                 if mac is not None:
-                    return [mac + self.mac + buf[12:]]
+                    return mac + self.mac + buf[12:]
         return self._route(key, c, buf, now)
 
     def _related(self, key: bytes, buf: bytes, now: float) -> list:
@@ -233,10 +237,10 @@ class Datapath:
         return flow_key_raw(buf[inner + 12:inner + 16], buf[inner + 16:inner + 20], proto,
                             sport, dport)
 
-    def _fragment(self, buf: bytes, now: float, proto: int, l4: int, frag: int) -> list:
+    def _fragment(self, buf: bytes, now: float, proto: int, l4: int) -> list:
         self.counts["fragments"] += 1
         datagram = buf[26:34] + buf[18:20] + buf[23:24]      # addresses, IP ID, protocol
-        if frag & 0x1FFF:                                    # a later fragment: no ports
+        if buf[20] & 0x1F or buf[21]:                        # a later fragment: no ports
             known = self.frags.get(datagram)
             if known is not None:
                 return self._related(known[0], buf, now)
@@ -253,7 +257,9 @@ class Datapath:
             self.counts["frag_held"] += 1
             return []
         # the first fragment: the ports (or the ICMP error's inner header) are in it
-        out = self.packet(buf, now, True)
+        out = self.forward(buf, now, True)
+        if type(out) is bytes:
+            out = [out]
         key = self._key_of(buf, proto, l4)
         if key is None:
             return out

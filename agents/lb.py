@@ -117,24 +117,39 @@ class Agent:
     # ------------------------------------------------------------------ frames
 
     def drain(self, sock: socket.socket, now: float) -> int:
-        """Handle the frames ``sock`` holds (at most 512, so timers still run); how many."""
-        recv, handle = sock.recv, self.handle_frame
-        for n in range(512):
-            try:
-                handle(recv(65535), now)
-            except BlockingIOError:
-                return n
-        return 512
+        """Handle the frames ``sock`` holds (at most 512, so timers still run); how many.
 
-    def handle_frame(self, buf: bytes, now: float) -> None:
-        etype = buf[12:14]
-        if etype == IPV4:
-            out = self.dp.packet(buf, now)
-            if len(out) == 1 and type(out[0]) is bytes:      # the common case: one frame
-                self.tx(out[0])
-            elif out:
-                self.apply(out)
-        elif etype == CHAIN:
+        The data path's common case (an IPv4 packet in, one frame out) is inlined here."""
+        recv, forward, send, control = sock.recv, self.dp.forward, self.sock.send, self.control
+        sent = errors = 0
+        n = 0
+        try:
+            while n < 512:
+                try:
+                    buf = recv(65535)
+                except BlockingIOError:
+                    break
+                n += 1
+                if buf[12:14] != IPV4:
+                    control(buf, now)
+                    continue
+                out = forward(buf, now)
+                if type(out) is bytes:
+                    try:
+                        send(out)
+                        sent += 1
+                    except OSError:
+                        errors += 1
+                elif out:
+                    self.apply(out)
+        finally:
+            self.counts["forwarded"] += sent
+            self.counts["tx_errors"] += errors
+        return n
+
+    def control(self, buf: bytes, now: float) -> None:
+        """A frame that is not IPv4: the chain protocol (chain frames, views)."""
+        if buf[12:14] == CHAIN:
             self.counts["chain_rx"] += 1
             try:
                 msg = wire.decode(buf[14:], self.secret)
