@@ -156,6 +156,8 @@ def test_maglev_reused_five_tuple_is_a_new_decision(ending):
     key = flow_key(C1, S1, 6, 40500, 80)
     out = dp.packet(tcp(C1, S1, 40500, 80, SYN), 0.0)
     assert len(decided(out)) == 1
+    dp.packet(tcp(S1, C1, 80, 40500, SYN | ACK, 1), 0.1)
+    dp.packet(tcp(C1, S1, 40500, 80, ACK, 2), 0.2)
     for i, (a, b, flags) in enumerate(ending):
         pa, pb = (40500, 80) if a == C1 else (80, 40500)
         assert decided(dp.packet(tcp(a, b, pa, pb, flags, 10 + i), 1.0)) == []
