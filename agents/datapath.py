@@ -315,6 +315,10 @@ class Datapath:
             self.node = ChainNode(self.name, chain_view)
             return self._engine(self.node.tick(now))
         out = self._engine(self.node.set_view(chain_view, now))
+        if self.node.removed and self.buffered:
+            # out of the view: the engine dropped its pending lookups, nothing will answer
+            self.counts["dropped_not_member"] += sum(map(len, self.buffered.values()))
+            self.buffered.clear()
         for nf in newly_failed:
             out += self._engine(self.node.purge_nf(nf, now))
         return out

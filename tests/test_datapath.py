@@ -706,3 +706,18 @@ def test_maglev_interleavings_keep_each_connection_on_one_nf(spec):
     assert c["rx"] == n_in
     assert c["malformed"] == c["dropped_no_nf"] == c["frag_dropped"] == 0
     assert n_out == n_in - held - c["frag_expired"]
+
+
+def test_chain_node_removed_from_the_view_drops_what_it_buffers():
+    """Lookups pending when a node leaves the view are never answered: their packets are
+    counted and dropped, not held forever, and new ones are not buffered."""
+    cl = Cluster()
+    dp = cl.dps["lb3"]
+    sport, key = _chain_key(cl, 47000, lambda k: "lb3" not in cl.dps["lb1"].node.view.chain(k))
+    dp.packet(tcp(C1, S1, sport, 80, SYN), cl.now)          # its frames are not delivered
+    assert dp.buffered
+    cl.queue.clear()
+    dp.view(view(cl.epoch + 1, ("nf1", "nf2"), "chain", ("lb1", "lb2"), 2), cl.now)
+    assert not dp.buffered and dp.counts["dropped_not_member"] == 1
+    assert dp.packet(tcp(C1, S1, sport + 1, 80, SYN), cl.now) == []
+    assert not dp.buffered and dp.counts["dropped_not_member"] == 2
