@@ -16,9 +16,12 @@ Lookup: a head asker writes its proposal if the key is absent (first writer wins
 the head, then forwards the packet (``Forward``): a new key costs L-1 hops, and the packet
 leaves before the head hears the answer (``Decision.released``). Any other asker sends
 ``Query`` to the tail, carrying the packet, and in parallel ``InsertReq`` with its proposal to
-the head, which writes as above or answers the asker a committed entry it holds: L hops. The
-tail answers a committed entry itself, and sends its own ``InsertReq`` only when the asker's
-could not be the one it needs (the asker had not heard of a deletion the tail holds). The
+the head, which writes as above: L hops. Only the tail answers an asker (the node its packet
+rode to knows whether it sent it); it answers a committed entry itself, and sends its own
+``InsertReq`` only when the asker's could not be the one it needs (the asker had not heard
+of a deletion the tail holds). A head holding a deletion newer than an insert request's base
+tells the requester (``Gone`` to an asker; the tombstone itself to the tail, which may have
+expired its copy while the head's waited for its ack). The
 tail's ``Ack`` goes back up with the committed value. Deletes go through the head the same way
 and leave a versioned tombstone, so that a stale insert cannot revive a deleted entry; on
 commit the tail tells every node (``Gone``) to drop cached answers.
@@ -27,6 +30,20 @@ Links are reliable FIFO channels built here: per-link sequence numbers, cumulati
 (carried by every frame; a link with nothing to send acks on the next ``tick``),
 retransmission on ``tick`` (bounded bursts, doubling timeout while no ack progresses),
 duplicate suppression and reordering buffers.
+
+Contracts (checked by tests/test_chain_unit.py's regressions and the explorer):
+
+- a first packet is sent once: forwarded by the tail it rode to (the asker's decision then
+  says ``released``) or by its asker, not both, while that tail stays a member (if the tail
+  leaves before answering, the asker sends it: at least once then);
+- no committed entry names an NF that a view marked failed once every node has that view:
+  ``purge_nf`` deletes what the node heads, the head refuses to insert a purged NF (the
+  asker's agent proposes again through ``lookup``), and a tail deletes an insert of it that
+  commits after its purge;
+- caches are coherent with the table once the network is quiet: an answer of a version the
+  node knows deleted (``Gone``) is neither decided nor cached;
+- a key is never stuck behind a tombstone: committed tombstones expire after
+  ``tombstone_ttl``; an uncommitted one is handed to a tail that asks with an older base.
 
 Reconfiguration (a new ``View``): every node pushes (``Sync``) the entries it holds to
 the members of each key's new chain that may lack them (uncommitted ones to all), re-sends
@@ -217,6 +234,7 @@ class ChainNode:
         self._gone_order: deque[tuple[float, bytes, int]] = deque()
         self._out: list[Action] = []
         self._started = False
+        self.failed: set[str] = set()                     # NFs purged: never inserted again
 
     @property
     def removed(self) -> bool:
@@ -236,7 +254,10 @@ class ChainNode:
         hit = self.cache.get(key)
         if hit is not None:
             return [Decision(key, hit[1])]
-        if key not in self._pending and not self.removed:
+        p = self._pending.get(key)
+        if p is not None and p.nf in self.failed and proposed_nf not in self.failed:
+            p.nf = proposed_nf                # its NF failed meanwhile: the retry proposes anew
+        if p is None and not self.removed:
             rider = packet if len(packet) <= MAX_RIDER else b""
             self._pending[key] = _Pending(proposed_nf, now, rider)
             self._query(key, now)
@@ -394,8 +415,14 @@ class ChainNode:
         self.cache.pop(key, None)
 
     def purge_nf(self, nf: str, now: float) -> list[Action]:
-        """Delete every entry naming ``nf`` (a failed NF) among the keys this node heads."""
+        """``nf`` failed: delete every entry naming it among the keys this node heads, and
+        never insert it again (a pending lookup proposing it is proposed anew by ``lookup``;
+        a tail deletes an insert of it that commits after this)."""
         self._start(now)
+        self.failed.add(nf)
+        for ins in self._inserting.values():
+            if ins.nf == nf:
+                ins.base = -1                 # resent with a waiter's new proposal, see _on_query
         if not self.removed:
             for key in [k for k, r in self.store.items()
                         if r.nf == nf and self.view.chain(k)[0] == self.id]:
@@ -578,7 +605,10 @@ class ChainNode:
         waiting = self._waiters.setdefault(q.key, {})
         if q.packet or src not in waiting:          # a retry does not drop the packet
             waiting[src] = q.packet
-        if q.key not in self._inserting:
+        ins = self._inserting.get(q.key)
+        if ins is not None and ins.nf in self.failed and q.nf not in self.failed:
+            ins.nf = q.nf                           # a retry's new proposal replaces a dead one
+        if ins is None:
             # an asker other than this node sent the head InsertReq(key, nf, q.seen) along
             # with its query: when that request is the one this tail would send, it counts
             # as sent (the retry timer covers its loss)
@@ -628,16 +658,21 @@ class ChainNode:
         cur = rec.ver if rec else 0
         live = rec is not None and bool(rec.nf)
         if isinstance(req, InsertReq):
+            if req.nf in self.failed:
+                return False          # a stale proposal: its asker proposes again (``lookup``)
             if not live and req.base >= cur:
                 self._apply(req.key, max(cur, req.base) + 1, req.nf, now)
                 self._propagate(req.key, chain, now, packet)
                 return True
-            elif live and rec.committed and src != self.id:
-                if src == chain[-1]:
-                    # the tail lacks a committed entry: hand it the committed value
-                    self._send(src, Write(req.key, rec.ver, rec.nf), now)
-                else:
-                    self._send(src, Answer(req.key, rec.ver, rec.nf), now)   # an asker
+            if src == self.id or src != chain[-1]:
+                # an asker: the tail answers its query (only the node its packet rode to may
+                # answer it, or the packet would be sent twice), or it learns of a deletion
+                if not live and req.base < cur and src != self.id:
+                    self._send(src, Gone(req.key, cur), now)
+            elif rec.committed if live else req.base < cur:
+                # the tail lacks the committed entry, or a deletion (a tombstone it expired
+                # while this one waited for its ack): hand it this node's version
+                self._send(src, Write(req.key, rec.ver, rec.nf), now)
         elif live and req.ver in (0, cur):
             self._apply(req.key, cur + 1, "", now)
             self.stats["deletes"] += 1
@@ -675,7 +710,13 @@ class ChainNode:
         """Tail: the key's current version is committed."""
         rec = self.store[key]
         rec.cver = max(rec.cver, rec.ver)
-        if rec.nf:
+        if rec.nf in self.failed:
+            # an insert of an NF that failed while it was in flight: delete it; the waiters
+            # are answered by the entry their retried lookups insert
+            self._ack_up(key, rec.ver, rec.nf, now)
+            if key not in self._deleting:
+                self._request_delete(key, rec.ver, now)
+        elif rec.nf:
             self._answer_waiters(key, rec, now)     # first: the waiting packets are on hold
             self._ack_up(key, rec.ver, rec.nf, now)
         else:
@@ -713,8 +754,9 @@ class ChainNode:
                 self._send(chain[i - 1], Ack(key, ver, nf), now)
 
     def _on_answer(self, a: Answer) -> None:
-        if self._pending.pop(a.key, None) is None:
-            return
+        if a.ver <= self._gone.get(a.key, 0) or a.key not in self._pending:
+            return                    # a version this node knows deleted: the lookup goes on
+        del self._pending[a.key]
         self.cache[a.key] = (a.ver, a.nf)
         self.stats["decisions"] += 1
         self._out.append(Decision(a.key, a.nf, a.released))

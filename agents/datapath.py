@@ -321,6 +321,12 @@ class Datapath:
             self.buffered.clear()
         for nf in newly_failed:
             out += self._engine(self.node.purge_nf(nf, now))
+        if newly_failed:
+            # lookups pending with a proposal of a failed NF propose again (see ChainNode.lookup)
+            for key in list(self.buffered):
+                proposal = self.picker.propose(key)
+                if proposal is not None:
+                    out += self._engine(self.node.lookup(key, proposal, now))
         return out
 
     def _engine(self, actions) -> list:

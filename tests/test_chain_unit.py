@@ -503,22 +503,34 @@ def test_tail_answers_a_committed_entry_without_a_new_write():
     assert net.nodes[h].cache[k][1] == "nf1"
 
 
-def test_head_answers_an_asker_the_committed_entry_it_holds():
-    net, view = three()
-    k = KEYS[1]
-    h, m, t = view.chain(k)
-    net.lookup(t, k, "nf1")
+def test_a_first_packet_is_sent_once_when_two_askers_race():
+    """Issue class 1 (L=2): the outside asker's query, with its packet, reaches the tail before
+    the head's write commits; the tail forwards that packet on commit. The head, which then
+    holds the committed entry, must not answer the asker too (a not-released answer makes the
+    asker send its packet a second time): only the tail answers it."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view)
+    net.start()
+    k = find_key(lambda k: view.chain(k) == ("a", "b"))
+    net.lookup("a", k, "nf1", b"pa")                       # the head writes, its packet rides
+    net.lookup("c", k, "nf2", b"pc")                       # InsertReq -> a, Query(pc) -> b
+    (query,) = net.take(lambda s, d, f: s == "c" and isinstance(f.body, Query))
+    (ins,) = net.take(lambda s, d, f: s == "c" and isinstance(f.body, InsertReq))
+    net.receive(*query)                                    # a waiter at the tail, with pc
+    (write,) = net.take(lambda s, d, f: s == "a" and isinstance(f.body, Write))
+    net.receive(*write)                                    # commit: pa and pc forwarded
+    to_c = net.take(lambda s, d, f: s == "b" and d == "c")  # the tail's answer is slow
+    net.run()                                              # the head learns the commit
+    net.receive(*ins)                                      # then c's insert request
     net.run()
-    net.flush()                         # the head learns that version 1 is committed
-    mark = len(net.sent)
-    net.lookup(m, k, "nf2")
-    (ins,) = net.take(lambda s, d, f: isinstance(f.body, InsertReq))
-    out = net.receive(*ins)
-    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(m, Answer(k, 1, "nf1"))]
-    net.run()                           # the tail's answer comes too, and changes nothing
-    assert net.decided(m) == [(m, k, "nf1")]
-    assert net.data(mark, Write) == []
-    assert len(net.data(mark, Answer)) == 2
+    for frame in to_c:
+        net.receive(*frame)
+    net.settle(1.0)
+    (decision,) = [d for n, d, _ in net.decisions if n == "c"]
+    forwarded = [f.packet for _, f in net.forwards]
+    assert sorted(forwarded) == [b"pa", b"pc"]
+    assert decision.nf == "nf1" and decision.released, "only the tail answered c"
+    assert forwarded.count(b"pc") + (not decision.released) == 1
 
 
 @pytest.mark.parametrize("first", [0, 1])
@@ -805,9 +817,10 @@ def test_stale_insert_request_does_not_revive_a_deleted_entry():
     h, m, t = view.chain(k)
     stale = next_frame(net, t, h, InsertReq(k, "nf9", 0))
     out = net.receive(t, h, stale)
-    assert any(s.dst == t and s.msg.ack == stale.seq for s in sends(net.tick(h))), \
-        "frame was applied"
-    assert not [s for s in data_sends(out) if isinstance(s.msg.body, Write)]
+    writes = [s.msg.body for s in data_sends(out) if isinstance(s.msg.body, Write)]
+    # the head hands the requester the deletion it missed (the tombstone), nothing else
+    assert writes == [Write(k, 2, "")]
+    assert all(s.msg.ack == stale.seq for s in data_sends(out)), "frame was applied"
     net.run()
     assert net.data(body=Write)[-1][2].body.nf == "", "no Write after the delete's tombstone"
     for name in view.members:
@@ -1163,3 +1176,88 @@ def test_retransmissions_back_off_and_come_in_bounded_bursts():
     for gap, timeout in zip(gaps, [0.4, 0.8, MAX_RTO, MAX_RTO]):   # doubling, capped
         assert timeout <= gap <= timeout + 0.1, gaps
     assert max(gaps) <= MAX_RTO + 0.1
+
+
+# ==================================================== the adversary's classes (regressions)
+
+@pytest.mark.parametrize("where", ["insert request held", "write held"])
+def test_an_insert_of_an_nf_that_failed_meanwhile_is_not_kept(where):
+    """Issue class 2 (L=3): a lookup proposes f0; before its insert commits, a view marks f0
+    failed and every node purges it. The head refuses the stale proposal, or the tail deletes
+    the entry it committed after its purge; no decision names f0, none stays in the table,
+    and the lookup is decided with the proposal its agent makes again."""
+    net, view = three()
+    k = KEYS[40]
+    h, m, t = view.chain(k)
+    net.lookup(m, k, "f0")
+    if where == "insert request held":
+        held = net.take(lambda s, d, f: isinstance(f.body, InsertReq))
+    else:
+        net.run(stop=lambda s, d, f: isinstance(f.body, Write) and d == t)
+        held = net.take(lambda s, d, f: isinstance(f.body, Write) and d == t)
+    assert held
+    for name in view.members:
+        net.purge(name, "f0")
+    net.lookup(m, k, "nf1")                  # the agent proposes again (Datapath.view)
+    for frame in held:
+        net.receive(*frame)
+    net.settle(4.0)
+    assert [nf for _, _, nf in net.decided()] == ["nf1"]
+    for name in view.members:
+        assert "f0" not in net.nodes[name].replica().values(), name
+        assert net.nodes[name].replica() == {k: "nf1"}, name
+
+
+def test_a_stale_answer_after_a_delete_is_not_cached():
+    """Issue class 3 (L=2): c asks for k (its InsertReq reaches the head a, which holds k ->
+    nf1), a deletes k, the tail's Gone reaches c, and c's retried lookup inserts nf2. An
+    answer of the deleted version must not be what c decides or caches."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view)
+    net.start()
+    k = find_key(lambda k: view.chain(k) == ("a", "b"))
+    net.lookup("a", k, "nf1")
+    net.run()
+    net.flush()
+    net.lookup("c", k, "nf2")
+    net.take(lambda s, d, f: s == "c" and isinstance(f.body, Query))     # lost (resent later)
+    (ins,) = net.take(lambda s, d, f: s == "c" and isinstance(f.body, InsertReq))
+    net.receive(*ins)
+    stale = net.take(lambda s, d, f: s == "a" and d == "c")              # held back
+    net.delete("a", k)
+    while not any(s == "c" and isinstance(f.body, InsertReq) for s, d, f in net.flight):
+        net.receive(*net.flight.pop(0))                                   # until c re-asks
+    for frame in stale:
+        net.receive(*frame)
+    net.settle(3.0)
+    assert [nf for n, _, nf in net.decided() if n == "c"] == ["nf2"]
+    assert net.nodes["c"].cache[k] == (3, "nf2")
+    assert net.nodes["b"].replica() == {k: "nf2"}
+
+
+def test_an_uncommitted_tombstone_past_its_ttl_does_not_stick_the_key():
+    """Issue 16, item 3: the acks of a delete are held back longer than the tombstone TTL;
+    the other nodes expire their committed tombstones, the head's stays uncommitted. A new
+    lookup's insert (base 0) must not be ignored for good: the head hands the tail its
+    tombstone, and the key is inserted anew."""
+    view = View(1, ("a", "b", "c"), 3)
+    net = Net(view, tombstone_ttl=2.0)
+    net.start()
+    k = KEYS[41]
+    h, m, t = view.chain(k)
+    net.lookup(m, k, "nf1")
+    net.run()
+    net.flush()
+    net.delete(m, k)
+    for _ in range(40):                      # 4 s: every ack to the head is lost
+        net.now = round(net.now + 0.1, 6)
+        for name in view.members:
+            net.tick(name)
+        net.run(drop=lambda s, d, f: d == h and isinstance(f.body, Ack))
+    assert net.nodes[t].version(k) == 0 and net.nodes[m].version(k) == 0, "expired there"
+    assert net.nodes[h].version(k) == 2
+    net.lookup(t, k, "nf2")
+    net.settle(5.0)
+    assert [nf for n, _, nf in net.decided() if n == t] == ["nf2"]
+    for name in view.members:
+        assert net.nodes[name].replica() == {k: "nf2"}, name
