@@ -249,14 +249,20 @@ class ChainNode:
 
         ``packet`` (the IPv4 packet, optional) may ride to the tail with the head's write
         or the query, and the tail forwards it on commit; the decision then says ``released``.
+        An empty ``proposed_nf`` asks without inserting (a packet related to a connection,
+        such as an ICMP error, must not create one): ``Decision(key, '')`` if there is none.
         """
         self._start(now)
         hit = self.cache.get(key)
         if hit is not None:
             return [Decision(key, hit[1])]
         p = self._pending.get(key)
-        if p is not None and p.nf in self.failed and proposed_nf not in self.failed:
-            p.nf = proposed_nf                # its NF failed meanwhile: the retry proposes anew
+        if p is not None and proposed_nf and (not p.nf or p.nf in self.failed) \
+                and proposed_nf not in self.failed:
+            # a query-only lookup becomes an insert, or its NF failed meanwhile: propose anew
+            p.nf = proposed_nf
+            if not self.removed:
+                self._query(key, now)
         if p is None and not self.removed:
             rider = packet if len(packet) <= MAX_RIDER else b""
             self._pending[key] = _Pending(proposed_nf, now, rider)
@@ -602,6 +608,9 @@ class ChainNode:
             # entry; tell it, and a still-pending asker asks again right away
             self._send(src, Gone(q.key, rec.ver), now)
             return
+        if not q.nf:                                  # asked only: there is no entry
+            self._send(src, Answer(q.key, rec.ver if rec else 0, ""), now)
+            return
         waiting = self._waiters.setdefault(q.key, {})
         if q.packet or src not in waiting:          # a retry does not drop the packet
             waiting[src] = q.packet
@@ -754,9 +763,12 @@ class ChainNode:
                 self._send(chain[i - 1], Ack(key, ver, nf), now)
 
     def _on_answer(self, a: Answer) -> None:
-        if a.ver <= self._gone.get(a.key, 0) or a.key not in self._pending:
+        if a.key not in self._pending or (a.nf and a.ver <= self._gone.get(a.key, 0)):
             return                    # a version this node knows deleted: the lookup goes on
         del self._pending[a.key]
+        if not a.nf:                  # a query-only lookup: no entry (nothing cached)
+            self._out.append(Decision(a.key, ""))
+            return
         self.cache[a.key] = (a.ver, a.nf)
         self.stats["decisions"] += 1
         self._out.append(Decision(a.key, a.nf, a.released))
@@ -779,6 +791,9 @@ class ChainNode:
         p.sent = now
         seen = self._gone.get(key, 0)
         chain = self.view.chain(key)
+        if not p.nf:                          # ask only: no insert, no packet riding
+            self._send(chain[-1], Query(key, "", seen), now)
+            return
         # the first packet rides once (a retry leaves it with the asker), to the tail
         packet = b""
         if chain[-1] != self.id:

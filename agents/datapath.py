@@ -25,9 +25,11 @@ What belongs to a connection, as the NF's conntrack sees it:
   reassembly waits) and sent after it. What is held too long or beyond the limits is
   counted (``frag_expired``, ``frag_dropped``), never silently lost.
 
-Packets related to a connection (ICMP errors, later fragments) may reach a node that never
-saw the connection itself: it tracks the key as ``RELATED`` (the longest timeout) and, when
-that expires, drops only its cached answer: it cannot know that the connection ended. A node
+Packets related to a connection (ICMP errors) may reach a node that never saw the
+connection itself: it asks the chain without inserting (an ICMP error about a connection the
+table does not hold is dropped, ``dropped_no_entry``, as the NF would find it invalid),
+tracks the key as ``RELATED`` (the longest timeout) and, when that expires, drops only its
+cached answer: it cannot know that the connection ended. A node
 whose lookup finds no answer because another node deleted the entry proposes the NF the
 connection's packets went to before (if that NF is still usable), so a connection that is
 alive here is not moved by a delete elsewhere.
@@ -97,7 +99,7 @@ class Datapath:
         self.frags: dict[bytes, tuple[bytes, float]] = {}            # datagram -> (key, time)
         self.frag_held: dict[bytes, tuple[float, list[bytes]]] = {}  # datagram -> later frags
         self.counts = {"rx": 0, "buffered": 0, "dropped_no_nf": 0, "dropped_buffer_full": 0,
-                       "dropped_not_member": 0, "malformed": 0, "deletes": 0, "forgotten": 0,
+                       "dropped_not_member": 0, "dropped_no_entry": 0, "malformed": 0, "deletes": 0, "forgotten": 0,
                        "decisions": 0, "icmp_errors": 0, "fragments": 0, "frag_held": 0,
                        "frag_expired": 0, "frag_dropped": 0}
 
@@ -111,7 +113,13 @@ class Datapath:
     def forward(self, buf: bytes, now: float, _first_fragment: bool = False) -> bytes | list:
         """``packet`` for the data path's loop: the common case, one frame to an NF, comes as
         that frame alone (no list to build per packet)."""
+        if len(buf) < 34:
+            self.counts["malformed"] += 1             # no whole IPv4 header
+            return []
         l4 = 14 + ((buf[14] & 0x0F) << 2)
+        if l4 < 34 or len(buf) < l4:
+            self.counts["malformed"] += 1
+            return []
         proto = buf[23]
         if not _first_fragment:
             self.counts["rx"] += 1
@@ -212,8 +220,12 @@ class Datapath:
             self.counts["dropped_not_member"] += 1      # no lookup can start: not a member
             return []
         # the NF this connection's packets went to, while it is usable: a delete of the entry
-        # by another node (whose copy of the connection went idle) must not move it
-        proposal = c.nf if c.nf in self.nf_mac else self.picker.propose(key)
+        # by another node (whose copy of the connection went idle) must not move it; a packet
+        # only related to a connection (an ICMP error) asks without inserting ('')
+        if c.state == RELATED:
+            proposal = ""
+        else:
+            proposal = c.nf if c.nf in self.nf_mac else self.picker.propose(key)
         if proposal is None:
             self.counts["dropped_no_nf"] += 1
             return []
@@ -336,6 +348,11 @@ class Datapath:
             kind = type(a)
             if kind is Send:
                 rest.append(a)
+            elif kind is Decision and not a.nf:         # asked only, and there is no entry
+                self.counts["dropped_no_entry"] += len(self.buffered.pop(a.key, ()))
+                c = self.conns.get(a.key)
+                if c is not None and c.state == RELATED:
+                    del self.conns[a.key]          # nothing to keep for it here
             elif kind is Decision:
                 self.counts["decisions"] += 1
                 held = self.buffered.pop(a.key, ())

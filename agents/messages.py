@@ -16,7 +16,8 @@ from typing import Union
 
 @dataclass(frozen=True)
 class Query:
-    """Asker -> tail: which NF serves ``key``? ``nf`` is the asker's proposal.
+    """Asker -> tail: which NF serves ``key``? ``nf`` is the asker's proposal ('': ask only,
+    insert nothing; the tail answers ``nf`` '' if there is no entry).
 
     ``seen`` is the newest deletion of ``key`` the asker has heard of (a ``Gone``
     version): a query older than the key's tombstone is stale and must not revive it.

@@ -721,3 +721,39 @@ def test_chain_node_removed_from_the_view_drops_what_it_buffers():
     assert not dp.buffered and dp.counts["dropped_not_member"] == 1
     assert dp.packet(tcp(C1, S1, sport + 1, 80, SYN), cl.now) == []
     assert not dp.buffered and dp.counts["dropped_not_member"] == 2
+
+
+def test_chain_icmp_error_about_no_connection_inserts_nothing():
+    """An ICMP error about a connection the table does not hold asks the chain without
+    inserting: it is dropped (as the NF would drop it), no entry is created anywhere, and the
+    node keeps no state for it; a real packet of the key afterwards is decided normally."""
+    cl = Cluster()
+    sport = 48000
+    key = flow_key(C1, S1, 17, sport, 9)
+    err = icmp_error(S1, C1, C1, S1, 17, sport, 9)
+    cl.packet("lb3", err)
+    cl.settle()
+    dp = cl.dps["lb3"]
+    assert cl.frames_of([err]) == [] and dp.counts["dropped_no_entry"] == 1
+    assert key not in dp.conns and not dp.buffered
+    assert all(key not in d.node.store for d in cl.dps.values()), "nothing inserted"
+    pkt = udp(C1, S1, sport, 9)
+    cl.packet("lb3", pkt)
+    cl.settle()
+    assert len(cl.frames_of([pkt])) == 1
+    tail = cl.dps["lb1"].node.view.chain(key)[-1]
+    assert cl.dps[tail].node.replica().get(key) == nf_of(cl.frames_of([pkt])[0][1])
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x02" * 12 + b"\x08\x00",                                   # no IPv4 header at all
+    b"\x02" * 12 + b"\x08\x00" + b"\x45" + b"\x00" * 5,           # a truncated header
+    b"\x02" * 12 + b"\x08\x00" + b"\x40" + b"\x00" * 25,          # IHL 0
+    b"\x02" * 12 + b"\x08\x00" + b"\x4f" + b"\x00" * 25,          # IHL 15, 20 bytes there
+    b"\x02" * 12 + b"\x08\x00" + b"\x45\x00\x00\x14\x00\x01\x20\x00\x40\x11" + b"\x00" * 10,
+])
+@pytest.mark.parametrize("mode", ["chain", "maglev"])
+def test_malformed_frames_are_counted_not_fatal(frame, mode):
+    dp = datapath(mode) if mode != "chain" else Cluster().dps["lb1"]
+    assert dp.packet(frame, 1.0) == [] or dp.counts["malformed"] == 0
+    assert dp.counts["malformed"] + dp.counts["frag_held"] >= 1
