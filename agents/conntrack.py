@@ -29,13 +29,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping
 
-__all__ = ["CtTimeouts", "Conn", "STATES", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
+__all__ = ["CtTimeouts", "Conn", "STATES", "ICMP_ERRORS", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
            "CLOSING", "CLOSE", "OTHER", "RELATED", "LB_MARGIN", "parse_timeouts"]
 
 SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING, CLOSE, OTHER, RELATED = range(8)
 STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSING", "CLOSE", "OTHER",
           "RELATED")
 LB_MARGIN = 1.0      # seconds an LB node keeps an entry beyond the NF's timeout
+# ICMP errors: they quote the header of the packet they are about, and belong to its connection
+ICMP_ERRORS = {3: "destination-unreachable", 4: "source-quench", 5: "redirect",
+               11: "time-exceeded", 12: "parameter-problem"}
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _SYSCTL = "net.netfilter.nf_conntrack_"

@@ -41,15 +41,15 @@ from dataclasses import dataclass
 
 from agents import wire
 from agents.chain import ChainNode, Decision, Forward, Send, View
-from agents.conntrack import CLOSE, CLOSING, ESTABLISHED, OTHER, RELATED, STATES, Conn, CtTimeouts
+from agents.conntrack import (CLOSE, CLOSING, ESTABLISHED, ICMP_ERRORS, OTHER, RELATED, STATES,
+                              Conn, CtTimeouts)
 from agents.keys import flow_key_raw, key_str
 from agents.messages import Frame, ViewMsg
 from agents.modes import Picker
 
-__all__ = ["Datapath", "Decided", "steering_slots", "IPV4", "ICMP_ERRORS"]
+__all__ = ["Datapath", "Decided", "steering_slots", "IPV4"]
 
 IPV4 = b"\x08\x00"
-ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
 MAX_BUFFERED = 256          # packets held per key while its lookup is pending
 FRAG_TIMEOUT = 30.0         # seconds a datagram's fragments are mapped / held (ipfrag_time)
 MAX_FRAG_DATAGRAMS = 4096   # datagrams whose later fragments wait for their first

@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from agents.conntrack import CtTimeouts, parse_timeouts
+from agents.conntrack import ICMP_ERRORS, CtTimeouts, parse_timeouts
 
 TABLE = "chainlb_nf"
 FAMILY = "inet"
@@ -76,10 +76,7 @@ _FLOW_TYPE = "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service"
 _KEY_PORTS = "ip saddr . ip daddr . meta l4proto . th sport . th dport"
 _KEY_NOPORTS = "ip saddr . ip daddr . meta l4proto . 0 . 0"
 
-# ICMP errors (types 3, 4, 5, 11, 12): they carry the header of the packet they are about
-ICMP_ERROR_TYPES = ("destination-unreachable", "source-quench", "redirect", "time-exceeded",
-                    "parameter-problem")
-_ICMP_ERRORS = "{ " + ", ".join(ICMP_ERROR_TYPES) + " }"
+_ICMP_ERRORS = "{ " + ", ".join(ICMP_ERRORS.values()) + " }"
 # The header of the packet an ICMP error is about (inner IP header at @th,64, IHL 5 assumed):
 # saddr @th,160,32, daddr @th,192,32, protocol @th,136,8, ports @th,224,16 and @th,240,16.
 # nft 1.0.6 accepts raw payload only in sets declared by ``typeof`` the same raw expressions

@@ -106,13 +106,14 @@ class Apps:
                          "turning off the ICMP rate limit")
             run = self.dir / s
             run.mkdir(exist_ok=True)
-            for name, cmd in workloads.server_commands(str(www), str(run)).items():
+            for name, cmd in workloads.server_commands(str(www), str(run), self.planned).items():
                 self.tb._spawn(f"app-{s}-{name}", cmd, host=host)
-        ports = (workloads.HTTP_PORT, workloads.HALFCLOSE_PORT)
         for s in servers:
             wait_for(f"the application servers on {s}",
-                     lambda: all(f":{p} " in self.tb.net[s].cmd(f"ss -Hltn sport = :{p}")
-                                 for p in ports), 15)
+                     lambda: all(f":{p} " in self.tb.net[s].cmd(f"ss -Hln {kind} sport = :{p}")
+                                 for kind, p in (("-t", workloads.HTTP_PORT),
+                                                 ("-t", workloads.HALFCLOSE_PORT),
+                                                 ("-u", workloads.UDP_PORT))), 15)
 
     def start(self, app: dict) -> None:
         self.clients[app["conn_id"]] = self.tb._spawn(

@@ -34,7 +34,8 @@ HTTP_PORT = 80
 HALFCLOSE_PORT = 7000
 UDP_PORT = 7001
 CLOSED_PORT = 7009          # nothing listens there
-FIRST_CLIENT_PORT = 40001   # apart from iperf3's client ports (20001..)
+FIRST_CLIENT_PORT = 30001   # apart from iperf3's client ports (20001..), below the
+                            # kernel's ephemeral range (32768..), which other programs draw from
 SMALL, LARGE = "small.bin", "large.bin"
 SIZES = NGINX_FILES
 
@@ -68,8 +69,6 @@ DEFAULTS: dict[str, dict] = {
     "udp_probe": {"count": 10, "interval_s": 1.0},
 }
 LARGE_BYTES = SIZES[LARGE]
-HALFCLOSE_REPLY = DEFAULTS["halfclose"]["size"]
-UDP_REPLY = DEFAULTS["udp_large"]["reply_size"]
 
 
 def scaled(batch: AppBatch, factor: float) -> AppBatch:
@@ -128,16 +127,27 @@ def _server_port(kind: str) -> int:
             "udp_probe": CLOSED_PORT}.get(kind, HTTP_PORT)
 
 
-def server_commands(www: str, run_dir: str) -> dict[str, list[str]]:
+def server_options(planned: list[dict]) -> dict[str, dict]:
+    """The options the shared servers take from the run's plan (its first batch of each
+    kind: one half-close server and one UDP server per host serve every client)."""
+    first = {}
+    for app in planned:
+        first.setdefault(app["kind"], app["options"])
+    return {kind: first.get(kind, DEFAULTS[kind]) for kind in ("halfclose", "udp_large")}
+
+
+def server_commands(www: str, run_dir: str, planned: list[dict]) -> dict[str, list[str]]:
     """The servers every server host runs: name -> command (``www``: the served files)."""
     py = [sys.executable, "-m", "agents.apps"]
+    opts = server_options(planned)
     return {
         "nginx": py + ["nginx", "--root", www, "--port", str(HTTP_PORT), "--run-dir", run_dir,
                        "--no-files"],
         "halfclose": py + ["halfclose-server", "--port", str(HALFCLOSE_PORT),
-                           "--pause", str(DEFAULTS["halfclose"]["pause_s"]),
-                           "--size", str(HALFCLOSE_REPLY)],
-        "udp": py + ["udp-server", "--port", str(UDP_PORT), "--size", str(UDP_REPLY)],
+                           "--pause", str(opts["halfclose"]["pause_s"]),
+                           "--size", str(opts["halfclose"]["size"])],
+        "udp": py + ["udp-server", "--port", str(UDP_PORT),
+                     "--size", str(opts["udp_large"]["reply_size"])],
     }
 
 
@@ -145,6 +155,7 @@ def client_command(app: dict, out: str) -> list[str]:
     """The command a client host runs for planned app connection ``app``."""
     o, py = app["options"], [sys.executable, "-m", "agents.apps"]
     common = ["--cport", str(app["client_port"]), "--out", out]
+    served = server_options([app])
     kind, server, port = app["kind"], app["server_ip"], str(app["server_port"])
     if kind == "http_short":
         return py + ["curl", "--url", f"http://{server}:{port}/{SMALL}", "--expect",
@@ -158,7 +169,7 @@ def client_command(app: dict, out: str) -> list[str]:
                      "--timeout", str(o["timeout_s"])] + common
     if kind == "halfclose":
         return py + ["halfclose-client", "--server", server, "--port", port, "--expect",
-                     str(HALFCLOSE_REPLY), "--timeout", str(o["timeout_s"])] + common
+                     str(served["halfclose"]["size"]), "--timeout", str(o["timeout_s"])] + common
     if kind == "udp_large":
         return py + ["udp-client", "--server", server, "--port", port, "--count",
                      str(o["count"]), "--size", str(o["size"]), "--reply-size",

@@ -67,3 +67,17 @@ def test_real_traffic_scenario_needs_its_spares_and_scales():
     half = s.scaled(0.5)
     assert half.traffic_s < s.traffic_s
     assert [a.start_s for a in half.apps] == [a.start_s * 0.5 for a in s.apps]
+
+
+def test_servers_take_the_options_of_the_plan():
+    planned = workloads.plan_apps(
+        (workloads.scaled(AppBatch("halfclose", 1, 0.0, options={"pause_s": 3.0, "size": 500}),
+                          0.5),
+         AppBatch("udp_large", 1, 0.0, options={"reply_size": 2500})), CLIENTS, SERVERS, 1)
+    cmds = workloads.server_commands("/www", "/run", planned)
+    half, udp = cmds["halfclose"], cmds["udp"]
+    assert half[half.index("--pause") + 1] == "1.5" and half[half.index("--size") + 1] == "500"
+    assert udp[udp.index("--size") + 1] == "2500"
+    client = workloads.client_command(next(a for a in planned if a["kind"] == "halfclose"), "o")
+    assert client[client.index("--expect") + 1] == "500"
+    assert all(a["client_port"] < 32768 for a in planned), "below the ephemeral ports"
