@@ -385,7 +385,7 @@ def test_invariants_hold_for_any_sequence(seq):
 
 
 def test_agents_rank_lb_nodes_by_the_gateways_slots(pol):
-    """What an agent makes of the view (agents.lb.steering_slots) is the gateway's list."""
+    """What an agent makes of the view (agents.datapath.steering_slots) is the gateway's list."""
     from agents.datapath import steering_slots
     up_all(pol, 0.0)
     pol.remove_lb("lb2", now=1.0)
