@@ -50,11 +50,14 @@ port of 0 picks any port (the record gives the one used):
     ``size``, ``retries``, ``resent``,
     ``reply_size``, ``sent`` (first sends), ``received``, ``late``, ``bad``, ``missing`` (first 20 sequence
     numbers), ``rtt_avg_ms``, ``rtt_max_ms``; ``bytes`` counts the replies' bytes.
-``udp-probe --server IP --port P --cport C --count K --interval I [--timeout T] --out FILE``
+``udp-probe --server IP --port P --cport C --count K --interval I [--timeout T]``
+``[--retries R --retry-after A] --out FILE``
     Connected UDP socket with IP_RECVERR to a port where nothing listens: send K probes every I
     seconds, read the ICMP errors from the error queue (MSG_ERRQUEUE) until every probe has its
-    error or T (default 2.0) after the last probe. Completed: errors == probes. Extra fields:
-    ``count``, ``sent``, ``errors`` (ICMP port unreachable), ``other_errors`` (any other entry
+    error or T (default 2.0) after the last probe; probes whose error did not come within A
+    seconds are sent again, up to R times (as traceroute sends several probes). Completed:
+    every probe's error came. Extra fields: ``count``, ``sent``, ``retries``, ``resent``,
+    ``errors`` (probes answered by an ICMP port unreachable), ``other_errors`` (any other entry
     of the error queue), ``error_from`` (the ICMP senders' addresses). The kernel rate-limits
     the ICMP errors a host sends on non-loopback devices (``net.ipv4.icmp_ratelimit``, 1000 ms
     per peer with a burst of 6): set it to 0 in the server's netns, or probe once a second.
@@ -627,7 +630,7 @@ def drain_errqueue(sock: socket.socket) -> List[Dict[str, Any]]:
     errors = []
     while True:
         try:
-            _, anc, _, _ = sock.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            data, anc, _, _ = sock.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return errors
         except OSError as exc:
@@ -636,13 +639,16 @@ def drain_errqueue(sock: socket.socket) -> List[Dict[str, Any]]:
             raise
         for level, ctype, cdata in anc:
             if level == socket.IPPROTO_IP and ctype == IP_RECVERR and len(cdata) >= _EE.size:
-                errors.append(parse_errqueue_cmsg(cdata))
+                errors.append(dict(parse_errqueue_cmsg(cdata), payload=data))
 
 
 def udp_probe(server: str, port: int, cport: int, count: int, interval: float,
-              timeout: float = 2.0, rec: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              timeout: float = 2.0, rec: Optional[Dict[str, Any]] = None,
+              retries: int = 0, retry_after: float = 1.0) -> Dict[str, Any]:
     rec = rec if rec is not None else base_record("udp-probe", "udp", server, port, cport)
-    rec.update(count=count, sent=0, errors=0, other_errors=0, error_from=[])
+    rec.update(count=count, sent=0, errors=0, other_errors=0, error_from=[], retries=retries,
+               resent=0)
+    answered: set = set()          # probes (by number) whose port-unreachable error came
     stage = "bind"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     poller = select.poll()
@@ -651,7 +657,10 @@ def udp_probe(server: str, port: int, cport: int, count: int, interval: float,
         for e in errs:
             if (e["origin"] == SO_EE_ORIGIN_ICMP and e["type"] == ICMP_DEST_UNREACH
                     and e["code"] == ICMP_PORT_UNREACH):
-                rec["errors"] += 1
+                head, _, number = e["payload"].partition(b" ")
+                if head == b"chainlb-probe" and number.isdigit():
+                    answered.add(int(number))
+                rec["errors"] = len(answered)
             else:
                 rec["other_errors"] += 1
             if e["offender"] and e["offender"] not in rec["error_from"]:
@@ -665,6 +674,16 @@ def udp_probe(server: str, port: int, cport: int, count: int, interval: float,
                 return
             poller.poll(max(1, int(wait * 1000)))
 
+    def send(i: int) -> None:
+        payload = b"chainlb-probe %d" % i
+        try:
+            sock.send(payload)
+        except ConnectionRefusedError:
+            # a pending ICMP error is reported by send (and that datagram is not sent):
+            # it is still in the error queue; read it, then send again
+            take(drain_errqueue(sock))
+            sock.send(payload)
+
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         sock.bind(("", cport))
@@ -676,15 +695,18 @@ def udp_probe(server: str, port: int, cport: int, count: int, interval: float,
         for i in range(count):
             wait_errors(t0 + i * interval)
             stage = "send"
-            payload = b"chainlb-probe %d" % i
-            try:
-                sock.send(payload)
-            except ConnectionRefusedError:
-                # a pending ICMP error is reported by send (and that datagram is not sent):
-                # it is still in the error queue; read it, then send again
-                take(drain_errqueue(sock))
-                sock.send(payload)
+            send(i)
             rec["sent"] += 1
+        for _ in range(retries):          # probes whose error never came are sent again
+            stage = "recv"
+            wait_errors(time.monotonic() + retry_after)
+            missing = [i for i in range(count) if i not in answered]
+            if not missing:
+                break
+            stage = "send"
+            for i in missing:
+                send(i)
+                rec["resent"] += 1
         stage = "recv"
         wait_errors(time.monotonic() + timeout if count else 0)
         rec["completed"] = rec["errors"] == rec["sent"] == count
@@ -1043,6 +1065,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--interval", required=True, type=_nonneg_float)
     c.add_argument("--timeout", type=_pos_float, default=2.0,
                    help="seconds to wait for errors after the last probe (2.0)")
+    c.add_argument("--retries", type=_nonneg_int, default=0,
+                   help="send a probe whose error did not come again, this many times (0)")
+    c.add_argument("--retry-after", type=_pos_float, default=1.0,
+                   help="seconds to wait for the errors before probes are sent again (1.0)")
 
     c = client("curl", "one curl download", server=False)
     c.add_argument("--url", required=True, type=_url)
@@ -1117,7 +1143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.server, args.port, args.cport, args.count, args.size, args.reply_size,
             args.interval, args.timeout, r, args.retries, args.retry_after),
         "udp-probe": lambda r: udp_probe(
-            args.server, args.port, args.cport, args.count, args.interval, args.timeout, r),
+            args.server, args.port, args.cport, args.count, args.interval, args.timeout, r,
+            args.retries, args.retry_after),
     }
     return run_client(rec, bodies[cmd], args.out)
 

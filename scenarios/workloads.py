@@ -17,7 +17,7 @@ Kinds (the servers every server host runs are started once per run, ``SERVERS``)
   request unanswered for a second is resent (twice at most), as DNS clients do: a datagram
   sent to an LB node that just died is lost before the controller notices;
 - ``udp_probe``: UDP probes to a closed port; the server's ICMP port-unreachable errors must
-  reach the client.
+  reach the client (a probe whose error does not come is sent again, twice at most).
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ DEFAULTS: dict[str, dict] = {
     "halfclose": {"pause_s": 4.0, "size": 20000, "timeout_s": 30.0},
     "udp_large": {"count": 15, "size": 4000, "reply_size": 3000, "interval_s": 1.0,
                   "timeout_s": 3.0, "retries": 2, "retry_after_s": 1.0},
-    "udp_probe": {"count": 10, "interval_s": 1.0},
+    "udp_probe": {"count": 10, "interval_s": 1.0, "retries": 2, "retry_after_s": 1.0},
 }
 LARGE_BYTES = SIZES[LARGE]
 
@@ -177,7 +177,8 @@ def client_command(app: dict, out: str) -> list[str]:
                      "--timeout", str(o["timeout_s"]), "--retries", str(o["retries"]),
                      "--retry-after", str(o["retry_after_s"])] + common
     return py + ["udp-probe", "--server", server, "--port", port, "--count", str(o["count"]),
-                 "--interval", str(o["interval_s"])] + common
+                 "--interval", str(o["interval_s"]), "--retries", str(o["retries"]),
+                 "--retry-after", str(o["retry_after_s"])] + common
 
 
 def outcomes(planned: list[dict], records: list[dict]) -> list[dict]:

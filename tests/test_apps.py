@@ -644,3 +644,36 @@ def test_udp_client_resends_an_unanswered_request():
         stop_.set()
         t.join()
         srv.close()
+
+
+def test_udp_probe_sends_a_probe_again_when_its_error_does_not_come():
+    """The first probe reaches a listening socket (no ICMP error); the port then closes: only
+    a resent probe 0 gets its error, and the record counts it."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    out = {}
+    t = threading.Thread(target=lambda: out.update(apps.udp_probe(
+        "127.0.0.1", port, 0, count=3, interval=0.3, timeout=0.5, retries=2,
+        retry_after=0.3)))
+    t.start()
+    try:
+        assert listener.recv(100) == b"chainlb-probe 0"
+    finally:
+        listener.close()
+    t.join(10)
+    assert out["completed"] and out["errors"] == 3 and out["resent"] >= 1, out
+    no_retry = {}
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", port))
+    t = threading.Thread(target=lambda: no_retry.update(apps.udp_probe(
+        "127.0.0.1", port, 0, count=2, interval=0.3, timeout=0.5)))
+    t.start()
+    try:
+        listener.settimeout(5)
+        listener.recv(100)
+    finally:
+        listener.close()
+    t.join(10)
+    assert not no_retry["completed"] and no_retry["errors"] == 1 and no_retry["resent"] == 0

@@ -359,9 +359,17 @@ def build_net(params: TestbedParams = TestbedParams()):
     params.validate()
     _, _, RemoteController, TCULink = _mininet()
     from mininet.net import Mininet
+
+    class Controller(RemoteController):
+        """The os-ken controller, known to listen (the testbed waits for its REST API first).
+        Mininet's own check runs telnet against the OpenFlow port and decodes what comes
+        back (the controller's binary HELLO) as UTF-8, which fails now and then."""
+        def checkListening(self):
+            pass
+
     net = Mininet(topo=TestbedTopo(params), controller=None, link=TCULink, autoSetMacs=False,
                   autoStaticArp=False, build=False, ipBase=f"10.0.0.0/{PREFIX_LEN}")
-    net.addController("c0", controller=RemoteController, ip=CONTROLLER_IP, port=CONTROLLER_PORT)
+    net.addController("c0", controller=Controller, ip=CONTROLLER_IP, port=CONTROLLER_PORT)
     net.build()
     net.testbed_params = params
     planned = planned_hosts(params)
