@@ -336,8 +336,9 @@ class Datapath:
         if newly_failed:
             # lookups pending with a proposal of a failed NF propose again (see ChainNode.lookup)
             for key in list(self.buffered):
+                c = self.conns.get(key)
                 proposal = self.picker.propose(key)
-                if proposal is not None:
+                if proposal is not None and (c is None or c.state != RELATED):
                     out += self._engine(self.node.lookup(key, proposal, now))
         return out
 
