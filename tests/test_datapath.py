@@ -757,3 +757,26 @@ def test_malformed_frames_are_counted_not_fatal(frame, mode):
     dp = datapath(mode) if mode != "chain" else Cluster().dps["lb1"]
     assert dp.packet(frame, 1.0) == [] or dp.counts["malformed"] == 0
     assert dp.counts["malformed"] + dp.counts["frag_held"] >= 1
+
+
+def test_chain_lookup_pending_when_its_proposed_nf_fails_is_decided_for_a_live_nf():
+    """Issue class 2 at the agent: a lookup proposing nf1 is in flight when a view marks nf1
+    failed; the agent proposes again, and the connection goes to a live NF."""
+    cl = Cluster(nfs=("nf1", "nf2"))
+    dp = cl.dps["lb3"]
+    sport = next(p for p in range(49000, 50000)
+                 if dp.picker.propose(flow_key(C1, S1, 6, p, 80)) == "nf1"
+                 and "lb3" not in dp.node.view.chain(flow_key(C1, S1, 6, p, 80)))
+    syn = tcp(C1, S1, sport, 80, SYN)
+    cl.packet("lb3", syn)
+    held = list(cl.queue)
+    cl.queue.clear()                                  # its insert is on its way
+    cl.epoch += 1
+    v = view(cl.epoch, [("nf1", "failed"), "nf2"], "chain", cl.names, cl.chain_len)
+    for n, d in cl.dps.items():
+        cl.feed(n, d.view(v, cl.now))
+    cl.queue.extendleft(reversed(held))
+    cl.settle()
+    (frame,) = [f for _, f in cl.frames_of([syn])]
+    assert nf_of(frame) == "nf2"
+    assert all("nf1" not in d.node.replica().values() for d in cl.dps.values())
