@@ -187,6 +187,7 @@ class _Pending:
     nf: str
     sent: float
     packet: bytes = b""     # rides with the first query, then stays with the asker
+    released: bool = False  # a tail sent the packet (its answer was of a deleted version)
 
 
 @dataclass
@@ -395,6 +396,11 @@ class ChainNode:
                 self._send(dst, Sync(tuple(entries[i:i + SYNC_BATCH])), now)
         for key in self._pending:
             self._query(key, now)
+        for key, waiting in list(self._waiters.items()):
+            for asker in [a for a in waiting if a not in view.members]:
+                del waiting[asker]            # it left: nobody waits for its answer
+            if not waiting and key not in self._inserting:
+                del self._waiters[key]
         for key in [k for k in self._waiters if view.chain(k)[-1] != self.id]:
             del self._waiters[key]
             self._inserting.pop(key, None)
@@ -598,7 +604,7 @@ class ChainNode:
             self._deferred.append((src, epoch, q))
             return
         rec = self.store.get(q.key)
-        if rec is not None and rec.nf:
+        if rec is not None and rec.nf and rec.nf not in self.failed:
             if not rec.committed:
                 self._commit(q.key, now)
             self._send(src, Answer(q.key, rec.ver, rec.nf), now)
@@ -645,6 +651,12 @@ class ChainNode:
             self._send(self.view.chain(key)[0], InsertReq(key, ins.nf, base), now)
 
     def _answer_waiters(self, key: bytes, rec: _Rec, now: float) -> None:
+        if rec.nf in self.failed:
+            # an entry of a purged NF: deleted, not answered (the waiters' retried lookups,
+            # proposed anew, insert the entry they get)
+            if key not in self._deleting:
+                self._request_delete(key, rec.ver, now)
+            return
         self._inserting.pop(key, None)
         for asker, packet in sorted(self._waiters.pop(key, {}).items()):
             # the answer leaves first: the connection's next packets (the reply to this one)
@@ -678,10 +690,13 @@ class ChainNode:
                 # answer it, or the packet would be sent twice), or it learns of a deletion
                 if not live and req.base < cur and src != self.id:
                     self._send(src, Gone(req.key, cur), now)
-            elif rec.committed if live else req.base < cur:
-                # the tail lacks the committed entry, or a deletion (a tombstone it expired
-                # while this one waited for its ack): hand it this node's version
+            elif live and rec.committed:
+                # the tail lacks the committed entry: hand it the committed value
                 self._send(src, Write(req.key, rec.ver, rec.nf), now)
+            elif not live and req.base < cur:
+                # the tail expired a deletion (a tombstone) while this one waited for its
+                # ack: send it down the chain again, in order
+                self._propagate(req.key, chain, now)
         elif live and req.ver in (0, cur):
             self._apply(req.key, cur + 1, "", now)
             self.stats["deletes"] += 1
@@ -711,7 +726,8 @@ class ChainNode:
                 self._waiters.setdefault(w.key, {})[chain[0]] = w.packet
             if self.synced:
                 self._commit(w.key, now)
-        elif newer:
+        elif newer or (rec.ver == w.ver and rec.committed and not rec.nf):
+            # (a head sending a tombstone down again: a successor expired its copy)
             self._send(chain[chain.index(self.id) + 1],
                        Write(w.key, rec.ver, rec.nf, w.packet), now)
 
@@ -720,11 +736,9 @@ class ChainNode:
         rec = self.store[key]
         rec.cver = max(rec.cver, rec.ver)
         if rec.nf in self.failed:
-            # an insert of an NF that failed while it was in flight: delete it; the waiters
-            # are answered by the entry their retried lookups insert
+            # an insert of an NF that failed while it was in flight: deleted, not answered
             self._ack_up(key, rec.ver, rec.nf, now)
-            if key not in self._deleting:
-                self._request_delete(key, rec.ver, now)
+            self._answer_waiters(key, rec, now)
         elif rec.nf:
             self._answer_waiters(key, rec, now)     # first: the waiting packets are on hold
             self._ack_up(key, rec.ver, rec.nf, now)
@@ -763,15 +777,21 @@ class ChainNode:
                 self._send(chain[i - 1], Ack(key, ver, nf), now)
 
     def _on_answer(self, a: Answer) -> None:
-        if a.key not in self._pending or (a.nf and a.ver <= self._gone.get(a.key, 0)):
-            return                    # a version this node knows deleted: the lookup goes on
+        p = self._pending.get(a.key)
+        if p is None:
+            return
+        if a.nf and a.ver <= self._gone.get(a.key, 0):
+            # a version this node knows deleted: the lookup goes on, but a packet the tail
+            # sent with it is not sent again
+            p.released = p.released or a.released
+            return
         del self._pending[a.key]
         if not a.nf:                  # a query-only lookup: no entry (nothing cached)
             self._out.append(Decision(a.key, ""))
             return
         self.cache[a.key] = (a.ver, a.nf)
         self.stats["decisions"] += 1
-        self._out.append(Decision(a.key, a.nf, a.released))
+        self._out.append(Decision(a.key, a.nf, a.released or p.released))
 
     def _on_gone(self, g: Gone, now: float) -> None:
         if g.ver > self._gone.get(g.key, 0):
