@@ -399,8 +399,9 @@ class ChainNode:
         for key, waiting in list(self._waiters.items()):
             for asker in [a for a in waiting if a not in view.members]:
                 del waiting[asker]            # it left: nobody waits for its answer
-            if not waiting and key not in self._inserting:
+            if not waiting:
                 del self._waiters[key]
+                self._inserting.pop(key, None)
         for key in [k for k in self._waiters if view.chain(k)[-1] != self.id]:
             del self._waiters[key]
             self._inserting.pop(key, None)
@@ -780,9 +781,10 @@ class ChainNode:
         p = self._pending.get(a.key)
         if p is None:
             return
-        if a.nf and a.ver <= self._gone.get(a.key, 0):
-            # a version this node knows deleted: the lookup goes on, but a packet the tail
-            # sent with it is not sent again
+        if a.nf and (a.ver <= self._gone.get(a.key, 0) or a.nf in self.failed):
+            # a version this node knows deleted, or an NF it purged: the lookup goes on (its
+            # retry finds the entry that replaces it), but a packet the tail sent with it is
+            # not sent again
             p.released = p.released or a.released
             return
         del self._pending[a.key]
