@@ -781,7 +781,7 @@ class ChainNode:
         p = self._pending.get(a.key)
         if p is None:
             return
-        if a.nf and (a.ver <= self._gone.get(a.key, 0) or a.nf in self.failed):
+        if a.nf and (a.ver < self._gone.get(a.key, 0) or a.nf in self.failed):
             # a version this node knows deleted, or an NF it purged: the lookup goes on (its
             # retry finds the entry that replaces it), but a packet the tail sent with it is
             # not sent again
