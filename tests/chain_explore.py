@@ -72,6 +72,10 @@ Checked after every step (``World.check_step``):
   *that* lookup: its rider must have been Forwarded before (the tail forwards in the same step
   as it answers), to an NF not failed. At the end, every decided lookup's rider was sent
   exactly once.
+- ``split``: a decision with ``released=True`` names the NF its rider was forwarded to (else
+  the connection's first packet went to one NF and the rest to another, which drops them:
+  ``nf_conntrack_tcp_loose=0``), unless that NF has failed since (the packet is lost with it,
+  as any packet in flight to a failing NF).
 - ``agreement``: every decision (``Decision``, and ``Forward``, which sends to an NF) has a
   version: the decision's answer's (read from ``node.cache`` after the step; a cache hit has
   the cached version) or the forwarding tail's record. (a) Two decisions of one key and version
@@ -141,8 +145,9 @@ a choice no longer enabled is skipped), keeping the same oracle violated; ``repl
 runs a trace (strictly, or ``lenient``), and ``format_trace`` prints it in the engine's terms,
 each choice with what the node did (who sends what to whom). ``compact`` writes a choice as
 text (``"deliver n1->n2 Write"``: the oldest Write in flight from n1 to n2, ``"lookup 0"``,
-``"view n3 2"``, ``"event 0"``, ``"tick 1.0"``, ...) that ``replay`` reads back, so a trace
-survives changes of sequence numbers. ``python tests/chain_explore.py [configs] --seconds S``
+``"view n3 2"``, ``"event 0"``, ``"tick 1.0"``, ...; ``compact_trace`` adds ``seqN`` to a
+frame that is not the oldest of its kind on its link) that ``replay`` reads back, so a trace
+survives most changes of sequence numbers. ``python tests/chain_explore.py [configs] --seconds S``
 runs the explorer from the shell (``--stress``, ``--engine MUTANT`` or ``git:REV``).
 
 Engines: ``World(cfg, engine=...)`` takes any ``ChainNode``-compatible class; ``mutant(name)``
@@ -326,6 +331,7 @@ class World:
         self.fwd_by: dict[bytes, str] = {}               # rider -> the tail that forwarded it
         self.lost: dict[bytes, str] = {}                 # rider -> who sent it to a failed NF
         self.fwd_epoch: dict[bytes, int] = {}            # rider -> newest view when forwarded
+        self.fwd_nf: dict[bytes, str] = {}               # rider -> the NF it was forwarded to
         self.scanned: dict[tuple, int] = {}              # link -> newest seq scanned
         self.rider_of = {rider(n, self.keys[k], i): i for i, (n, k, _) in enumerate(cfg.lookups)}
         self.decided: dict[tuple[bytes, int], str] = {}  # (key, ver) -> nf decided
@@ -441,6 +447,12 @@ class World:
                             f"{' (released)' if d.released else ''}, which every live member "
                             f"knows failed")
         if d.released:
+            sent_to = self.fwd_nf.get(pkt)
+            if (self.sends[pkt] >= 1 and sent_to is not None and sent_to != d.nf
+                    and sent_to not in self.latest()[1]):   # (lost with a failed NF: fine)
+                raise Violation("split", f"{name}'s lookup {i} of {self.kname(d.key)} decided "
+                                f"{d.nf} released, but its packet {self.fmt_pkt(pkt)} went to "
+                                f"{sent_to} (forwarded by {self.fwd_by.get(pkt)})")
             if self.sends[pkt] < 1:
                 why = (f"{self.lost[pkt]} forwarded it to a failed NF" if pkt in self.lost
                        else "no tail forwarded it")
@@ -479,6 +491,7 @@ class World:
         self.sends[f.packet] += 1
         prev = self.fwd_by.get(f.packet)
         self.fwd_by[f.packet] = name
+        self.fwd_nf.setdefault(f.packet, f.nf)
         self.fwd_epoch.setdefault(f.packet, len(self.views))
         if self.sends[f.packet] > 1:
             i = self.rider_of.get(f.packet)
@@ -695,7 +708,8 @@ class World:
                 return self.drops > 0
             if kind == "dup":
                 return self.dups > 0
-            return True
+            first = next(f for f in self.flight if f[:2] == item[:2])
+            return first == item or self.delays > 0
         return ch in self.choices()
 
     # ------------------------------------------------------------------ steps
@@ -975,6 +989,7 @@ class World:
             tuple(self.lk_state), tuple(self.del_done),
             frozenset(self.outstanding.items()),
             frozenset((k, v) for k, v in self.sends.items() if v), frozenset(self.lost),
+            frozenset(self.fwd_nf.items()),
             frozenset(self.decided.items()), frozenset(self.committed.items()),
             frozenset((k, frozenset(v)) for k, v in self.tombs.items()),
             frozenset(self.ctombs.items()), frozenset(self.floor.items()),
@@ -1100,8 +1115,8 @@ class Found:
     minimized: list | None = None
 
     def compact(self) -> list[str]:
-        return [compact(c) for c in (self.minimized if self.minimized is not None
-                                     else self.trace)]
+        return compact_trace(self.cfg, self.minimized if self.minimized is not None
+                             else self.trace, self.engine)
 
     def text(self) -> str:
         tr = self.minimized if self.minimized is not None else self.trace
@@ -1119,6 +1134,29 @@ def compact(ch: Choice) -> str:
     return " ".join(map(str, ch))
 
 
+def compact_trace(cfg: Config, trace: list, engine=chain_mod.ChainNode) -> list[str]:
+    """``compact`` texts of a trace's choices; a frame that is not the oldest of its kind on
+    its link in flight gets its sequence number too (``deliver n3->n2 Query seq3``)."""
+    w = World(cfg, engine)
+    out = []
+    for ch in trace:
+        if isinstance(ch, str):
+            text, ch = ch, resolve(w, ch)
+        else:
+            text = compact(ch)
+            if ch[0] in ("deliver", "drop", "dup"):
+                kind = type(ch[3].body)
+                first = next(f for f in w.flight if f[:2] == ch[1:3] and type(f[2].body) is kind)
+                if first != ch[1:]:
+                    text += f" seq{ch[3].seq}"
+        out.append(text)
+        try:
+            w.step(ch)
+        except Violation:
+            break
+    return out
+
+
 def resolve(w: World, text: str) -> Choice | None:
     """The choice a ``compact`` text names in world ``w`` (None: not enabled there)."""
     parts = text.split()
@@ -1126,9 +1164,10 @@ def resolve(w: World, text: str) -> Choice | None:
     if kind in ("deliver", "drop", "dup"):
         src, dst = parts[1].split("->")
         want = parts[2]
+        seq = int(parts[3][3:]) if len(parts) > 3 and parts[3].startswith("seq") else None
         for s, d, f in w.flight:
             name = "ack" if f.body is None else type(f.body).__name__
-            if (s, d) == (src, dst) and name == want:
+            if (s, d) == (src, dst) and name == want and seq in (None, f.seq):
                 return (kind, s, d, f)
         return None
     if kind in ("lookup", "delete", "event"):

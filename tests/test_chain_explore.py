@@ -34,11 +34,12 @@ def _fail(found, stats) -> None:
 # ----------------------------------------------------------------------------- known violations
 
 A_GONE_OVERTAKES_RELEASED_ANSWER = (
-    "at-most-once: the tail forwards a non-head asker's packet and answers released; the key "
-    "is deleted and the head's Gone overtakes that answer (another link); the asker ignores the "
-    "answer of a version it knows deleted, inserts anew and sends its packet itself: twice")
+    "split (was at-most-once before c2ff70a): the tail forwards a non-head asker's packet to "
+    "nf1 and answers released; the key is deleted and the head's Gone overtakes that answer "
+    "(another link); the asker ignores the answer of the deleted version, inserts anew and "
+    "decides nf2 'released': the first packet went to nf1, the rest go to nf2")
 B_TAIL_SERVES_PURGED_NF = (
-    "failed-nf: a tail that purged an NF still answers a waiter/query with an entry of it "
+    "(fixed in c2ff70a) failed-nf: a tail that purged an NF still answers a waiter/query with an entry of it "
     "(_serve after sync, _on_query), and forwards the first packet to the failed NF")
 D_TAIL_CHANGE_LOSES_RELEASED_ANSWER = (
     "at-most-once: the tail forwards and answers released; a join moves the tail before that "
@@ -46,7 +47,7 @@ D_TAIL_CHANGE_LOSES_RELEASED_ANSWER = (
     "re-sent query (no packet) is answered released=False by the new tail: the packet is sent "
     "twice while the old tail stays a member")
 E_HEAD_HANDS_TOMBSTONE_PAST_MIDDLE = (
-    "prefix: a tail's retried InsertReq (base 0) reaches the head holding an uncommitted "
+    "(fixed in c2ff70a) prefix: a tail's retried InsertReq (base 0) reaches the head holding an uncommitted "
     "tombstone; the head hands the tombstone straight to the tail (Write past the middle), "
     "so the tail is ahead of the middle")
 F_READMIT_STALLS = (
@@ -58,9 +59,14 @@ G_SKIPPED_TOMBSTONE_NO_GONE = (
     "before the tail commits it: no Gone is ever sent for it, and answers cached before the "
     "delete (here the tail's own) stay")
 H_DEAD_WAITER_RETRIED_FOREVER = (
-    "liveness: a tail keeps the waiter of an asker that crashed and left the view, and its "
+    "(fixed in c2ff70a) liveness: a tail keeps the waiter of an asker that crashed and left the view, and its "
     "insert retry proposes an NF that failed meanwhile: the head refuses it silently, the tail "
     "retries every second forever (never quiet)")
+J_SELF_GONE_OF_LIVE_VERSION = (
+    "(fixed in b939bd9) liveness: a head's own stale DeleteReq (its purge of a failed NF, retried) reaches it "
+    "after the key was re-inserted: the head answers it Gone(cur) with cur the live version, "
+    "to itself; its lookup then ignores every answer of that version (ver <= gone) and "
+    "queries the tail forever")
 I_TTL_VERSION_REUSE = (
     "after every node expires a key's tombstone its versions start again at 1; a frame of the "
     "deleted incarnation delayed past tombstone_ttl (an Answer retransmitted, a Gone) is taken "
@@ -118,6 +124,10 @@ KNOWN_TRACES = {
          'deliver n2->n1 Answer', 'delete 0', 'deliver n1->n2 Write', 'deliver n2->n4 Gone',
          'lookup 5', 'dup n4->n2 Query', 'event 0', 'event 1', 'event 2', 'event 3'],
         H_DEAD_WAITER_RETRIED_FOREVER),
+    "J-self-gone-of-live-version": (
+        "nf-fail-L2", (0, 0, 0, 1), "liveness", True,
+        ['lookup 0', 'deliver n3->n2 Query', 'lookup 1', 'event 0', 'view n3 2',
+         'deliver n3->n2 Query seq3'], J_SELF_GONE_OF_LIVE_VERSION),
     "I-ttl-version-reuse": (
         "stress-L2-ttl", None, "agreement", True,
         ['lookup 0', 'deliver n1->n2 Write', 'deliver n2->n1 Answer', 'deliver n2->n1 Ack',
@@ -157,14 +167,14 @@ CASES = [
     ("delete-cached-L2", (0, 0, 0, 1), None),
     ("delete-reinsert-L2", (0, 0, 0, 1), A_GONE_OVERTAKES_RELEASED_ANSWER),
     ("delete-relookup-L2", (0, 0, 0, 1), A_GONE_OVERTAKES_RELEASED_ANSWER),
-    ("nf-fail-L3", (0, 0, 0, 1), B_TAIL_SERVES_PURGED_NF),
-    ("nf-fail-L2", (0, 0, 0, 1), B_TAIL_SERVES_PURGED_NF),
+    ("nf-fail-L3", (0, 0, 0, 1), None),
+    ("nf-fail-L2", (0, 0, 0, 1), None),
     ("crash-tail-L2", (0, 0, 0, 1), None),
     ("crash-head-L2", (0, 0, 0, 1), None),
     ("join-head-L2", (0, 0, 0, 1), None),
     ("join-tail-L2", (0, 0, 0, 1), D_TAIL_CHANGE_LOSES_RELEASED_ANSWER),
     ("remove-live-L2", (0, 0, 0, 1), None),
-    ("tombstone-ttl-L3", (0, 0, 0, 1), E_HEAD_HANDS_TOMBSTONE_PAST_MIDDLE),
+    ("tombstone-ttl-L3", (0, 0, 0, 1), None),
     ("readmit-L2", (0, 0, 0, 1), F_READMIT_STALLS),
     ("link-layer-L2", (1, 1, 0, 2), None),
 ]
@@ -223,7 +233,8 @@ def test_explorer_catches_mutant(mutant):
         pytest.fail(f"{e}: agents/chain.py changed; update chain_explore.MUTANTS")
     name, budget = MUTANT_CASES[mutant]
     cfg = ce.with_budget(ce.CONFIGS[name], budget)
-    found, stats = ce.explore(cfg, max(secs(3.0), 3.0), 60, engine=engine,
+    # stops at the first violation (about a second here); the cap only bounds a slow machine
+    found, stats = ce.explore(cfg, max(secs(10.0), 10.0), 60, engine=engine,
                               ignore={TAIL_LEFT}, minimize_budget=5.0)
     print(f"{mutant} on {cfg.name}: {stats}")
     assert found, f"mutant {mutant} ({ce.MUTANTS[mutant][0]}) survived: {stats}"
@@ -270,7 +281,7 @@ def test_replay_and_minimize_round_trip():
 
 # ----------------------------------------------------------------------------- randomized stress
 
-@pytest.mark.xfail(strict=False, reason="the stress finds the known classes A, B, D, F, G, H "
+@pytest.mark.xfail(strict=False, reason="the stress finds the known classes A, D, F, G "
                    "(and the tail-left resend, ignored): see KNOWN_TRACES")
 @pytest.mark.parametrize("name", ["stress-L2-mix", "stress-L3-mix", "stress-churn-L2"])
 def test_stress_real_engine(name):
