@@ -164,6 +164,14 @@ def short_error(exc: BaseException, stage: str = "") -> str:
     return text[:ERROR_MAX]
 
 
+def failed(rec: Dict[str, Any], exc: BaseException, stage: str, error: str = "") -> None:
+    """Record a client's failure at ``stage``; a termination (SIGTERM) goes on up."""
+    rec["completed"] = False
+    rec["error"] = error or short_error(exc, stage)
+    if isinstance(exc, Terminated):
+        raise exc
+
+
 def route_source(ip: str) -> str:
     """The local address the kernel would use to reach ``ip`` ("" when there is no route)."""
     try:
@@ -263,12 +271,9 @@ def halfclose_client(server: str, port: int, cport: int, timeout: float,
         else:
             rec["completed"] = True
     except (OSError, Terminated) as exc:
-        rec["completed"] = False
-        rec["error"] = short_error(exc, stage)
-        if isinstance(exc, socket.timeout) and stage == "recv":
-            rec["error"] += f" after {rec['bytes']} bytes"
-        if isinstance(exc, Terminated):
-            raise
+        timed_out = isinstance(exc, socket.timeout) and stage == "recv"
+        failed(rec, exc, stage, short_error(exc, stage) + f" after {rec['bytes']} bytes"
+               if timed_out else "")
     finally:
         if sock is not None:
             sock.close()
@@ -472,11 +477,8 @@ def keepalive_client(server: str, port: int, cport: int, path: str, idle: float,
                 return rec
         rec["completed"] = True
     except (OSError, HTTPError, Terminated) as exc:
-        rec["completed"] = False
-        rec["error"] = short_error(exc, stage) if not isinstance(exc, HTTPError) \
-            else f"{stage}: {exc}"[:ERROR_MAX]
-        if isinstance(exc, Terminated):
-            raise
+        failed(rec, exc, stage,
+               f"{stage}: {exc}"[:ERROR_MAX] if isinstance(exc, HTTPError) else "")
     finally:
         if sock is not None:
             sock.close()
@@ -599,10 +601,7 @@ def udp_client(server: str, port: int, cport: int, count: int, size: int, reply_
         if not rec["completed"]:
             rec["error"] = f"{count - len(got)} of {count} replies missing"
     except (OSError, Terminated) as exc:
-        rec["completed"] = False
-        rec["error"] = short_error(exc, stage)
-        if isinstance(exc, Terminated):
-            raise
+        failed(rec, exc, stage)
     finally:
         sock.close()
         rec["missing"] = [s for s in range(rec["sent"]) if s not in got][:20]
@@ -713,10 +712,7 @@ def udp_probe(server: str, port: int, cport: int, count: int, interval: float,
         if not rec["completed"]:
             rec["error"] = f"{rec['errors']} ICMP port-unreachable errors for {rec['sent']} probes"
     except (OSError, Terminated) as exc:
-        rec["completed"] = False
-        rec["error"] = short_error(exc, stage)
-        if isinstance(exc, Terminated):
-            raise
+        failed(rec, exc, stage)
     finally:
         sock.close()
     return rec

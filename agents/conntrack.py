@@ -187,14 +187,14 @@ class Conn:
                 # the handshake is under way: a FIN seen before it was one conntrack found
                 # invalid (SYN_RECV keeps the entry as long as an established one)
                 self.state, self.fins = SYN_RECV, 0
-            elif state in (CLOSING, CLOSE, RELATED):
+            elif state in (CLOSING, CLOSE):
                 self.state, self.fins = SYN_SENT, 0     # a reused 5-tuple: a new connection
         elif flags & _FIN:
             if state == SYN_SENT:
                 return          # conntrack finds a FIN before the SYN-ACK invalid: no change
             self.fins |= 1 if low else 2
             self.state = CLOSING if self.fins == 3 else FIN_WAIT
-        elif state in (SYN_SENT, SYN_RECV, RELATED) and flags & _ACK:
+        elif state in (SYN_SENT, SYN_RECV) and flags & _ACK:
             self.state = ESTABLISHED
 
     def timeout(self, lb_timeouts: tuple[float, ...], other: float) -> float:
