@@ -70,6 +70,7 @@ SYNC_BATCH = 16      # entries per Sync frame (keeps frames well under 1500 byte
 RETRANSMIT_BURST = 32  # frames resent per link per tick
 MAX_RTO = 1.0        # seconds: cap of the per-link retransmission timeout backoff
 MAX_RIDER = 255      # bytes: a first packet longer than this stays with the asker
+VERSION_WINDOW_BITS = 20  # versions a key's life may use per tombstone_ttl (see _version_floor)
 
 
 def _h64(data: bytes) -> int:
@@ -188,6 +189,10 @@ class _Pending:
     sent: float
     packet: bytes = b""     # rides with the first query, then stays with the asker
     released: bool = False  # a tail sent the packet (its answer was of a deleted version)
+    lookup: int = 0         # this lookup's number (``Query.lookup``)
+    rode: str = ""          # the tail the packet rode to ('' if it stayed here)
+    rode_epoch: int = 0     # ... in the view of this epoch
+    held: Answer | None = None  # an answer from another tail, decided once ``rode`` settles
 
 
 @dataclass
@@ -223,7 +228,9 @@ class ChainNode:
         self.stats = {"frames_out": 0, "retransmits": 0, "frames_in": 0, "dropped_in": 0,
                       "decisions": 0, "inserts": 0, "deletes": 0, "released": 0}
         self._pending: dict[bytes, _Pending] = {}          # lookups awaiting an answer
-        self._waiters: dict[bytes, dict[str, bytes]] = {}  # tail: askers per key, packet
+        self._waiters: dict[bytes, dict[str, tuple[bytes, int]]] = {}  # tail: key -> asker ->
+        #                                                   (packet, lookup)
+        self._lookups = 0                                  # lookups started here
         self._inserting: dict[bytes, _Insert] = {}         # tail: outstanding InsertReq
         self._deleting: dict[bytes, _Delete] = {}          # outstanding DeleteReq
         self._done_from: dict[str, int] = {}               # peer -> highest SyncDone epoch
@@ -266,7 +273,8 @@ class ChainNode:
                 self._query(key, now)
         if p is None and not self.removed:
             rider = packet if len(packet) <= MAX_RIDER else b""
-            self._pending[key] = _Pending(proposed_nf, now, rider)
+            self._lookups += 1
+            self._pending[key] = _Pending(proposed_nf, now, rider, lookup=self._lookups)
             self._query(key, now)
         return self._finish(now)
 
@@ -377,6 +385,7 @@ class ChainNode:
         if self.id not in view.members:
             self._pending.clear()
             return self._finish(now)
+        self._release_held()
         was_member = self.id in old.members
         if not was_member:
             # named again after a removal: start over with fresh links, like a restart
@@ -537,7 +546,7 @@ class ChainNode:
         if isinstance(body, Query):
             self._on_query(src, epoch, body, now)
         elif isinstance(body, Answer):
-            self._on_answer(body)
+            self._on_answer(src, body)
         elif isinstance(body, Write):
             if current:
                 self._on_write(body, now)
@@ -556,12 +565,18 @@ class ChainNode:
                 if self.id in chain:
                     rec = self._apply(e.key, e.ver, e.nf, now)
                     if e.committed and rec.ver == e.ver:
+                        if rec.cver < e.ver and chain[-1] == self.id and (not e.nf
+                                                                          or e.ver > 1):
+                            # a deletion (or a re-insert) new to its new tail: the old
+                            # tail's Gone may have left with it
+                            self._announce_gone(e.key, e.ver, now)
                         self._committed_up_to(e.key, rec, e.ver, e.nf, now)
                     elif not e.committed and rec.cver >= e.ver:
                         self._send(src, Ack(e.key, e.ver, e.nf), now)   # the pusher missed it
         elif isinstance(body, SyncDone):
             if epoch > self._done_from.get(src, 0):
                 self._done_from[src] = epoch
+                self._release_held()
             self._check_synced(now)
 
     def _check_synced(self, now: float) -> None:
@@ -608,7 +623,7 @@ class ChainNode:
         if rec is not None and rec.nf and rec.nf not in self.failed:
             if not rec.committed:
                 self._commit(q.key, now)
-            self._send(src, Answer(q.key, rec.ver, rec.nf), now)
+            self._send(src, Answer(q.key, rec.ver, rec.nf, lookup=q.lookup), now)
             return
         if rec is not None and rec.ver and q.seen < rec.ver:
             # the asker has not heard of this deletion: a stale query must not revive the
@@ -616,11 +631,11 @@ class ChainNode:
             self._send(src, Gone(q.key, rec.ver), now)
             return
         if not q.nf:                                  # asked only: there is no entry
-            self._send(src, Answer(q.key, rec.ver if rec else 0, ""), now)
+            self._send(src, Answer(q.key, rec.ver if rec else 0, "", lookup=q.lookup), now)
             return
         waiting = self._waiters.setdefault(q.key, {})
-        if q.packet or src not in waiting:          # a retry does not drop the packet
-            waiting[src] = q.packet
+        if q.packet or waiting.get(src, (b"", -1))[1] != q.lookup:
+            waiting[src] = (q.packet, q.lookup)     # a retry does not drop the packet
         ins = self._inserting.get(q.key)
         if ins is not None and ins.nf in self.failed and q.nf not in self.failed:
             ins.nf = q.nf                           # a retry's new proposal replaces a dead one
@@ -659,16 +674,16 @@ class ChainNode:
                 self._request_delete(key, rec.ver, now)
             return
         self._inserting.pop(key, None)
-        for asker, packet in sorted(self._waiters.pop(key, {}).items()):
+        for asker, (packet, lookup) in sorted(self._waiters.pop(key, {}).items()):
             # the answer leaves first: the connection's next packets (the reply to this one)
             # wait at the asker for it, and forwarding may hand the CPU to the switch
-            self._send(asker, Answer(key, rec.ver, rec.nf, bool(packet)), now)
+            self._send(asker, Answer(key, rec.ver, rec.nf, bool(packet), lookup), now)
             if packet:
                 self.stats["released"] += 1
                 self._out.append(Forward(key, rec.nf, packet))
 
     def _on_head_request(self, src: str, epoch: int, req, now: float,
-                         packet: bytes = b"") -> bool:
+                         packet: bytes = b"", lookup: int = 0) -> bool:
         """Serve an InsertReq or DeleteReq as the key's head; True if it started a write."""
         chain = self.view.chain(req.key)
         if chain[0] != self.id:
@@ -683,14 +698,20 @@ class ChainNode:
             if req.nf in self.failed:
                 return False          # a stale proposal: its asker proposes again (``lookup``)
             if not live and req.base >= cur:
-                self._apply(req.key, max(cur, req.base) + 1, req.nf, now)
-                self._propagate(req.key, chain, now, packet)
+                ver = max(cur, req.base) + 1
+                if rec is None:
+                    # a key no node remembers (or whose tombstone expired): its versions
+                    # start above any of an earlier life still in flight
+                    ver = max(ver, self._version_floor(now))
+                self._apply(req.key, ver, req.nf, now)
+                self._propagate(req.key, chain, now, packet, lookup)
                 return True
             if src == self.id or src != chain[-1]:
                 # an asker: the tail answers its query (only the node its packet rode to may
-                # answer it, or the packet would be sent twice), or it learns of a deletion
-                if not live and req.base < cur and src != self.id:
-                    self._send(src, Gone(req.key, cur), now)
+                # answer it, or the packet would be sent twice), and tells it of a deletion it
+                # has not heard of (on the same link as its answers, which a Gone from here
+                # could overtake)
+                pass
             elif live and rec.committed:
                 # the tail lacks the committed entry: hand it the committed value
                 self._send(src, Write(req.key, rec.ver, rec.nf), now)
@@ -706,13 +727,20 @@ class ChainNode:
             self._send(src, Gone(req.key, max(cur, req.ver + 1) if not live else cur), now)
         return False
 
+    def _version_floor(self, now: float) -> int:
+        """The first version of a key inserted at ``now`` while no node holds it: higher than
+        every version of the key's earlier lives, which ended (their tombstones expired) at
+        least ``tombstone_ttl`` ago, each within one window of that length (2**20 writes)."""
+        return (int(now // self.tombstone_ttl) << VERSION_WINDOW_BITS) + 1
+
     def _propagate(self, key: bytes, chain: tuple[str, ...], now: float,
-                   packet: bytes = b"") -> None:
+                   packet: bytes = b"", lookup: int = 0) -> None:
         if len(chain) == 1:
             self._commit(key, now)
         else:
             rec = self.store[key]
-            self._send(chain[1], Write(key, rec.ver, rec.nf, packet), now)
+            self._send(chain[1], Write(key, rec.ver, rec.nf, packet, lookup if packet else 0),
+                       now)
 
     def _on_write(self, w: Write, now: float) -> None:
         chain = self.view.chain(w.key)
@@ -724,17 +752,18 @@ class ChainNode:
         if chain[-1] == self.id:
             if w.packet and rec.ver == w.ver and rec.nf:
                 # the head's own lookup: answered, with its packet, as the key commits
-                self._waiters.setdefault(w.key, {})[chain[0]] = w.packet
+                self._waiters.setdefault(w.key, {})[chain[0]] = (w.packet, w.lookup)
             if self.synced:
                 self._commit(w.key, now)
         elif newer or (rec.ver == w.ver and rec.committed and not rec.nf):
             # (a head sending a tombstone down again: a successor expired its copy)
             self._send(chain[chain.index(self.id) + 1],
-                       Write(w.key, rec.ver, rec.nf, w.packet), now)
+                       Write(w.key, rec.ver, rec.nf, w.packet, w.lookup), now)
 
     def _commit(self, key: bytes, now: float) -> None:
         """Tail: the key's current version is committed."""
         rec = self.store[key]
+        first = rec.cver < rec.ver
         rec.cver = max(rec.cver, rec.ver)
         if rec.nf in self.failed:
             # an insert of an NF that failed while it was in flight: deleted, not answered
@@ -743,14 +772,24 @@ class ChainNode:
         elif rec.nf:
             self._answer_waiters(key, rec, now)     # first: the waiting packets are on hold
             self._ack_up(key, rec.ver, rec.nf, now)
+            if first and rec.ver > 1:
+                # a re-insert: every version before it is deleted (its tombstone may have
+                # been superseded here before it committed, or its Gone lost with a tail
+                # that left)
+                self._announce_gone(key, rec.ver, now)
         else:
             self._ack_up(key, rec.ver, "", now)
-            for m in self.view.members:
-                self._send(m, Gone(key, rec.ver), now)
+            self._announce_gone(key, rec.ver, now)
             # waiters asked about the deleted connection (or are stale duplicates): an asker
             # still pending retries and gets a new entry; nothing is revived on its behalf
             self._waiters.pop(key, None)
             self._inserting.pop(key, None)
+
+    def _announce_gone(self, key: bytes, ver: int, now: float) -> None:
+        """Tail: tell every member (itself too) that versions of ``key`` below ``ver`` are
+        deleted."""
+        for m in self.view.members:
+            self._send(m, Gone(key, ver), now)
 
     def _on_ack(self, a: Ack, now: float) -> None:
         # a version committed at a tail stays committed: acks of older epochs count too
@@ -777,15 +816,26 @@ class ChainNode:
             if i > 0:
                 self._send(chain[i - 1], Ack(key, ver, nf), now)
 
-    def _on_answer(self, a: Answer) -> None:
+    def _on_answer(self, src: str, a: Answer) -> None:
         p = self._pending.get(a.key)
         if p is None:
             return
+        if a.lookup != p.lookup:
+            if p.rode:
+                return     # about an earlier lookup of the key: this one's packet is out there
+            a = replace(a, released=False)          # (the packet it released was not ours)
         if a.nf and (a.ver < self._gone.get(a.key, 0) or a.nf in self.failed):
             # a version this node knows deleted, or an NF it purged: the lookup goes on (its
             # retry finds the entry that replaces it), but a packet the tail sent with it is
             # not sent again
             p.released = p.released or a.released
+            return
+        if not (a.released or p.released) and p.rode and src != p.rode \
+                and not self._rider_settled(p):
+            # the tail the packet rode to may have forwarded it and its answer be on the way
+            # (the view changed since): hold this answer until that tail's answer, or its
+            # SyncDone of a later epoch (sent after anything it sent before), or its leaving
+            p.held = a
             return
         del self._pending[a.key]
         if not a.nf:                  # a query-only lookup: no entry (nothing cached)
@@ -795,11 +845,26 @@ class ChainNode:
         self.stats["decisions"] += 1
         self._out.append(Decision(a.key, a.nf, a.released or p.released))
 
+    def _rider_settled(self, p: _Pending) -> bool:
+        """Nothing more can come from the tail ``p``'s packet rode to."""
+        return (p.rode not in self.view.members
+                or self._done_from.get(p.rode, 0) > p.rode_epoch)
+
+    def _release_held(self) -> None:
+        """Decide the held answers whose packet's tail has settled."""
+        for key, p in list(self._pending.items()):
+            if p.held is not None and self._rider_settled(p):
+                held, p.held = p.held, None
+                self._on_answer(p.rode, held)
+
     def _on_gone(self, g: Gone, now: float) -> None:
         if g.ver > self._gone.get(g.key, 0):
             self._gone[g.key] = g.ver
             self._gone_order.append((now, g.key, g.ver))
-            if g.key in self._pending:
+            p = self._pending.get(g.key)
+            if p is not None:
+                if p.held is not None and p.held.ver < g.ver:
+                    p.held = None
                 self._query(g.key, now)
         hit = self.cache.get(g.key)
         if hit is not None and hit[0] < g.ver:
@@ -814,22 +879,23 @@ class ChainNode:
         seen = self._gone.get(key, 0)
         chain = self.view.chain(key)
         if not p.nf:                          # ask only: no insert, no packet riding
-            self._send(chain[-1], Query(key, "", seen), now)
+            self._send(chain[-1], Query(key, "", seen, lookup=p.lookup), now)
             return
         # the first packet rides once (a retry leaves it with the asker), to the tail
         packet = b""
-        if chain[-1] != self.id:
+        if chain[-1] != self.id and p.packet:
             packet, p.packet = p.packet, b""
+            p.rode, p.rode_epoch = chain[-1], self.view.epoch
         # the head inserts a new key right away, in parallel with the query (see ``_on_query``)
         if chain[0] == self.id:
             # this node is the head: a write it starts carries the packet and stands for
             # the query (the tail answers the head on commit)
             if self._on_head_request(self.id, self.view.epoch, InsertReq(key, p.nf, seen), now,
-                                     packet) and packet:
+                                     packet, p.lookup) and packet:
                 return
         elif chain[-1] != self.id:
             self._send(chain[0], InsertReq(key, p.nf, seen), now)
-        self._send(chain[-1], Query(key, p.nf, seen, packet), now)
+        self._send(chain[-1], Query(key, p.nf, seen, packet, p.lookup), now)
 
     def _request_delete(self, key: bytes, ver: int, now: float) -> None:
         self._deleting[key] = _Delete(ver, now)

@@ -23,11 +23,14 @@ class Query:
     version): a query older than the key's tombstone is stale and must not revive it.
     ``packet`` is the connection's first packet (an IPv4 packet, at most 255 bytes), on
     the asker's first query only: the tail forwards it when it commits a new entry.
+    ``lookup`` numbers the asker's lookups (its retries repeat it): the answer names it, so
+    that an answer to an earlier lookup of the same key is not taken for this one's.
     """
     key: bytes
     nf: str
     seen: int = 0
     packet: bytes = b""
+    lookup: int = 0
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,13 @@ class Answer:
     """Tail, or a head holding it committed -> asker: ``key`` is committed to ``nf`` at ``ver``.
 
     ``released``: the tail forwarded the packet the asker's query (or write) carried.
+    ``lookup``: the asker's lookup this answers (``Query.lookup``).
     """
     key: bytes
     ver: int
     nf: str
     released: bool = False
+    lookup: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,13 @@ class Write:
     """Down the chain: ``key`` is ``nf`` at version ``ver`` (``nf == ''``: tombstone).
 
     ``packet``: the first packet of the head's own new connection (see ``Query.packet``);
-    the tail forwards it on commit and answers the head.
+    the tail forwards it on commit and answers the head (``lookup``: see ``Query``).
     """
     key: bytes
     ver: int
     nf: str
     packet: bytes = b""
+    lookup: int = 0
 
 
 @dataclass(frozen=True)

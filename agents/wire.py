@@ -43,7 +43,7 @@ __all__ = ["ETHERTYPE", "VERSION", "MAX_PAYLOAD", "WireError", "encode", "decode
            "frame_bytes", "LAYERS", "ChainLB"]
 
 ETHERTYPE = 0x88B5
-VERSION = 2
+VERSION = 3
 MAX_PAYLOAD = 1500  # Ethernet MTU: frame_bytes refuses larger messages
 HMAC_LEN = 32
 ETH_HLEN = 14
@@ -111,12 +111,14 @@ class FrameL(Packet):
 
 class QueryL(Packet):
     name = "ChainQuery"
-    fields_desc = [*_key("key"), *_text("nf"), LongField("seen", 0), *_key("packet")]
+    fields_desc = [*_key("key"), *_text("nf"), LongField("seen", 0), *_key("packet"),
+                   LongField("lookup", 0)]
 
 
 class AnswerL(Packet):
     name = "ChainAnswer"
-    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), BoolField("released", 0)]
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), BoolField("released", 0),
+                   LongField("lookup", 0)]
 
 
 class InsertReqL(Packet):
@@ -131,7 +133,8 @@ class DeleteReqL(Packet):
 
 class WriteL(Packet):
     name = "ChainWrite"
-    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), *_key("packet")]
+    fields_desc = [*_key("key"), LongField("ver", 0), *_text("nf"), *_key("packet"),
+                   LongField("lookup", 0)]
 
 
 class AckL(Packet):

@@ -86,10 +86,10 @@ Checked after every step (``World.check_step``):
   ``nf == ''`` seen in any store, or a tombstone ``Write``/``Sync``/``Ack`` on the wire) has a
   version strictly between theirs. A version above a tombstone's is committed only after it
   (chain order), so this is "not separated by a committed delete -> the same NF".
-  Frames are scanned when first sent (a retransmission is not a new claim). When no live node
-  stores a key any more (its tombstones expired everywhere: versions may restart at 1), the
-  key's history starts again (a new *era*), unless its newest committed or decided version was
-  live: then a decided value left the table without a delete (``durability``).
+  Frames are scanned when first sent (a retransmission is not a new claim). A key's history
+  is kept when no live node stores it any more (its tombstones expired everywhere: the engine
+  starts its versions above the earlier life's), and if its newest committed or decided
+  version was live then, a decided value left the table without a delete (``durability``).
 - ``failed-nf`` (step form): no node decides an NF that every live member of the newest view
   knows failed (earlier, while the view spreads, such a decision resets the connection: the
   agent drops its packets, and the lookup counts for neither packet oracle).
@@ -590,24 +590,17 @@ class World:
                 self._new_era(key)
 
     def _new_era(self, key: bytes) -> None:
-        """No live node stores ``key`` any more: its tombstones expired everywhere, and its
-        versions may start again from 1. Its history is dropped, unless the newest version
-        known committed or decided was live: then a decided value left the table without a
-        delete (``durability``)."""
+        """No live node stores ``key`` any more (its tombstones expired everywhere): unless
+        the newest version known committed or decided was live, in which case a decided value
+        left the table without a delete (``durability``). Its history stays: the engine's
+        versions of a key never start again (``ChainNode._version_floor``), so a frame of
+        its earlier life that arrives later is still judged against that life."""
         live = [v for (k, v), nf in list(self.committed.items()) + list(self.decided.items())
                 if k == key and nf]
         tombs = self.tombs.get(key, set())
         if live and max(live) > max(tombs, default=0):
             raise Violation("durability", f"{self.kname(key)} v{max(live)} (committed or "
                             f"decided, never deleted) is in no live node's store")
-        for d in (self.committed, self.decided):
-            for k in [k for k in d if k[0] == key]:
-                del d[k]
-        self.tombs.pop(key, None)
-        self.ctombs.pop(key, None)
-        for (n, k), i in self.outstanding.items():
-            if k == key:
-                self.floor[i] = 0
 
     # ------------------------------------------------------------------ choices
 

@@ -216,7 +216,7 @@ def test_tail_left_is_the_only_resend(name):
 # mutant -> (config, budget): a configuration the real engine passes (test above)
 MUTANT_CASES = {
     "a_head_overwrites": ("two-askers-L2", (0, 0, 0, 1)),
-    "b1_tail_answers_unsynced": ("join-head-L2", (0, 0, 0, 1)),
+    "b1_tail_answers_unsynced": ("join-tail-L2", (0, 0, 0, 1)),
     "b2_synced_without_syncdone": ("join-head-L2", (0, 0, 0, 1)),
     "c_gone_keeps_cache": ("delete-cached-L2", (0, 0, 0, 1)),
     "d_no_retransmission": ("two-askers-L2", (1, 0, 0, 1)),

@@ -323,7 +323,7 @@ def test_lookup_path_query_insert_write_ack_answer():
     out = net.lookup(m, k, "nf1")
     # the asker queries the tail and, in parallel, asks the head to insert its proposal
     assert [(s.dst, s.msg.body) for s in sends(out)] == [(h, InsertReq(k, "nf1", 0)),
-                                                         (t, Query(k, "nf1", 0))]
+                                                         (t, Query(k, "nf1", 0, lookup=1))]
     assert not [a for a in out if isinstance(a, Decision)]
 
     # deliver until the tail's first Ack is next: the write went down, nothing acked yet
@@ -348,7 +348,7 @@ def test_lookup_path_query_insert_write_ack_answer():
     assert {f.body for _, _, f in net.data(mark, Write)} == {Write(k, 1, "nf1")}
     assert {f.body for _, _, f in net.data(mark, Ack)} == {Ack(k, 1, "nf1")}
     assert [f.body for _, _, f in net.data(mark, InsertReq)] == [InsertReq(k, "nf1", 0)]
-    assert [f.body for _, _, f in net.data(mark, Answer)] == [Answer(k, 1, "nf1")]
+    assert [f.body for _, _, f in net.data(mark, Answer)] == [Answer(k, 1, "nf1", lookup=1)]
 
     assert net.decided() == [(m, k, "nf1")]
     for name in view.members:
@@ -370,13 +370,13 @@ def test_first_packet_rides_with_the_query_and_the_tail_forwards_it_on_commit():
     k = KEYS[0]
     h, m, t = view.chain(k)
     out = net.lookup(m, k, "nf1", b"SYN")
-    assert [s.msg.body for s in sends(out) if s.dst == t] == [Query(k, "nf1", 0, b"SYN")]
+    assert [s.msg.body for s in sends(out) if s.dst == t] == [Query(k, "nf1", 0, b"SYN", 1)]
     # the tail holds the packet until the write commits, then sends it before it answers
     net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
     assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
     assert net.decided() == []
     net.run()
-    assert [f.body for _, _, f in net.data(0, Answer)] == [Answer(k, 1, "nf1", True)]
+    assert [f.body for _, _, f in net.data(0, Answer)] == [Answer(k, 1, "nf1", True, 1)]
     assert [(n, d) for n, d, _ in net.decisions] == [(m, Decision(k, "nf1", True))]
     assert net.nodes[t].stats["released"] == 1
     # the packet rode once: nothing else carries it, and a later lookup is a cache hit
@@ -391,13 +391,13 @@ def test_a_head_asker_sends_no_query_its_write_carries_the_packet():
     k = KEYS[0]
     h, m, t = view.chain(k)
     out = net.lookup(h, k, "nf1", b"SYN")
-    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(m, Write(k, 1, "nf1", b"SYN"))]
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(m, Write(k, 1, "nf1", b"SYN", 1))]
     net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
-    assert [f.body for _, d, f in net.data(0, Write) if d == t] == [Write(k, 1, "nf1", b"SYN")]
+    assert [f.body for _, d, f in net.data(0, Write) if d == t] == [Write(k, 1, "nf1", b"SYN", 1)]
     assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))], "L-1 hops: forwarded on commit"
     net.run()
     assert [(s, d, f.body) for s, d, f in net.data(0, Answer)] == [
-        (t, h, Answer(k, 1, "nf1", True))]
+        (t, h, Answer(k, 1, "nf1", True, 1))]
     assert [(n, d) for n, d, _ in net.decisions] == [(h, Decision(k, "nf1", True))]
     assert net.data(0, Query) == [] and net.data(0, InsertReq) == []
     for name in view.members:
@@ -411,7 +411,7 @@ def test_a_head_asker_of_a_key_being_written_queries_the_tail_with_its_packet():
     net.lookup(m, k, "nf1")                          # another node's insert is under way
     net.run(stop=lambda s, d, f: isinstance(f.body, Write) and d == t)
     out = net.lookup(h, k, "nf2", b"SYN")
-    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(t, Query(k, "nf2", 0, b"SYN"))]
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(t, Query(k, "nf2", 0, b"SYN", 1))]
     (query,) = net.take(lambda s, d, f: isinstance(f.body, Query) and s == h)
     net.receive(*query)                              # the tail waits for the write in flight
     net.run()
@@ -464,7 +464,7 @@ def test_a_packet_lost_with_its_tail_is_sent_by_the_asker():
     net.set_view("a", view2)
     net.set_view("b", view2)
     net.run()
-    assert [f.body for s, d, f in net.data(0, Query) if d == "b"] == [Query(k, "nf1", 0)], \
+    assert [f.body for s, d, f in net.data(0, Query) if d == "b"] == [Query(k, "nf1", 0, lookup=1)], \
         "a query sent again carries no packet"
     assert net.forwards == []
     assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", False)]
@@ -498,7 +498,7 @@ def test_tail_answers_a_committed_entry_without_a_new_write():
     net.lookup(h, k, "nf2")             # h has no cached answer: it asks the tail
     net.run()
     assert [(s, d, f.body) for s, d, f in net.data(mark)] == [
-        (h, t, Query(k, "nf2", 0)), (t, h, Answer(k, 1, "nf1"))]
+        (h, t, Query(k, "nf2", 0, lookup=1)), (t, h, Answer(k, 1, "nf1", lookup=1))]
     assert net.decided(h) == [(h, k, "nf1")]
     assert net.nodes[h].cache[k][1] == "nf1"
 
@@ -789,7 +789,7 @@ def test_delete_goes_through_the_head_commits_at_the_tail_and_drops_cached_answe
     assert not [a for a in out if isinstance(a, Decision)]
     # the head heard of the deletion (seen=2): it writes version 3 at once
     assert sorted((s.dst, s.msg.body) for s in data_sends(out)) == sorted(
-        [(m, Write(k, 3, "nf2")), (t, Query(k, "nf2", 2))])
+        [(m, Write(k, 3, "nf2")), (t, Query(k, "nf2", 2, lookup=2))])
     net.run()
     assert net.decided(h)[-1] == (h, k, "nf2")
     for name in view.members:
@@ -858,11 +858,11 @@ def test_lookup_pending_across_a_delete_is_served_with_a_new_entry():
     held = net.take(lambda s, d, f: s == m and isinstance(f.body, (Query, InsertReq)))
     (query,) = [x for x in held if x[1] == t]
     (insert,) = [x for x in held if x[1] == h]
-    assert (query[2].body, insert[2].body) == (Query(k, "nf2", 0), InsertReq(k, "nf2", 0))
+    assert (query[2].body, insert[2].body) == (Query(k, "nf2", 0, lookup=1), InsertReq(k, "nf2", 0))
     net.delete(t, k)
     net.run()                                    # commits; m hears Gone and asks again
     assert net.nodes[t].version(k) == 2 and net.decided(m) == []
-    assert [f.body for s, d, f in net.data(body=Query)][-1] == Query(k, "nf2", 2)
+    assert [f.body for s, d, f in net.data(body=Query)][-1] == Query(k, "nf2", 2, lookup=1)
     out = net.receive(*query)
     assert [(s.dst, s.msg.body) for s in data_sends(out)][0] == (m, Gone(k, 2))
     net.receive(*insert)                         # stale (seen=0): only the new one inserts
@@ -1040,7 +1040,7 @@ def test_pending_lookups_are_resent_to_the_new_tail():
     net.lookup("a", k, "nf1")
     assert net.flight == []
     out = net.set_view("a", view2)
-    assert ("b", Query(k, "nf1", 0)) in [(s.dst, s.msg.body) for s in data_sends(out)]
+    assert ("b", Query(k, "nf1", 0, lookup=1)) in [(s.dst, s.msg.body) for s in data_sends(out)]
     net.set_view("b", view2)
     net.run()
     assert net.decided() == [("a", k, "nf1")]
@@ -1261,3 +1261,158 @@ def test_an_uncommitted_tombstone_past_its_ttl_does_not_stick_the_key():
     assert [nf for n, _, nf in net.decided() if n == t] == ["nf2"]
     for name in view.members:
         assert net.nodes[name].replica() == {k: "nf2"}, name
+
+
+# ======================================================== the adversary's later classes
+
+def two_of_three(view: View, k: bytes) -> tuple[str, str, str]:
+    """Head, tail and the node outside the key's chain of 2."""
+    h, t = view.chain(k)
+    (o,) = [m for m in view.members if m not in (h, t)]
+    return h, t, o
+
+
+def test_only_the_tail_tells_an_asker_of_a_deletion():
+    """Explorer class A' (split): the tail forwards an outside asker's packet to nf1 and answers
+    it released; the head then deletes the key. The asker's late InsertReq reaches the head:
+    a Gone from there would overtake the tail's answer (another link), the asker would insert
+    nf2 anew and send the rest of its connection there. The head stays silent; the asker
+    decides nf1, released, and learns of the deletion from the tail, after its answer."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view)
+    net.start()
+    k = KEYS[7]
+    h, t, o = two_of_three(view, k)
+    net.lookup(h, k, "nf1", b"SYN-h")
+    net.lookup(o, k, "nf2", b"SYN-o")
+    (query,) = net.take(lambda s, d, f: s == o and isinstance(f.body, Query))
+    (insert,) = net.take(lambda s, d, f: s == o and isinstance(f.body, InsertReq))
+    net.receive(*query)                          # the tail waits for h's write
+    net.run()                                    # commits nf1: both packets forwarded
+    assert sorted(f.packet for _, f in net.forwards) == [b"SYN-h", b"SYN-o"]
+    late = net.take(lambda s, d, f: d == o)      # the tail's answer to o is slow
+    net.delete(h, k)
+    assert data_sends(net.receive(*insert)) == [], "the head sends the asker nothing"
+    net.run(drop=lambda s, d, f: d == o)         # the tombstone commits (o hears later)
+    for frame in late:
+        net.receive(*frame)
+    net.settle(3.0)
+    assert [d for n, d, _ in net.decisions if n == o] == [Decision(k, "nf1", True)]
+    assert len(net.forwards) == 2 and all(f.nf == "nf1" for _, f in net.forwards)
+    assert k not in net.nodes[o].cache, "the tail's Gone followed its answer"
+
+
+def test_a_released_answer_in_flight_when_the_tail_moves_is_waited_for():
+    """Explorer class D: the tail forwards the head asker's packet and answers released; a
+    join moves the tail before that answer arrives. The new tail's answer (it forwarded
+    nothing) must not make the asker send the packet again: the asker holds it until the old
+    tail, still a member, has spoken (its answer, or its SyncDone of the new epoch)."""
+    view1 = View(1, ("a", "b", "c"), 2)
+    view2 = View(2, ("a", "b", "c", "j"), 2)
+    k = find_key(lambda k: view2.chain(k) == (view1.chain(k)[0], "j"))
+    net = Net(view1)
+    net.start()
+    h, t, o = two_of_three(view1, k)
+    net.add("j", view2)
+    net.lookup(h, k, "nf1", b"SYN")
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
+    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
+    (answer,) = net.take(lambda s, d, f: isinstance(f.body, Answer))   # slow, not lost
+    for name in ("j", h, t, o):
+        net.set_view(name, view2)
+    net.run()
+    assert net.decided(h) == [], "the new tail's answer waits for the old tail's"
+    assert any(isinstance(f.body, Answer) and s == "j" for s, d, f in net.data(0))
+    net.receive(*answer)
+    net.settle(3.0)
+    assert [d for n, d, _ in net.decisions if n == h] == [Decision(k, "nf1", True)]
+    assert len(net.forwards) == 1
+
+
+def test_a_held_answer_is_decided_once_the_old_tail_has_spoken():
+    """The same, but the old tail's answer is lost for good with its link reset... here: the
+    old tail drops its waiter on the view change before committing, so it never forwards;
+    its SyncDone of the new epoch settles the asker, which then sends the packet itself."""
+    view1 = View(1, ("a", "b", "c"), 2)
+    view2 = View(2, ("a", "b", "c", "j"), 2)
+    k = find_key(lambda k: view1.chain(k)[0] != view1.chain(k)[-1]
+                 and view2.chain(k) == (view1.chain(k)[0], "j"), 50)
+    net = Net(view1)
+    net.start()
+    h, t, o = two_of_three(view1, k)
+    net.add("j", view2)
+    net.lookup(o, k, "nf2", b"SYN")              # o's query (with the packet) to the tail t
+    (query,) = net.take(lambda s, d, f: s == o and isinstance(f.body, Query))
+    net.run()                                    # h writes nf2 at t
+    for name in ("j", h, t, o):
+        net.set_view(name, view2)
+    net.receive(*query)                          # t is not the tail any more: dropped
+    net.settle(3.0)
+    assert net.forwards == []
+    assert [d for n, d, _ in net.decisions if n == o] == [Decision(k, "nf2", False)]
+
+
+def test_an_answer_to_an_earlier_lookup_is_not_taken_for_a_new_one():
+    """Issue 16 item 2: an answer that released the packet of an earlier lookup of the key must
+    not make a new lookup's decision say released (the agent would drop its first packet);
+    and an earlier lookup's plain answer must not decide a lookup whose packet rode to a tail
+    that may forward it."""
+    net, view = three()
+    k = KEYS[3]
+    h, m, t = view.chain(k)
+    net.lookup(m, k, "nf1", b"SYN-1")
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer) and d == m)
+    (first,) = net.take(lambda s, d, f: isinstance(f.body, Answer) and d == m)
+    assert first[2].body.released and first[2].body.lookup == 1
+    # the earlier lookup is over (as after a second answer to a retried query, a cache hit and
+    # a delete); no public event ends a lookup without its answer, so it is dropped here
+    net.nodes[m]._pending.clear()
+    net.lookup(m, k, "nf1", b"SYN-2")            # lookup 2: its packet rides to the tail
+    net.receive(*first)
+    assert net.decided(m) == [], "lookup 1's answer does not decide lookup 2"
+    net.run()
+    assert [d for n, d, _ in net.decisions if n == m] == [Decision(k, "nf1", False)], \
+        "lookup 2's own answer: the tail had the entry committed and forwarded nothing"
+
+
+def test_a_reinsert_tells_every_member_the_older_versions_are_gone():
+    """Explorer class G: a deletion's Gone can be lost (its tail left the view) or never sent
+    (the tombstone reached a new tail by Sync and a re-insert superseded it before it
+    committed). The commit of a re-insert (version > 1) tells every member that the versions
+    below it are deleted, so no cached answer of the old entry outlives it."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view)
+    net.start()
+    k = KEYS[11]
+    h, t, o = two_of_three(view, k)
+    net.lookup(o, k, "nf1")
+    net.run()
+    net.delete(h, k)
+    net.run()
+    mark = len(net.sent)
+    net.lookup(h, k, "nf2")
+    net.run()
+    gones = sorted(d for s, d, f in net.data(mark, Gone) if s == t and f.body == Gone(k, 3))
+    assert gones == sorted(m for m in view.members if m != t)   # (and itself, locally)
+
+
+def test_versions_of_a_key_never_start_again_after_its_tombstones_expire():
+    """Explorer class I: once every node expired a key's tombstone, a new insert must not reuse
+    the versions of its earlier life (a frame of that life delayed past the TTL would be taken
+    for the new one): the first version is above a floor that grows with time."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view, tombstone_ttl=1.0)
+    net.start()
+    k = KEYS[13]
+    h, t, o = two_of_three(view, k)
+    net.lookup(o, k, "nf1")
+    net.run()
+    net.delete(h, k)
+    net.settle(3.0)
+    assert all(n.version(k) == 0 for n in net.nodes.values()), "expired everywhere"
+    net.lookup(o, k, "nf2")
+    net.run()
+    ver = net.nodes[t].version(k)
+    assert ver > 1 << 20 and net.nodes[o].cache[k] == (ver, "nf2")
+    for name in view.chain(k):
+        assert net.nodes[name].replica() == {k: "nf2"} and net.nodes[name].version(k) == ver
