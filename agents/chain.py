@@ -79,22 +79,28 @@ def _h64(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class View:
-    """A membership view: epoch, LB node ids, chain length, and the gateway's ``bundle`` slots
+    """A membership view: epoch, LB node ids, chain length, the gateway's ``bundle`` slots
     (``steering``: the member the gateway lists i-th at index i, '' for an empty slot; empty:
-    not known)."""
+    not known), and per member the epoch it was admitted in (``since``, in the order of
+    ``members``; empty: not known). A member named again after a removal is admitted anew:
+    a later ``since`` is a new life of that name."""
     epoch: int
     members: tuple[str, ...]
     chain_len: int
     steering: tuple[str, ...] = ()
+    since: tuple[int, ...] = ()
 
     def __post_init__(self):
-        for name in ("members", "steering"):
+        for name in ("members", "steering", "since"):
             if not isinstance(getattr(self, name), tuple):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(set(self.members)) != len(self.members):
             raise ValueError(f"duplicate members in view: {self.members}")
         if self.steering and sorted(m for m in self.steering if m) != sorted(self.members):
             raise ValueError(f"steering slots {self.steering} are not of the members "
+                             f"{self.members}")
+        if self.since and len(self.since) != len(self.members):
+            raise ValueError(f"since {self.since} does not give one epoch per member "
                              f"{self.members}")
         if self.chain_len < 1:
             raise ValueError(f"chain_len must be >= 1, got {self.chain_len}")
@@ -115,6 +121,18 @@ class View:
     @cached_property
     def _memo(self) -> dict[bytes, tuple[str, ...]]:
         return {}
+
+    def life(self, member: str) -> int:
+        """The epoch ``member`` was admitted in (0: not known, or not a member)."""
+        if not self.since or member not in self.members:
+            return 0
+        return self.since[self.members.index(member)]
+
+    def renewed(self, older: "View") -> set[str]:
+        """Members of this view that are a new life since ``older``: absent from it, or
+        admitted again (a later ``since``)."""
+        return {m for m in self.members
+                if m not in older.members or self.life(m) != older.life(m)}
 
     def chain(self, key: bytes) -> tuple[str, ...]:
         """The key's chain, head first, tail last (``min(chain_len, members)`` nodes)."""
@@ -213,10 +231,14 @@ class ChainNode:
     """One LB node's share of the distributed connection table."""
 
     def __init__(self, node_id: str, view: View, *, rto: float = 0.2, retry: float = 1.0,
-                 tombstone_ttl: float = 60.0, max_delete_tries: int = 10):
+                 tombstone_ttl: float = 60.0, max_delete_tries: int = 10,
+                 incarnation: int = 0):
         self.id = node_id
         self.view = view
-        self.inc = max(view.epoch, 1)     # incarnation: a restarted node gets fresh links
+        # incarnation: higher for every new life of this name (a process restarted under it
+        # passes a larger one, e.g. its start time; a re-admission adds one), so that peers
+        # reset their links to it and push it its entries again
+        self.inc = max(incarnation, view.epoch, 1)
         self.rto = rto
         self.retry = retry
         self.tombstone_ttl = tombstone_ttl
@@ -236,6 +258,7 @@ class ChainNode:
         self._done_from: dict[str, int] = {}               # peer -> highest SyncDone epoch
         self._deferred: list[tuple[str, int, Body]] = []   # head/tail work awaiting sync
         self._links: dict[str, _Link] = {}
+        self._retired: dict[str, int] = {}                # peer -> incarnation that left
         self._local: deque[tuple[str, int, Body]] = deque()
         self._tombstones: deque[tuple[float, bytes, int]] = deque()
         self._gone: dict[bytes, int] = {}                 # key -> newest Gone version heard
@@ -289,12 +312,17 @@ class ChainNode:
             # unknown sender, or a view we do not have yet: the sender retransmits
             self.stats["dropped_in"] += 1
             return self._finish(now)
+        if msg.src_inc <= self._retired.get(src, 0):
+            return self._finish(now)                      # a life that left the view
         link = self._links.setdefault(src, _Link(self.rto))
         if msg.src_inc < link.peer_inc:
             return self._finish(now)                      # from a previous incarnation
         if msg.src_inc > link.peer_inc:
-            if link.peer_inc:                              # the peer restarted
+            if link.peer_inc:
+                # the peer restarted under its name: a new life that holds nothing
                 link = self._links[src] = _Link(self.rto)
+                link.peer_inc = msg.src_inc
+                self._peer_renewed(src, now)
             link.peer_inc = msg.src_inc
         if msg.dst_inc not in (0, self.inc):
             link.ack_due = True                            # tell the peer who we are now
@@ -380,29 +408,34 @@ class ChainNode:
             return self._finish(now)
         old, self.view = self.view, view
         self.synced = False
-        for peer in [p for p in self._links if p not in view.members]:
-            del self._links[peer]
+        renewed = view.renewed(old)
+        # work deferred for peers that left: nobody waits for it
+        self._deferred = [d for d in self._deferred if d[0] in view.members]
+        for peer in [p for p in self._links if p not in view.members or p in renewed]:
+            # frames of that life arriving later are refused (see ``receive``)
+            self._retired[peer] = max(self._retired.get(peer, 0), self._links.pop(peer).peer_inc)
+            self._done_from.pop(peer, None)
         if self.id not in view.members:
             self._pending.clear()
             return self._finish(now)
-        self._release_held()
-        was_member = self.id in old.members
-        if not was_member:
-            # named again after a removal: start over with fresh links, like a restart
-            self.inc = max(self.inc + 1, view.epoch)
-            self._links.clear()
+        if self.id in renewed:
+            # admitted again (whether or not this node heard of its removal): a new life,
+            # which keeps nothing of the old one
+            self._restart()
+            old = View(0, (), 1)
+        for peer in renewed - {self.id}:
+            self._forget_life(peer)
         batches: dict[str, list[SyncEntry]] = {}
         for key, rec in list(self.store.items()):
             new_chain = view.chain(key)
-            old_chain = old.chain(key) if was_member else ()
+            old_chain = old.chain(key) if old.members else ()
             staying = self.id in new_chain
             entry = SyncEntry(key, rec.ver, rec.nf, rec.committed)
             for m in new_chain:
-                if m != self.id and (not rec.committed or not staying or m not in old_chain):
+                if m != self.id and (not rec.committed or not staying or m not in old_chain
+                                     or m in renewed):
                     batches.setdefault(m, []).append(entry)
-        for dst, entries in batches.items():
-            for i in range(0, len(entries), SYNC_BATCH):
-                self._send(dst, Sync(tuple(entries[i:i + SYNC_BATCH])), now)
+        self._push(batches, now)
         for key in self._pending:
             self._query(key, now)
         for key, waiting in list(self._waiters.items()):
@@ -422,6 +455,69 @@ class ChainNode:
                 self._send(m, SyncDone(), now)
         self._check_synced(now)
         return self._finish(now)
+
+    def _push(self, batches: dict[str, list[SyncEntry]], now: float) -> None:
+        for dst, entries in batches.items():
+            for i in range(0, len(entries), SYNC_BATCH):
+                self._send(dst, Sync(tuple(entries[i:i + SYNC_BATCH])), now)
+
+    def _restart(self) -> None:
+        """Start a new life under this name: a higher incarnation (peers reset their links),
+        nothing stored, cached, owed or awaited. Pending lookups stay, asked anew once synced;
+        their packets stay with the agent (a tail of the old life may have sent one: at
+        least once then, as when a tail leaves)."""
+        self.inc += 1
+        self.store.clear()
+        self.live = 0
+        self.cache.clear()
+        for p in self._pending.values():
+            p.packet, p.rode, p.held, p.released = b"", "", None, False
+        for d in (self._waiters, self._inserting, self._deleting, self._done_from,
+                  self._links, self._gone):
+            d.clear()
+        self._deferred.clear()
+        self._tombstones.clear()
+        self._gone_order.clear()
+
+    def _forget_life(self, peer: str) -> None:
+        """``peer``'s old life is gone: its new life does not wait for the answers its old one
+        asked for, and nothing more comes from the old one for a packet that rode to it (if
+        it sent it, its answer is lost: at least once then, as when a tail leaves)."""
+        self._deferred = [d for d in self._deferred if d[0] != peer]
+        for key in [k for k, w in self._waiters.items() if peer in w]:
+            del self._waiters[key][peer]
+            if not self._waiters[key]:
+                del self._waiters[key]
+                self._inserting.pop(key, None)
+        for p in list(self._pending.values()):
+            if p.rode == peer:
+                p.rode = ""
+                if p.held is not None:
+                    held, p.held = p.held, None
+                    self._on_answer(peer, held)
+
+    def _peer_renewed(self, peer: str, now: float) -> None:
+        """``peer`` restarted under its name within this view: it holds nothing, so push it
+        every entry of the chains it is part of, and send it again what it lost with its old
+        life (queries, insert and delete requests), then SyncDone for this epoch."""
+        self._forget_life(peer)
+        if self.removed:
+            return
+        chain = self.view.chain
+        entries = [SyncEntry(k, r.ver, r.nf, r.committed) for k, r in self.store.items()
+                   if peer in chain(k)]
+        self._push({peer: entries} if entries else {}, now)
+        for key, p in self._pending.items():
+            if peer in chain(key):
+                self._query(key, now)
+        if self.synced:
+            for key in [k for k in self._inserting if chain(k)[0] == peer]:
+                self._serve(key, now, force=True)
+        for key, d in self._deleting.items():
+            if chain(key)[0] == peer:
+                d.sent = now
+                self._send(peer, DeleteReq(key, d.ver), now)
+        self._send(peer, SyncDone(), now)
 
     def delete(self, key: bytes, now: float) -> list[Action]:
         """The connection of ``key`` ended: delete its entry through the head."""
@@ -639,7 +735,9 @@ class ChainNode:
         ins = self._inserting.get(q.key)
         if ins is not None and ins.nf in self.failed and q.nf not in self.failed:
             ins.nf = q.nf                           # a retry's new proposal replaces a dead one
-        if ins is None:
+        if ins is None and q.nf in self.failed:
+            pass           # nothing to insert: the asker's agent proposes anew (``lookup``)
+        elif ins is None:
             # an asker other than this node sent the head InsertReq(key, nf, q.seen) along
             # with its query: when that request is the one this tail would send, it counts
             # as sent (the retry timer covers its loss)

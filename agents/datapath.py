@@ -80,8 +80,9 @@ class Datapath:
 
     def __init__(self, name: str, mode: str, mac: bytes,
                  timeouts: CtTimeouts = CtTimeouts(), *, frag_timeout: float = FRAG_TIMEOUT,
-                 max_buffered: int = MAX_BUFFERED):
+                 max_buffered: int = MAX_BUFFERED, incarnation: int = 0):
         self.name, self.mode, self.mac = name, mode, mac
+        self.incarnation = incarnation     # of this process's chain node (ChainNode)
         self.picker = Picker(mode)
         self.timeouts = timeouts
         self._lb_timeouts = timeouts.lb_timeouts()
@@ -320,11 +321,13 @@ class Datapath:
         if self.mode != "chain":
             return []
         members = tuple(lb.name for lb in view.lbs)
-        chain_view = View(view.epoch, members, view.chain_len, steering_slots(view.lbs))
+        since = tuple(lb.since for lb in view.lbs)
+        chain_view = View(view.epoch, members, view.chain_len, steering_slots(view.lbs),
+                          since if all(since) else ())
         if self.node is None:
             if self.name not in members:
                 return []
-            self.node = ChainNode(self.name, chain_view)
+            self.node = ChainNode(self.name, chain_view, incarnation=self.incarnation)
             return self._engine(self.node.tick(now))
         out = self._engine(self.node.set_view(chain_view, now))
         if self.node.removed and self.buffered:

@@ -55,7 +55,8 @@ class Agent:
         self.sock.bind((intf, 0))
         self.sock.setblocking(False)
         self.mac = self.sock.getsockname()[4][:6]
-        self.dp = Datapath(name, mode, self.mac, timeouts)
+        # a restarted agent's chain node is a new life of its name: a larger incarnation
+        self.dp = Datapath(name, mode, self.mac, timeouts, incarnation=time.time_ns())
         self.cluster_intf = cluster_intf
         self.csock: socket.socket | None = None     # the LB cluster network: chain frames only
         if cluster_intf:

@@ -155,12 +155,15 @@ class LBInfo:
 
     ``port`` is its switch port and ``slot`` its place in the gateway's ``bundle`` list,
     counted from 1 (0: not known); a slot keeps its place while other nodes come and go.
+    ``since`` is the epoch it was admitted in (0: not known): a node admitted again under its
+    name gets a later one, and the chain engine treats it as a new life (``View.since``).
     """
     name: str
     mac: str
     cluster_mac: str = ""
     port: int = 0
     slot: int = 0
+    since: int = 0
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ class LBInfoL(_Item):
     name = "LBInfo"
     fields_desc = [*_text("name"), MACField("mac", None),
                    OptionalMACField("cluster_mac", "00:00:00:00:00:00"), ShortField("port", 0),
-                   ShortField("slot", 0)]
+                   ShortField("slot", 0), LongField("since", 0)]
 
 
 class NFInfoL(_Item):

@@ -325,7 +325,8 @@ class Policy:
     def view(self) -> ViewMsg:
         return ViewMsg(
             epoch=self.epoch, chain_len=self.chain_len, mode=self.mode,
-            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac, m.port, self._slots.index(m.name) + 1)
+            lbs=tuple(LBInfo(m.name, m.mac, m.cluster_mac, m.port, self._slots.index(m.name) + 1,
+                             m.admitted_epoch)
                       for m in self.lbs.values()),
             nfs=tuple(NFInfo(n.name, n.mac, n.state) for n in self.nfs.values()))
 

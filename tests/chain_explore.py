@@ -33,7 +33,11 @@ agent model and a network. A step is one ``Choice`` (a tuple):
   ``("crash", n)`` n stops forever (frames to it vanish), ``("remove", n)`` the controller
   makes a view without n (a live n may or may not get it), ``("join", j)`` a view with a new
   member j (created when its first view reaches it, as ``Datapath.view`` does),
-  ``("readmit", n)`` a view naming a removed n again, ``("fail", nf)`` a view marking nf failed.
+  ``("readmit", n)`` a view naming a removed n again (a later ``View.since``: a node that never
+  heard of its removal learns it from that), ``("restart", n)`` n's agent restarts under its
+  name within the view (faster than the heartbeat timeout: no view changes; a fresh engine
+  with a higher incarnation, its lookups lost with the old process), ``("fail", nf)`` a view
+  marking nf failed.
   With ``cfg.stable_losses`` a crash or removal waits until every live member has the newest
   view and is synced (at most L-1 replicas lost at a time);
 - ``("view", node, epoch)``: the controller's view ``epoch`` reaches ``node`` (each node
@@ -65,9 +69,10 @@ Checked after every step (``World.check_step``):
   counts one (the agent then sends its held packets, the first one included). Two sends of one
   rider (two Forwards, or a Forward and an unreleased decision, in either order) violate it.
   As ``Datapath`` does, a packet for an NF the sending node knows failed is dropped, not sent.
-  A second send after the forwarding tail crashed or left the view (in a view made since it
-  forwarded, even if a later one names it again) is reported as
-  ``at-most-once/tail-left`` (the engine's contract allows it: at least once then).
+  A second send after the forwarding tail crashed, left the view (in a view made since it
+  forwarded, even if a later one names it again) or restarted, or after the asker's life
+  ended (re-admitted, restarted), is reported as ``at-most-once/tail-left`` (the engine's
+  contract allows it: at least once then).
 - ``at-least-once``: a decision with ``released=True`` means a tail forwarded the rider of
   *that* lookup: its rider must have been Forwarded before (the tail forwards in the same step
   as it answers), to an NF not failed. At the end, every decided lookup's rider was sent
@@ -231,7 +236,7 @@ class Config:
     stress_depth: int = 60
 
 
-_VIEW_EVENTS = ("remove", "join", "readmit", "fail")
+_VIEW_EVENTS = ("remove", "join", "readmit", "fail")     # ("crash", "restart": no view)
 
 
 def _next_slots(slots: list[str], members: tuple) -> list[str]:
@@ -305,6 +310,7 @@ class World:
         self.now = 0.0
         self.steps = 0
         self.slots: list[str] = []
+        self.since: dict[str, int] = {}                  # member -> epoch admitted in
         self.views: list[tuple[View, frozenset]] = []    # index epoch-1: (view, failed NFs)
         self.nodes: dict[str, Any] = {}
         self.crashed: set[str] = set()
@@ -331,6 +337,8 @@ class World:
         self.fwd_by: dict[bytes, str] = {}               # rider -> the tail that forwarded it
         self.lost: dict[bytes, str] = {}                 # rider -> who sent it to a failed NF
         self.fwd_epoch: dict[bytes, int] = {}            # rider -> newest view when forwarded
+        self.fwd_life: dict[bytes, int] = {}             # rider -> its tail's incarnation then
+        self.ask_life: dict[int, int] = {}               # lookup -> its asker's incarnation
         self.fwd_nf: dict[bytes, str] = {}               # rider -> the NF it was forwarded to
         self.scanned: dict[tuple, int] = {}              # link -> newest seq scanned
         self.rider_of = {rider(n, self.keys[k], i): i for i, (n, k, _) in enumerate(cfg.lookups)}
@@ -361,10 +369,12 @@ class World:
     def alive(self, n: str) -> bool:
         return n in self.nodes and n not in self.crashed
 
-    def _create(self, name: str, view: View) -> None:
+    def _create(self, name: str, view: View, incarnation: int = 0) -> None:
         c = self.cfg
+        kw = {"incarnation": incarnation} if incarnation else {}
         node = self.engine(name, view, rto=c.rto, retry=c.retry,
-                           tombstone_ttl=c.tombstone_ttl, max_delete_tries=c.max_delete_tries)
+                           tombstone_ttl=c.tombstone_ttl, max_delete_tries=c.max_delete_tries,
+                           **kw)
         self.nodes[name] = node
         self.agent_epoch[name] = view.epoch
         self.known_failed[name] = self.views[view.epoch - 1][1]
@@ -372,7 +382,10 @@ class World:
 
     def _new_view(self, members: tuple, failed: frozenset) -> View:
         self.slots = _next_slots(self.slots, members)
-        view = View(len(self.views) + 1, members, self.cfg.chain_len, tuple(self.slots))
+        epoch = len(self.views) + 1
+        self.since = {m: self.since.get(m, epoch) for m in members}
+        view = View(epoch, members, self.cfg.chain_len, tuple(self.slots),
+                    tuple(self.since[m] for m in members))
         self.views.append((view, failed))
         return view
 
@@ -491,6 +504,7 @@ class World:
         self.sends[f.packet] += 1
         prev = self.fwd_by.get(f.packet)
         self.fwd_by[f.packet] = name
+        self.fwd_life.setdefault(f.packet, self.nodes[name].inc)
         self.fwd_nf.setdefault(f.packet, f.nf)
         self.fwd_epoch.setdefault(f.packet, len(self.views))
         if self.sends[f.packet] > 1:
@@ -507,9 +521,13 @@ class World:
         forwarded it has crashed or left the view since (the engine's contract sends it at
         least once then)."""
         t = self.fwd_by.get(pkt)
-        if t is not None and (t in self.crashed or any(
-                t not in v.members for v, _ in self.views[self.fwd_epoch.get(pkt, 1) - 1:])):
+        if t is not None and (t in self.crashed or self.nodes[t].inc != self.fwd_life.get(pkt)
+                              or any(t not in v.members
+                                     for v, _ in self.views[self.fwd_epoch.get(pkt, 1) - 1:])):
             return "at-most-once/tail-left"
+        i = self.rider_of.get(pkt)
+        if i is not None and self.nodes[self.cfg.lookups[i][0]].inc != self.ask_life.get(i):
+            return "at-most-once/tail-left"        # (the asker's life ended: the same contract)
         return "at-most-once"
 
     def _lk(self, i: int) -> tuple[str, bytes]:
@@ -676,7 +694,8 @@ class World:
     def _event_ok(self, ev) -> bool:
         kind = ev[0]
         members = self.latest()[0].members
-        if kind in ("crash", "remove") and self.cfg.stable_losses and not self.stable():
+        if kind in ("crash", "remove", "restart") and self.cfg.stable_losses \
+                and not self.stable():
             if not (kind == "remove" and ev[1] in self.crashed):
                 return False
         if kind == "crash":
@@ -687,6 +706,8 @@ class World:
             return ev[1] not in members and ev[1] not in self.nodes
         if kind == "readmit":
             return ev[1] not in members and self.alive(ev[1])
+        if kind == "restart":
+            return ev[1] in members and self.alive(ev[1])
         if kind == "fail":
             return ev[1] not in self.latest()[1]
         raise ValueError(f"unknown event {ev!r}")
@@ -759,6 +780,7 @@ class World:
         node = self.nodes[n]
         self.outstanding[(n, key)] = i
         self.lk_state[i] = "pending"
+        self.ask_life[i] = node.inc
         self.floor[i] = self.ctombs.get(key, 0)
         if key in node.cache:
             self.cache_hit.add(i)
@@ -780,6 +802,13 @@ class World:
                 if n == ev[1]:
                     self.lk_state[i] = "dead"
                     del self.outstanding[(n, key)]
+        elif kind == "restart":
+            n = ev[1]
+            for (m, key), i in list(self.outstanding.items()):
+                if m == n:
+                    self.lk_state[i] = "dead"       # its buffered packets died with it
+                    del self.outstanding[(m, key)]
+            self._create(n, view, incarnation=self.nodes[n].inc + 1)
         elif kind == "remove":
             self._new_view(tuple(m for m in view.members if m != ev[1]), failed)
         elif kind in ("join", "readmit"):
@@ -1616,6 +1645,12 @@ CONFIGS: dict[str, Config] = {c.name: c for c in [
     # a removed node is named again under its own name, L=2
     Config("readmit-L2", lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2")),
            events=(("remove", "n2"), ("readmit", "n2"))),
+    # the tail's agent restarts under its name, no view change (faster than the heartbeat
+    # timeout), L=2; then the head's
+    Config("restart-tail-L2", lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2")),
+           events=(("restart", "n2"),)),
+    Config("restart-head-L2", lookups=(("n3", 0, "nf2"), ("n2", 0, "nf1")),
+           events=(("restart", "n1"),)),
     # the link layer itself: real retransmission timers, a loss and a duplicate
     Config("link-layer-L2", rto=0.2, dts=(0.2, 1.0), max_drops=1, max_dups=1, max_ticks=2),
 ]}
@@ -1656,6 +1691,14 @@ STRESS_CONFIGS: dict[str, Config] = {c.name: c for c in [
            deletes=(("n2", 0), ("n1", 1)), events=(("fail", "nf1"), ("remove", "n3"),
                                                   ("readmit", "n3")),
            max_drops=4, max_dups=3, max_ticks=12, split_ticks=True, stress_depth=90),
+    Config("stress-restart-L2", members=("n1", "n2", "n3"), chain_len=2,
+           keys=(((0, ("n1", "n2")),),),
+           lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2"), ("n2", 0, "nf3"), ("n3", 0, "nf1")),
+           deletes=(("n1", 0),), events=(("restart", "n2"), ("remove", "n3"),
+                                         ("readmit", "n3"), ("restart", "n1"),
+                                         ("remove", "n2"), ("readmit", "n2")),
+           max_drops=3, max_dups=2, max_ticks=12, split_ticks=True, stress_depth=100,
+           stable_losses=True, forget=True),
     Config("stress-churn-L2", members=("n1", "n2", "n3"), chain_len=2,
            keys=(((0, ("n1", "n2")),),),
            lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2"), ("n2", 0, "nf3"), ("n3", 0, "nf1")),

@@ -6,9 +6,10 @@ S seconds, and every configuration is explored under every budget of ``chain_exp
 (drops, duplicates, reorderings, ticks) instead of the CI ones, and the stress runs S seconds
 per family.
 
-Cases the current engine is known to fail are ``xfail(strict=False)``: each reason names the
-violation and its minimized trace is in ``KNOWN_TRACES`` (replayable with
-``chain_explore.replay``). A case that passes after a fix shows as XPASS.
+Every violation the explorer found in the engine is kept as a minimized trace in
+``KNOWN_TRACES`` (replayable with ``chain_explore.replay``): each must replay without a
+violation on today's engine, and each of the later classes (A', D, F, G, I) does violate the
+engine as it was before their fixes (git d5be40c).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _fail(found, stats) -> None:
 # ----------------------------------------------------------------------------- known violations
 
 A_GONE_OVERTAKES_RELEASED_ANSWER = (
-    "split (was at-most-once before c2ff70a): the tail forwards a non-head asker's packet to "
+    "(fixed after d5be40c) split (was at-most-once before c2ff70a): the tail forwards a non-head asker's packet to "
     "nf1 and answers released; the key is deleted and the head's Gone overtakes that answer "
     "(another link); the asker ignores the answer of the deleted version, inserts anew and "
     "decides nf2 'released': the first packet went to nf1, the rest go to nf2")
@@ -42,7 +43,7 @@ B_TAIL_SERVES_PURGED_NF = (
     "(fixed in c2ff70a) failed-nf: a tail that purged an NF still answers a waiter/query with an entry of it "
     "(_serve after sync, _on_query), and forwards the first packet to the failed NF")
 D_TAIL_CHANGE_LOSES_RELEASED_ANSWER = (
-    "at-most-once: the tail forwards and answers released; a join moves the tail before that "
+    "(fixed after d5be40c) at-most-once: the tail forwards and answers released; a join moves the tail before that "
     "answer arrives (it is lost, or just slower than the new tail's link); the asker's "
     "re-sent query (no packet) is answered released=False by the new tail: the packet is sent "
     "twice while the old tail stays a member")
@@ -51,11 +52,11 @@ E_HEAD_HANDS_TOMBSTONE_PAST_MIDDLE = (
     "tombstone; the head hands the tombstone straight to the tail (Write past the middle), "
     "so the tail is ahead of the middle")
 F_READMIT_STALLS = (
-    "liveness: a node removed by a view it never got and then named again keeps its old link "
+    "(fixed after d5be40c) liveness: a node removed by a view it never got and then named again keeps its old link "
     "state (no new incarnation) while the others restart their links to it: its frames stay "
     "out of order forever, nobody syncs")
 G_SKIPPED_TOMBSTONE_NO_GONE = (
-    "coherence: a tombstone reaches the tail by Sync and is superseded by a newer insert "
+    "(fixed after d5be40c) coherence: a tombstone reaches the tail by Sync and is superseded by a newer insert "
     "before the tail commits it: no Gone is ever sent for it, and answers cached before the "
     "delete (here the tail's own) stay")
 H_DEAD_WAITER_RETRIED_FOREVER = (
@@ -68,14 +69,14 @@ J_SELF_GONE_OF_LIVE_VERSION = (
     "to itself; its lookup then ignores every answer of that version (ver <= gone) and "
     "queries the tail forever")
 I_TTL_VERSION_REUSE = (
-    "after every node expires a key's tombstone its versions start again at 1; a frame of the "
+    "(fixed after d5be40c) after every node expires a key's tombstone its versions start again at 1; a frame of the "
     "deleted incarnation delayed past tombstone_ttl (an Answer retransmitted, a Gone) is taken "
     "for the new one: answers ignored or believed, packets sent twice, caches stale")
 
 # (config, budget, oracle, heal at the end, compact trace, reason)
 KNOWN_TRACES = {
     "A-gone-overtakes-released-answer": (
-        "delete-reinsert-L2", (0, 0, 0, 1), "at-most-once", True,
+        "delete-reinsert-L2", (0, 0, 0, 1), "split", True,
         ['lookup 0', 'lookup 1', 'deliver n3->n2 Query', 'deliver n1->n2 Write',
          'deliver n2->n1 Answer', 'delete 0', 'deliver n3->n1 InsertReq',
          'deliver n1->n3 Gone'], A_GONE_OVERTAKES_RELEASED_ANSWER),
@@ -144,8 +145,7 @@ def _known_cfg(name, budget):
 @pytest.mark.parametrize("case", sorted(KNOWN_TRACES))
 def test_known_trace_no_longer_violates(case):
     """Each minimized trace of a violation found on this engine: replayed, no oracle fails
-    (expected to fail until the engine is fixed; a trace whose steps the engine no longer
-    takes counts as fixed)."""
+    (a trace whose steps the engine no longer takes counts as fixed)."""
     name, budget, oracle, end, trace, reason = KNOWN_TRACES[case]
     cfg = _known_cfg(name, budget)
     try:
@@ -153,7 +153,28 @@ def test_known_trace_no_longer_violates(case):
     except ValueError as e:          # a step of the trace is no longer enabled
         pytest.skip(f"the trace no longer applies: {e}")
     if v is not None:
-        pytest.xfail(f"{reason}\n{v}\n{ce.format_trace(cfg, trace, end=end)}")
+        pytest.fail(f"{reason}\n{v}\n{ce.format_trace(cfg, trace, end=end)}", pytrace=False)
+
+
+LATER_CLASSES = ["A-gone-overtakes-released-answer", "D-tail-change-loses-released-answer",
+                 "D-tail-change-answer-in-flight", "F-readmit-stalls",
+                 "G-skipped-tombstone-no-gone", "G-skipped-tombstone-no-gone-join",
+                 "I-ttl-version-reuse"]
+
+
+def test_known_traces_violate_the_engine_before_their_fixes():
+    """The regressions can fail: each trace of classes A', D, F, G and I reaches its oracle on
+    the engine before their fixes (git d5be40c)."""
+    engine = ce.engine_at("d5be40c")
+    if engine is None:
+        pytest.skip("git history not available")
+    missed = []
+    for case in LATER_CLASSES:
+        name, budget, oracle, end, trace, _ = KNOWN_TRACES[case]
+        v = ce.replay(_known_cfg(name, budget), trace, engine, end=end)
+        if v is None or v.oracle.split("/")[0] != oracle:
+            missed.append((case, oracle, v))
+    assert not missed, missed
 
 
 # ----------------------------------------------------------------------------- exhaustive cases
@@ -165,17 +186,19 @@ CASES = [
     ("two-askers-L3", (0, 0, 0, 1), None),
     ("middle-asker-L3", (0, 0, 0, 1), None),
     ("delete-cached-L2", (0, 0, 0, 1), None),
-    ("delete-reinsert-L2", (0, 0, 0, 1), A_GONE_OVERTAKES_RELEASED_ANSWER),
-    ("delete-relookup-L2", (0, 0, 0, 1), A_GONE_OVERTAKES_RELEASED_ANSWER),
+    ("delete-reinsert-L2", (0, 0, 0, 1), None),
+    ("delete-relookup-L2", (0, 0, 0, 1), None),
     ("nf-fail-L3", (0, 0, 0, 1), None),
     ("nf-fail-L2", (0, 0, 0, 1), None),
     ("crash-tail-L2", (0, 0, 0, 1), None),
     ("crash-head-L2", (0, 0, 0, 1), None),
     ("join-head-L2", (0, 0, 0, 1), None),
-    ("join-tail-L2", (0, 0, 0, 1), D_TAIL_CHANGE_LOSES_RELEASED_ANSWER),
+    ("join-tail-L2", (0, 0, 0, 1), None),
     ("remove-live-L2", (0, 0, 0, 1), None),
     ("tombstone-ttl-L3", (0, 0, 0, 1), None),
-    ("readmit-L2", (0, 0, 0, 1), F_READMIT_STALLS),
+    ("readmit-L2", (0, 0, 0, 1), None),
+    ("restart-tail-L2", (0, 0, 0, 1), None),
+    ("restart-head-L2", (0, 0, 0, 1), None),
     ("link-layer-L2", (1, 1, 0, 2), None),
 ]
 
@@ -281,9 +304,8 @@ def test_replay_and_minimize_round_trip():
 
 # ----------------------------------------------------------------------------- randomized stress
 
-@pytest.mark.xfail(strict=False, reason="the stress finds the known classes A, D, F, G "
-                   "(and the tail-left resend, ignored): see KNOWN_TRACES")
-@pytest.mark.parametrize("name", ["stress-L2-mix", "stress-L3-mix", "stress-churn-L2"])
+@pytest.mark.parametrize("name", ["stress-L2-mix", "stress-L3-mix", "stress-churn-L2",
+                                  "stress-restart-L2"])
 def test_stress_real_engine(name):
     """Random walks over every kind of step (losses, duplicates, ticks, crashes, joins,
     removals, NF failures), each healed and checked."""
@@ -294,7 +316,6 @@ def test_stress_real_engine(name):
         _fail(found, stats)
 
 
-@pytest.mark.xfail(strict=False, reason=I_TTL_VERSION_REUSE)
 def test_stress_short_tombstone_ttl():
     found, stats = ce.stress(ce.STRESS_CONFIGS["stress-L2-ttl"], range(10 ** 9),
                              seconds=secs(1.0), ignore={TAIL_LEFT}, minimize_budget=secs(3.0))

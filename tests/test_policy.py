@@ -46,7 +46,7 @@ def pol():
 def test_from_config_builds_initial_view(pol):
     v = pol.view()
     assert v.epoch == 1 and v.chain_len == 2 and v.mode == "chain"
-    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i), "", 10 + i, i) for i in (1, 2, 3))
+    assert v.lbs == tuple(LBInfo(f"lb{i}", mac(3, i), "", 10 + i, i, 1) for i in (1, 2, 3))
     assert v.nfs == (NFInfo("nf1", mac(4, 1), "active"), NFInfo("nf2", mac(4, 2), "active"))
 
 
@@ -213,7 +213,7 @@ def test_cluster_macs_travel_in_the_view(pol):
     cluster = "02:00:00:01:03:04"
     pol.add_lb("lb4", mac(3, 4), 14, now=1.0, cluster_mac=cluster.upper())
     infos = {i.name: i for i in pol.view().lbs}
-    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster, 14, 4)
+    assert infos["lb4"] == LBInfo("lb4", mac(3, 4), cluster, 14, 4, 2)
     assert infos["lb1"].cluster_mac == ""          # a node without one uses the switch
     assert pol.state(1.0)["lbs"][-1]["cluster_mac"] == cluster
     cfg = config()
@@ -404,3 +404,15 @@ def test_agents_rank_lb_nodes_by_the_gateways_slots(pol):
     assert steering_slots(tuple(LBInfo(i.name, i.mac, i.cluster_mac, i.port) for i in infos)) == ()
     assert steering_slots(tuple(LBInfo(i.name, i.mac, i.cluster_mac, i.port, 1)
                                 for i in infos)) == ()
+
+
+def test_a_node_admitted_again_under_its_name_has_a_later_since(pol):
+    """The view tells every agent that a re-admitted name is a new life (``LBInfo.since``),
+    even one that never heard of the removal."""
+    first = {i.name: i.since for i in pol.view().lbs}
+    pol.remove_lb("lb3", 1.0)
+    assert "lb3" not in {i.name for i in pol.view().lbs}
+    pol.add_lb("lb3", mac(3, 3), 13, now=2.0)
+    again = {i.name: i.since for i in pol.view().lbs}
+    assert again["lb3"] > first["lb3"]
+    assert again["lb1"] == first["lb1"] and again["lb2"] == first["lb2"]
