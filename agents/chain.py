@@ -323,9 +323,16 @@ class ChainNode:
                 link = self._links[src] = _Link(self.rto)
                 link.peer_inc = msg.src_inc
                 self._peer_renewed(src, now)
-            link.peer_inc = msg.src_inc
-        if msg.dst_inc not in (0, self.inc):
-            link.ack_due = True                            # tell the peer who we are now
+            else:
+                # first word from this life of the peer: what was sent before it, addressed
+                # to no incarnation in particular, it refused; send it again, addressed
+                link.peer_inc = msg.src_inc
+                self._resend(src, link)
+        if msg.dst_inc != self.inc:
+            # addressed to an earlier life of this node, or to none (sent before the peer
+            # heard of this one: it may have been meant for an earlier life, which may have
+            # taken it already): refused; the ack tells the peer who this node is now
+            link.ack_due = True
             return self._finish(now)
         unacked = link.unacked
         while unacked:
@@ -504,8 +511,20 @@ class ChainNode:
         if self.removed:
             return
         chain = self.view.chain
-        entries = [SyncEntry(k, r.ver, r.nf, r.committed) for k, r in self.store.items()
-                   if peer in chain(k)]
+        entries = []
+        for k, r in self.store.items():
+            c = chain(k)
+            if peer not in c:
+                continue
+            i = c.index(self.id) if self.id in c else -1
+            if r.committed or c.index(peer) < i:
+                # (an uncommitted write to a node before this one: it had it, no order lost)
+                entries.append(SyncEntry(k, r.ver, r.nf, r.committed))
+            elif i == 0 or (i > 0 and c.index(peer) == i + 1):
+                # a write on its way down the chain: sent down again, in order, by the head
+                # (each hop passes on a write it holds uncommitted) and by the peer's
+                # predecessor (which may have passed it to the peer's old life)
+                self._send(c[i + 1], Write(k, r.ver, r.nf), now)
         self._push({peer: entries} if entries else {}, now)
         for key, p in self._pending.items():
             if peer in chain(key):
@@ -604,6 +623,13 @@ class ChainNode:
         link.next_seq += 1
         link.ack_due = False
         self._emit(dst, frame)
+
+    def _resend(self, dst: str, link: _Link) -> None:
+        """Send the link's unacked frames again now, addressed to the peer's incarnation."""
+        for entry in link.unacked.values():
+            entry[0] = replace(entry[0], dst_inc=link.peer_inc, ack=link.expected - 1)
+            self.stats["retransmits"] += 1
+            self._emit(dst, entry[0])
 
     def _backlogged(self, dst: str) -> bool:
         link = self._links.get(dst)
@@ -853,8 +879,9 @@ class ChainNode:
                 self._waiters.setdefault(w.key, {})[chain[0]] = (w.packet, w.lookup)
             if self.synced:
                 self._commit(w.key, now)
-        elif newer or (rec.ver == w.ver and rec.committed and not rec.nf):
-            # (a head sending a tombstone down again: a successor expired its copy)
+        elif rec.ver == w.ver and (newer or not rec.committed or not rec.nf):
+            # (again: a head sending down a write that a restarted successor lost, or a
+            # tombstone a successor expired)
             self._send(chain[chain.index(self.id) + 1],
                        Write(w.key, rec.ver, rec.nf, w.packet, w.lookup), now)
 

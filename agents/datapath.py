@@ -437,7 +437,8 @@ class Datapath:
                "conn_states": self.states(), "timeouts": self.timeouts.asdict()}
         if node is not None:
             out.update(entries=node.live, records=len(node.store), cached=len(node.cache),
-                       synced=node.synced, roles=node.roles(), engine=node.stats,
+                       synced=node.synced, incarnation=node.inc, roles=node.roles(),
+                       engine=node.stats,
                        members=list(node.view.members), steering=list(node.view.steering),
                        chain_len=node.view.chain_len)
         else:

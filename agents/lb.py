@@ -68,9 +68,11 @@ class Agent:
             self.csock.setblocking(False)
             self.cluster_mac = self.csock.getsockname()[4][:6]
         os.makedirs(log_dir, exist_ok=True)
-        self.decisions_log = open(os.path.join(log_dir, f"{name}.decisions.csv"), "w",
-                                  buffering=1 << 16)
-        self.decisions_log.write("time,key,nf,mode\n")
+        decisions = os.path.join(log_dir, f"{name}.decisions.csv")
+        fresh = not os.path.exists(decisions)     # an agent restarted under its name appends
+        self.decisions_log = open(decisions, "a", buffering=1 << 16)
+        if fresh:
+            self.decisions_log.write("time,key,nf,mode\n")
         self.stats_path = os.path.join(log_dir, f"{name}.stats.json")
         self.ctl_path = os.path.join(run_dir, f"{name}.sock")
         if os.path.exists(self.ctl_path):

@@ -3,7 +3,7 @@
 ``sudo make cli`` (``python -m scenarios cli --mode chain``) starts a testbed and opens it;
 ``sudo make scenario NAME=... CLI=1`` opens it at the end of a scenario (or on failure).
 Added commands (``help <command>`` explains each): view, table, addnf, drain, rmnf, killnf,
-killlb, addlb, flows, report. Mininet's own (``<host> <command>``, ``nodes``, ``pingall``,
+killlb, restartlb, addlb, flows, report. Mininet's own (``<host> <command>``, ``nodes``, ``pingall``,
 ``exit`` ...) keep working.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ MAX_FLOWS = 50                      # per `flows` command: keeps the 2-core mach
 FLOW_RATE_MBIT, FLOW_DURATION_S = 2.0, 20.0
 SERVER_PORT0, CLIENT_PORT0 = 6201, 30001     # scenario flows use 5201+ and 20001+
 TABLE_ROWS = 8
-COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "addlb", "flows",
-            "report")
+COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb", "addlb",
+            "flows", "report")
 _NF_RE, _LB_RE = re.compile(r"^nf[1-9][0-9]*$"), re.compile(r"^lb[1-9][0-9]*$")
 
 
@@ -211,6 +211,16 @@ class TestbedCommands:
         self.say(f"killed {name}'s agent; the controller drops it after missed heartbeats")
 
     @_guarded
+    def do_restartlb(self, line):
+        """restartlb lbN: SIGKILL that LB agent and start it again under its name at once (a
+        crash and a service restart): the new process holds nothing, its peers push it its
+        part of the table; if the controller dropped it meanwhile, it is admitted again."""
+        name = _one_name(line, _LB_RE, "restartlb lbN", list(self.tb.lbs), "an LB")
+        self.tb.restart_lb(name)
+        self._event("restart_lb", name)
+        self.say(f"restarted {name}'s agent; it serves the current view again")
+
+    @_guarded
     def do_addlb(self, line):
         """addlb: add an LB host (the next free lbN) and start its agent; it receives its
         part of the table before it serves."""
@@ -311,7 +321,7 @@ class TestbedCommands:
     def complete_table(self, text, *_):
         return self._complete(text, self.tb.lbs)
 
-    complete_killlb = complete_table
+    complete_killlb = complete_restartlb = complete_table
 
     def complete_drain(self, text, *_):
         return self._complete(text, self.tb.nfs)
@@ -337,7 +347,7 @@ class TestbedCommands:
             f"(the LB cluster network; views and heartbeats: {first}-eth0 ether proto 0x88b5)",
             "  capture data:         nf1 tcpdump -ni nf1-eth0 -c 20 tcp",
             "  testbed commands: view, table lbN, addnf, drain nfN, rmnf nfN, killnf nfN, "
-            "killlb lbN, addlb, flows N, report",
+            "killlb lbN, restartlb lbN, addlb, flows N, report",
             f"  `report` writes flows.csv and summary.csv into {self.report_dir}",
             "  `help <command>` explains one; Mininet's own: nodes, net, <host> <cmd>, pingall; "
             "`exit` stops everything.",
@@ -363,7 +373,8 @@ class TestbedCLI(TestbedCommands, CLI):
         CLI.do_help(self, line)
         if not line:
             self.say("Testbed commands: view, table lbN, addnf, drain nfN, rmnf nfN, "
-                     "killnf nfN, killlb lbN, addlb, flows N, report  (help <command>)")
+                     "killnf nfN, killlb lbN, restartlb lbN, addlb, flows N, report  "
+                     "(help <command>)")
 
 
 def run_cli(tb: Testbed, run_dir: Path, traffic=None, report_dir: Path | None = None) -> None:

@@ -237,8 +237,8 @@ class Testbed:
     def _pidfile(self, name: str, pid: int) -> None:
         (PID_DIR / f"{name}.pid").write_text(str(pid))
 
-    def _spawn(self, name: str, cmd: list[str], host=None) -> subprocess.Popen:
-        out = open(self.logs / f"{name}.log", "w")
+    def _spawn(self, name: str, cmd: list[str], host=None, append: bool = False) -> subprocess.Popen:
+        out = open(self.logs / f"{name}.log", "a" if append else "w")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         if host is None:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -278,9 +278,9 @@ class Testbed:
                                     "--ct-timeouts", self.timeouts.spec()],
                      f"starting NF service {nf}")
 
-    def _start_agent(self, lb: str) -> None:
+    def _start_agent(self, lb: str, restart: bool = False) -> None:
         host = self.net[lb]
-        if self.chain_loss_pct:
+        if self.chain_loss_pct and not restart:     # (the host keeps its rules)
             # netem is unavailable: drop chain frames at random as they leave the LB host
             rules = self.logs / f"{lb}.chainloss.nft"
             chains = "".join(
@@ -294,7 +294,7 @@ class Testbed:
                          "--cluster-intf", topo.cluster_intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs),
-                         "--ct-timeouts", self.timeouts.spec()], host=host)
+                         "--ct-timeouts", self.timeouts.spec()], host=host, append=restart)
 
     def wait_agents_current(self, timeout: float) -> dict:
         """Until every LB in the view heartbeats the current epoch."""
@@ -367,6 +367,28 @@ class Testbed:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self.lbs.remove(name)
+
+    def restart_lb(self, name: str, timeout: float = 20.0) -> None:
+        """SIGKILL the agent and start it again under its name at once, as a service manager
+        restarts a crashed service: a new process that holds nothing (its chain node is a new
+        life of the name). If the controller removed the node meanwhile (missed heartbeats),
+        it is admitted again under its name. Returns once it serves the current view."""
+        proc = self.procs.get(name)
+        if name not in self.lbs or proc is None or proc.poll() is not None:
+            raise TestbedFailure(f"no running LB agent {name!r}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self._start_agent(name, restart=True)
+
+        def serving():
+            self.check_alive()
+            v = self.rest("GET", "/view")
+            m = next((m for m in v["lbs"] if m["name"] == name), None)
+            if m is None:                      # removed on missed heartbeats: admit it again
+                self.rest("POST", "/lbs", self._member(name))
+                return None
+            return m["status"] == "up" and m["reported_epoch"] == v["epoch"]
+        wait_for(f"{name} to serve again after its restart", serving, timeout, 0.1)
 
     def add_lb(self, name: str = "") -> str:
         name = name or next_free_name([h.name for h in self.net.hosts], "lb")

@@ -1651,6 +1651,10 @@ CONFIGS: dict[str, Config] = {c.name: c for c in [
            events=(("restart", "n2"),)),
     Config("restart-head-L2", lookups=(("n3", 0, "nf2"), ("n2", 0, "nf1")),
            events=(("restart", "n1"),)),
+    # L=3, N=4: the middle restarts while the head's write is on its way through it
+    Config("restart-middle-L3", members=("n1", "n2", "n3", "n4"), chain_len=3,
+           keys=(((0, ("n2", "n1", "n3")),),), lookups=(("n2", 0, "nf1"), ("n4", 0, "nf2")),
+           events=(("restart", "n1"),)),
     # the link layer itself: real retransmission timers, a loss and a duplicate
     Config("link-layer-L2", rto=0.2, dts=(0.2, 1.0), max_drops=1, max_dups=1, max_ticks=2),
 ]}
@@ -1699,6 +1703,13 @@ STRESS_CONFIGS: dict[str, Config] = {c.name: c for c in [
                                          ("remove", "n2"), ("readmit", "n2")),
            max_drops=3, max_dups=2, max_ticks=12, split_ticks=True, stress_depth=100,
            stable_losses=True, forget=True),
+    Config("stress-restart-L3", members=("n1", "n2", "n3", "n4"), chain_len=3,
+           keys=(((0, ("n2",)),), ((0, ("n1",)),)),
+           lookups=(("n2", 0, "nf1"), ("n4", 0, "nf2"), ("n1", 1, "nf3"), ("n3", 1, "nf1")),
+           deletes=(("n2", 0),), events=(("restart", "n2"), ("restart", "n3"),
+                                         ("fail", "nf1"), ("restart", "n1")),
+           max_drops=2, max_dups=1, max_ticks=10, split_ticks=True, stress_depth=80,
+           stable_losses=True),
     Config("stress-churn-L2", members=("n1", "n2", "n3"), chain_len=2,
            keys=(((0, ("n1", "n2")),),),
            lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2"), ("n2", 0, "nf3"), ("n3", 0, "nf1")),

@@ -199,6 +199,7 @@ CASES = [
     ("readmit-L2", (0, 0, 0, 1), None),
     ("restart-tail-L2", (0, 0, 0, 1), None),
     ("restart-head-L2", (0, 0, 0, 1), None),
+    ("restart-middle-L3", (0, 0, 0, 1), None),
     ("link-layer-L2", (1, 1, 0, 2), None),
 ]
 
@@ -239,7 +240,7 @@ def test_tail_left_is_the_only_resend(name):
 # mutant -> (config, budget): a configuration the real engine passes (test above)
 MUTANT_CASES = {
     "a_head_overwrites": ("two-askers-L2", (0, 0, 0, 1)),
-    "b1_tail_answers_unsynced": ("join-tail-L2", (0, 0, 0, 1)),
+    "b1_tail_answers_unsynced": ("stress-churn-L2", None),   # (the randomized stress finds it)
     "b2_synced_without_syncdone": ("join-head-L2", (0, 0, 0, 1)),
     "c_gone_keeps_cache": ("delete-cached-L2", (0, 0, 0, 1)),
     "d_no_retransmission": ("two-askers-L2", (1, 0, 0, 1)),
@@ -255,10 +256,15 @@ def test_explorer_catches_mutant(mutant):
     except ce.MutationSiteMissing as e:
         pytest.fail(f"{e}: agents/chain.py changed; update chain_explore.MUTANTS")
     name, budget = MUTANT_CASES[mutant]
-    cfg = ce.with_budget(ce.CONFIGS[name], budget)
-    # stops at the first violation (about a second here); the cap only bounds a slow machine
-    found, stats = ce.explore(cfg, max(secs(10.0), 10.0), 60, engine=engine,
-                              ignore={TAIL_LEFT}, minimize_budget=5.0)
+    # stops at the first violation (a few seconds at most); the cap only bounds a slow machine
+    if budget is None:
+        cfg = ce.STRESS_CONFIGS[name]
+        found, stats = ce.stress(cfg, range(10 ** 9), seconds=max(secs(20.0), 20.0),
+                                 engine=engine, ignore={TAIL_LEFT}, minimize_budget=5.0)
+    else:
+        cfg = ce.with_budget(ce.CONFIGS[name], budget)
+        found, stats = ce.explore(cfg, max(secs(10.0), 10.0), 60, engine=engine,
+                                  ignore={TAIL_LEFT}, minimize_budget=5.0)
     print(f"{mutant} on {cfg.name}: {stats}")
     assert found, f"mutant {mutant} ({ce.MUTANTS[mutant][0]}) survived: {stats}"
     f = found[0]
@@ -305,7 +311,7 @@ def test_replay_and_minimize_round_trip():
 # ----------------------------------------------------------------------------- randomized stress
 
 @pytest.mark.parametrize("name", ["stress-L2-mix", "stress-L3-mix", "stress-churn-L2",
-                                  "stress-restart-L2"])
+                                  "stress-restart-L2", "stress-restart-L3"])
 def test_stress_real_engine(name):
     """Random walks over every kind of step (losses, duplicates, ticks, crashes, joins,
     removals, NF failures), each healed and checked."""

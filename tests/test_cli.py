@@ -94,6 +94,7 @@ def shell(tmp_path):
     ("killnf x", "'x' is not an NF name"),
     ("killlb", "usage: killlb lbN"), ("killlb nf1", "'nf1' is not an LB name"),
     ("killlb lb7", "no LB 'lb7'; known: lb1, lb2, lb3, lb4"),
+    ("restartlb", "usage: restartlb lbN"), ("restartlb nf1", "'nf1' is not an LB name"),
     ("table", "usage: table lbN"), ("table lb", "'lb' is not an LB name"),
     ("table lb9", "no LB 'lb9'"),
     ("addnf nf5", "addnf takes no argument"), ("addlb 2", "addlb takes no argument"),

@@ -99,6 +99,30 @@ def test_lb_failure_chain_keeps_every_connection_on_its_nf():
     _nothing_left_behind()
 
 
+def test_lb_restart_under_its_own_name_moves_nothing_and_every_node_syncs():
+    """Two LB agents, one after the other, are killed and started again under their names
+    while flows run (each new process is a new life of the name: its peers push it its part
+    of the table). Nothing moves, and at the end every agent (its status over the control
+    socket, written as stats at exit) is synced in the current view, the restarted ones in a
+    later incarnation than their first."""
+    run_dir, flows, summary, params = _run("lb-restart", "chain")
+    assert int(summary["moved"]) == 0, flows[["flow_id", "packets_by_nf"]]
+    data = _data_rows(flows)
+    assert data["completed"].astype(str).eq("True").mean() >= 0.95, data[["flow_id", "error"]]
+    assert [e["action"] for e in params["events"]] == ["restart_lb", "restart_lb"]
+    agents = {p.name.split(".")[0]: json.loads(p.read_text())
+              for p in (run_dir / "logs").glob("lb*.stats.json")}
+    assert sorted(agents) == ["lb1", "lb2", "lb3", "lb4"]
+    epochs = {a["epoch"] for a in agents.values()}
+    assert len(epochs) == 1, {n: a["epoch"] for n, a in agents.items()}
+    for name, a in agents.items():
+        assert a["synced"] and sorted(a["members"]) == sorted(agents), (name, a["members"])
+    first = {n: int(a["incarnation"]) for n, a in agents.items()}
+    assert min(first["lb2"], first["lb3"]) > max(first["lb1"], first["lb4"]), \
+        "the restarted agents are later lives"
+    _nothing_left_behind()
+
+
 def test_scale_out_maglev_moves_connections():
     run_dir, flows, summary, params = _run("scale-out", "maglev")
     moved = flows[flows["moved"].astype(str).eq("True")]
