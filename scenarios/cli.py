@@ -3,7 +3,7 @@
 ``sudo make cli`` (``python -m scenarios cli --mode chain``) starts a testbed and opens it;
 ``sudo make scenario NAME=... CLI=1`` opens it at the end of a scenario (or on failure).
 Added commands (``help <command>`` explains each): view, table, addnf, drain, rmnf, killnf,
-killlb, restartlb, addlb, flows, report. Mininet's own (``<host> <command>``, ``nodes``, ``pingall``,
+killlb, restartlb, readmitlb, addlb, flows, report. Mininet's own (``<host> <command>``, ``nodes``, ``pingall``,
 ``exit`` ...) keep working.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ MAX_FLOWS = 50                      # per `flows` command: keeps the 2-core mach
 FLOW_RATE_MBIT, FLOW_DURATION_S = 2.0, 20.0
 SERVER_PORT0, CLIENT_PORT0 = 6201, 30001     # scenario flows use 5201+ and 20001+
 TABLE_ROWS = 8
-COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb", "addlb",
-            "flows", "report")
+COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb", "readmitlb",
+            "addlb", "flows", "report")
 _NF_RE, _LB_RE = re.compile(r"^nf[1-9][0-9]*$"), re.compile(r"^lb[1-9][0-9]*$")
 
 
@@ -221,6 +221,15 @@ class TestbedCommands:
         self.say(f"restarted {name}'s agent; it serves the current view again")
 
     @_guarded
+    def do_readmitlb(self, line):
+        """readmitlb lbN: SIGKILL that LB agent, wait until the controller removes the node,
+        then admit it again under its name and start its agent (a new life in a later view)."""
+        name = _one_name(line, _LB_RE, "readmitlb lbN", list(self.tb.lbs), "an LB")
+        self.tb.readmit_lb(name)
+        self._event("readmit_lb", name)
+        self.say(f"{name} was removed and admitted again; it serves the current view")
+
+    @_guarded
     def do_addlb(self, line):
         """addlb: add an LB host (the next free lbN) and start its agent; it receives its
         part of the table before it serves."""
@@ -321,7 +330,7 @@ class TestbedCommands:
     def complete_table(self, text, *_):
         return self._complete(text, self.tb.lbs)
 
-    complete_killlb = complete_restartlb = complete_table
+    complete_killlb = complete_restartlb = complete_readmitlb = complete_table
 
     def complete_drain(self, text, *_):
         return self._complete(text, self.tb.nfs)
@@ -347,7 +356,7 @@ class TestbedCommands:
             f"(the LB cluster network; views and heartbeats: {first}-eth0 ether proto 0x88b5)",
             "  capture data:         nf1 tcpdump -ni nf1-eth0 -c 20 tcp",
             "  testbed commands: view, table lbN, addnf, drain nfN, rmnf nfN, killnf nfN, "
-            "killlb lbN, restartlb lbN, addlb, flows N, report",
+            "killlb lbN, restartlb lbN, readmitlb lbN, addlb, flows N, report",
             f"  `report` writes flows.csv and summary.csv into {self.report_dir}",
             "  `help <command>` explains one; Mininet's own: nodes, net, <host> <cmd>, pingall; "
             "`exit` stops everything.",
@@ -373,7 +382,8 @@ class TestbedCLI(TestbedCommands, CLI):
         CLI.do_help(self, line)
         if not line:
             self.say("Testbed commands: view, table lbN, addnf, drain nfN, rmnf nfN, "
-                     "killnf nfN, killlb lbN, restartlb lbN, addlb, flows N, report  "
+                     "killnf nfN, killlb lbN, restartlb lbN, readmitlb lbN, addlb, flows N, "
+                     "report  "
                      "(help <command>)")
 
 

@@ -12,7 +12,8 @@ from scenarios import workloads
 from scenarios.workloads import AppBatch
 from topo.testbed import TestbedParams, ip_of
 
-ACTIONS = ("add_nf", "drain_nf", "remove_nf", "kill_nf", "kill_lb", "restart_lb", "add_lb")
+ACTIONS = ("add_nf", "drain_nf", "remove_nf", "kill_nf", "kill_lb", "restart_lb", "readmit_lb",
+           "add_lb")
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("lb-failure", "an LB agent is killed (SIGKILL) while flows run",
              BASE + (LATE,), (Event(8.0, "kill_lb", "lb2"),)),
     Scenario("lb-restart", "an LB agent is killed and restarted under its own name while flows "
-             "run, then a second one",
-             BASE + (LATE,), (Event(8.0, "restart_lb", "lb2"), Event(14.0, "restart_lb", "lb3"))),
+             "run, then a second one; then the first is killed, removed by the controller and "
+             "admitted again under its name",
+             BASE + (LATE,), (Event(8.0, "restart_lb", "lb2"), Event(14.0, "restart_lb", "lb3"),
+                              Event(18.0, "readmit_lb", "lb2"))),
     Scenario("lb-join", "an LB node is added live and gets its state before it serves",
              BASE + (LATE,), (Event(8.0, "add_lb"),)),
     Scenario("lb-failure-during-scale-out", "an NF is added and an LB node killed 0.5 s apart",

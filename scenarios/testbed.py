@@ -390,6 +390,28 @@ class Testbed:
             return m["status"] == "up" and m["reported_epoch"] == v["epoch"]
         wait_for(f"{name} to serve again after its restart", serving, timeout, 0.1)
 
+    def readmit_lb(self, name: str, timeout: float = 20.0) -> None:
+        """SIGKILL the agent, wait until the controller removes the node (missed heartbeats),
+        then admit it again under its name and start its agent: a new life of the name in a
+        later view (``LBInfo.since``). Returns once it serves the current view."""
+        proc = self.procs.get(name)
+        if name not in self.lbs or proc is None or proc.poll() is not None:
+            raise TestbedFailure(f"no running LB agent {name!r}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_for(f"the controller to remove {name}",
+                 lambda: name not in {m["name"] for m in self.rest("GET", "/view")["lbs"]},
+                 timeout, 0.1)
+        self.rest("POST", "/lbs", self._member(name))
+        self._start_agent(name, restart=True)
+
+        def serving():
+            self.check_alive()
+            v = self.rest("GET", "/view")
+            return any(m["name"] == name and m["status"] == "up" and m["reported_epoch"] == v["epoch"]
+                       for m in v["lbs"])
+        wait_for(f"{name} to serve again after its re-admission", serving, timeout, 0.1)
+
     def add_lb(self, name: str = "") -> str:
         name = name or next_free_name([h.name for h in self.net.hosts], "lb")
         host = topo.add_host_live(self.net, name)

@@ -102,14 +102,18 @@ def test_lb_failure_chain_keeps_every_connection_on_its_nf():
 def test_lb_restart_under_its_own_name_moves_nothing_and_every_node_syncs():
     """Two LB agents, one after the other, are killed and started again under their names
     while flows run (each new process is a new life of the name: its peers push it its part
-    of the table). Nothing moves, and at the end every agent (its status over the control
-    socket, written as stats at exit) is synced in the current view, the restarted ones in a
-    later incarnation than their first."""
+    of the table), then the first is killed, removed by the controller and admitted again
+    under its name (a later view names it anew). Nothing moves, and at the end every agent
+    (its status over the control socket, written as stats at exit) is synced in the current
+    view, the restarted ones in a later incarnation than their first."""
     run_dir, flows, summary, params = _run("lb-restart", "chain")
     assert int(summary["moved"]) == 0, flows[["flow_id", "packets_by_nf"]]
     data = _data_rows(flows)
     assert data["completed"].astype(str).eq("True").mean() >= 0.95, data[["flow_id", "error"]]
-    assert [e["action"] for e in params["events"]] == ["restart_lb", "restart_lb"]
+    assert [e["action"] for e in params["events"]] == ["restart_lb", "restart_lb", "readmit_lb"]
+    timeline = pd.read_csv(run_dir / "timeline.csv", keep_default_na=False)
+    assert timeline["epoch"].astype(float).max() >= 3, "lb2 was removed and admitted again"
+    assert timeline["lbs"].iloc[-1].count("lb2:up") == 1
     agents = {p.name.split(".")[0]: json.loads(p.read_text())
               for p in (run_dir / "logs").glob("lb*.stats.json")}
     assert sorted(agents) == ["lb1", "lb2", "lb3", "lb4"]
