@@ -19,23 +19,58 @@ leaves before the head hears the answer (``Decision.released``). Any other asker
 the head, which writes as above: L hops. Only the tail answers an asker (the node its packet
 rode to knows whether it sent it); it answers a committed entry itself, and sends its own
 ``InsertReq`` only when the asker's could not be the one it needs (the asker had not heard
-of a deletion the tail holds). A head holding a deletion newer than an insert request's base
-tells the requester (``Gone`` to an asker; the tombstone itself to the tail, which may have
-expired its copy while the head's waited for its ack). The
-tail's ``Ack`` goes back up with the committed value. Deletes go through the head the same way
-and leave a versioned tombstone, so that a stale insert cannot revive a deleted entry; on
-commit the tail tells every node (``Gone``) to drop cached answers.
+of a deletion the tail holds). Everything an asker learns about a key comes from the tail,
+on one FIFO link: a head ignores an asker's stale insert request (a ``Gone`` from it could
+overtake the tail's answer), and hands a tail asking with an older base its tombstone (the
+tail may have expired its copy while the head's waited for its ack). Queries and answers
+carry the asker's lookup number, so an answer to an earlier lookup of the key is not taken
+for this one's (nor its ``released``). The tail's ``Ack`` goes back up with the committed
+value. Deletes go through the head the same way and leave a versioned tombstone, so that a
+stale insert cannot revive a deleted entry. The tail tells every node (``Gone``) to drop
+cached answers of older versions when a deletion commits, when a re-insert commits
+(version > 1: the tombstone before it may have been superseded before it committed, or its
+``Gone`` lost with a tail that left), and when a committed deletion reaches it as a new tail.
+A key absent everywhere (new, or its tombstones expired) starts at a version above a floor
+that grows with time (``_version_floor``: one window of 2**20 versions per
+``tombstone_ttl``), so versions of a key never start again and a frame of its earlier life
+arriving late is not taken for the new one (the nodes' ``now`` must be one clock: the
+testbed's agents share the host's).
 
 Links are reliable FIFO channels built here: per-link sequence numbers, cumulative acks
 (carried by every frame; a link with nothing to send acks on the next ``tick``),
 retransmission on ``tick`` (bounded bursts, doubling timeout while no ack progresses),
-duplicate suppression and reordering buffers.
+duplicate suppression and reordering buffers. A frame names the incarnations of both ends,
+and a node takes only frames addressed to its own: the first frames of a link, sent before
+the peer heard of this node (they might have been meant for an earlier life, which may have
+taken them), are refused, and sent again, addressed, as soon as the peer hears from it.
+
+A node's lives. A life is one incarnation of a name: ``incarnation`` (the agent passes its
+start time) grows with every new one. Three ways to start one:
+
+- a process restarted under its name within a view (faster than the controller's heartbeat
+  timeout): its frames carry a higher incarnation; each peer resets its link, forgets what
+  the old life asked (waiters, deferred work; a packet that rode to it is settled), and
+  pushes it what it holds for chains the node is part of (committed entries, and uncommitted
+  ones as their position needs: ``Sync`` from the nodes after it, ``Write`` again down the
+  chain from the head and from its predecessor), then ``SyncDone``; the new life acts as
+  head or tail only once it has every member's ``SyncDone``;
+- a node admitted again under its name in a later view (``View.since``: the controller's
+  admission epoch per member), whether or not it heard of its removal: it starts over (a
+  higher incarnation; nothing stored, cached, owed or awaited; pending lookups asked anew,
+  their packets with the agent) and its peers treat it as a new member (links reset, frames
+  of the old life refused, entries pushed, the old life's waiters dropped);
+- a node removed without being told keeps its stale view, but members that know drop its
+  frames: it gets no answers and decides nothing new (only its cache), and the controller
+  pushes the view again to an agent that heartbeats an old epoch.
 
 Contracts (checked by tests/test_chain_unit.py's regressions and the explorer):
 
 - a first packet is sent once: forwarded by the tail it rode to (the asker's decision then
-  says ``released``) or by its asker, not both, while that tail stays a member (if the tail
-  leaves before answering, the asker sends it: at least once then);
+  says ``released``) or by its asker, not both, while that tail stays a member and alive
+  (an answer from another tail waits until the one it rode to has spoken: its answer, or
+  its ``SyncDone`` of a later epoch, which follows anything it sent before); if the tail
+  leaves or restarts before answering, or the asker's own life ends, the asker sends it:
+  at least once then;
 - no committed entry names an NF that a view marked failed once every node has that view:
   ``purge_nf`` deletes what the node heads, the head refuses to insert a purged NF (the
   asker's agent proposes again through ``lookup``), and a tail deletes an insert of it that
@@ -43,7 +78,10 @@ Contracts (checked by tests/test_chain_unit.py's regressions and the explorer):
 - caches are coherent with the table once the network is quiet: an answer of a version the
   node knows deleted (``Gone``) is neither decided nor cached;
 - a key is never stuck behind a tombstone: committed tombstones expire after
-  ``tombstone_ttl``; an uncommitted one is handed to a tail that asks with an older base.
+  ``tombstone_ttl``; an uncommitted one is handed to a tail that asks with an older base;
+- every lookup at a live member is answered once the network heals: a tail never starts an
+  insert of an NF it knows failed (the asker's agent proposes anew), and work deferred for
+  a peer that left or restarted is dropped.
 
 Reconfiguration (a new ``View``): every node pushes (``Sync``) the entries it holds to
 the members of each key's new chain that may lack them (uncommitted ones to all), re-sends

@@ -3,8 +3,8 @@
 ``sudo make cli`` (``python -m scenarios cli --mode chain``) starts a testbed and opens it;
 ``sudo make scenario NAME=... CLI=1`` opens it at the end of a scenario (or on failure).
 Added commands (``help <command>`` explains each): view, table, addnf, drain, rmnf, killnf,
-killlb, restartlb, readmitlb, addlb, flows, report. Mininet's own (``<host> <command>``, ``nodes``, ``pingall``,
-``exit`` ...) keep working.
+killlb, restartlb, readmitlb, addlb, flows, report. Mininet's own (``<host> <command>``,
+``nodes``, ``pingall``, ``exit`` ...) keep working.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ MAX_FLOWS = 50                      # per `flows` command: keeps the 2-core mach
 FLOW_RATE_MBIT, FLOW_DURATION_S = 2.0, 20.0
 SERVER_PORT0, CLIENT_PORT0 = 6201, 30001     # scenario flows use 5201+ and 20001+
 TABLE_ROWS = 8
-COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb", "readmitlb",
-            "addlb", "flows", "report")
+COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb",
+            "readmitlb", "addlb", "flows", "report")
 _NF_RE, _LB_RE = re.compile(r"^nf[1-9][0-9]*$"), re.compile(r"^lb[1-9][0-9]*$")
 
 
@@ -383,8 +383,7 @@ class TestbedCLI(TestbedCommands, CLI):
         if not line:
             self.say("Testbed commands: view, table lbN, addnf, drain nfN, rmnf nfN, "
                      "killnf nfN, killlb lbN, restartlb lbN, readmitlb lbN, addlb, flows N, "
-                     "report  "
-                     "(help <command>)")
+                     "report  (help <command>)")
 
 
 def run_cli(tb: Testbed, run_dir: Path, traffic=None, report_dir: Path | None = None) -> None:

@@ -379,16 +379,21 @@ class Testbed:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self._start_agent(name, restart=True)
+        self._wait_serving(name, "its restart", timeout, admit=True)
 
+    def _wait_serving(self, name: str, after: str, timeout: float, admit: bool = False) -> None:
+        """Until LB ``name`` is up at the current epoch; ``admit``: if the controller removed
+        it meanwhile (missed heartbeats), admit it again under its name."""
         def serving():
             self.check_alive()
             v = self.rest("GET", "/view")
             m = next((m for m in v["lbs"] if m["name"] == name), None)
-            if m is None:                      # removed on missed heartbeats: admit it again
-                self.rest("POST", "/lbs", self._member(name))
+            if m is None:
+                if admit:
+                    self.rest("POST", "/lbs", self._member(name))
                 return None
             return m["status"] == "up" and m["reported_epoch"] == v["epoch"]
-        wait_for(f"{name} to serve again after its restart", serving, timeout, 0.1)
+        wait_for(f"{name} to serve again after {after}", serving, timeout, 0.1)
 
     def readmit_lb(self, name: str, timeout: float = 20.0) -> None:
         """SIGKILL the agent, wait until the controller removes the node (missed heartbeats),
@@ -404,13 +409,7 @@ class Testbed:
                  timeout, 0.1)
         self.rest("POST", "/lbs", self._member(name))
         self._start_agent(name, restart=True)
-
-        def serving():
-            self.check_alive()
-            v = self.rest("GET", "/view")
-            return any(m["name"] == name and m["status"] == "up" and m["reported_epoch"] == v["epoch"]
-                       for m in v["lbs"])
-        wait_for(f"{name} to serve again after its re-admission", serving, timeout, 0.1)
+        self._wait_serving(name, "its re-admission", timeout)
 
     def add_lb(self, name: str = "") -> str:
         name = name or next_free_name([h.name for h in self.net.hosts], "lb")

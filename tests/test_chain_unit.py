@@ -1280,6 +1280,18 @@ def two_of_three(view: View, k: bytes) -> tuple[str, str, str]:
     return h, t, o
 
 
+def deleted_by_head(k: bytes, **kw) -> tuple[Net, View, bytes, tuple[str, str, str]]:
+    """Nodes a, b, c, L=2: the node outside k's chain inserts nf1, then the head deletes k."""
+    view = View(1, ("a", "b", "c"), 2)
+    net = Net(view, **kw)
+    net.start()
+    h, t, o = two_of_three(view, k)
+    net.lookup(o, k, "nf1")
+    net.run()
+    net.delete(h, k)
+    return net, view, k, (h, t, o)
+
+
 def test_only_the_tail_tells_an_asker_of_a_deletion():
     """Explorer class A' (split): the tail forwards an outside asker's packet to nf1 and answers
     it released; the head then deletes the key. The asker's late InsertReq reaches the head:
@@ -1338,9 +1350,9 @@ def test_a_released_answer_in_flight_when_the_tail_moves_is_waited_for():
 
 
 def test_a_held_answer_is_decided_once_the_old_tail_has_spoken():
-    """The same, but the old tail's answer is lost for good with its link reset... here: the
-    old tail drops its waiter on the view change before committing, so it never forwards;
-    its SyncDone of the new epoch settles the asker, which then sends the packet itself."""
+    """The same race, but the old tail gets the asker's query (and its packet) only after it
+    adopted the new view, so it drops it and never forwards: its SyncDone of the new epoch
+    settles the asker, which then decides the held answer and sends the packet itself."""
     view1 = View(1, ("a", "b", "c"), 2)
     view2 = View(2, ("a", "b", "c", "j"), 2)
     k = find_key(lambda k: view1.chain(k)[0] != view1.chain(k)[-1]
@@ -1388,14 +1400,7 @@ def test_a_reinsert_tells_every_member_the_older_versions_are_gone():
     (the tombstone reached a new tail by Sync and a re-insert superseded it before it
     committed). The commit of a re-insert (version > 1) tells every member that the versions
     below it are deleted, so no cached answer of the old entry outlives it."""
-    view = View(1, ("a", "b", "c"), 2)
-    net = Net(view)
-    net.start()
-    k = KEYS[11]
-    h, t, o = two_of_three(view, k)
-    net.lookup(o, k, "nf1")
-    net.run()
-    net.delete(h, k)
+    net, view, k, (h, t, o) = deleted_by_head(KEYS[11])
     net.run()
     mark = len(net.sent)
     net.lookup(h, k, "nf2")
@@ -1408,14 +1413,7 @@ def test_versions_of_a_key_never_start_again_after_its_tombstones_expire():
     """Explorer class I: once every node expired a key's tombstone, a new insert must not reuse
     the versions of its earlier life (a frame of that life delayed past the TTL would be taken
     for the new one): the first version is above a floor that grows with time."""
-    view = View(1, ("a", "b", "c"), 2)
-    net = Net(view, tombstone_ttl=1.0)
-    net.start()
-    k = KEYS[13]
-    h, t, o = two_of_three(view, k)
-    net.lookup(o, k, "nf1")
-    net.run()
-    net.delete(h, k)
+    net, view, k, (h, t, o) = deleted_by_head(KEYS[13], tombstone_ttl=1.0)
     net.settle(3.0)
     assert all(n.version(k) == 0 for n in net.nodes.values()), "expired everywhere"
     net.lookup(o, k, "nf2")
