@@ -371,10 +371,12 @@ class World:
 
     def _create(self, name: str, view: View, incarnation: int = 0) -> None:
         c = self.cfg
-        kw = {"incarnation": incarnation} if incarnation else {}
-        node = self.engine(name, view, rto=c.rto, retry=c.retry,
-                           tombstone_ttl=c.tombstone_ttl, max_delete_tries=c.max_delete_tries,
-                           **kw)
+        kw = dict(rto=c.rto, retry=c.retry, tombstone_ttl=c.tombstone_ttl,
+                  max_delete_tries=c.max_delete_tries)
+        try:
+            node = self.engine(name, view, incarnation=incarnation, **kw)
+        except TypeError:        # an engine from before incarnations were passed in
+            node = self.engine(name, view, **kw)
         self.nodes[name] = node
         self.agent_epoch[name] = view.epoch
         self.known_failed[name] = self.views[view.epoch - 1][1]

@@ -296,6 +296,26 @@ def test_explorer_finds_the_engines_earlier_bugs():
     assert not missing, missing
 
 
+def test_explorer_finds_what_restarts_did_to_the_engine_before_its_lives():
+    """Agent restarts within a view and re-admission by name, on the engine before node lives
+    (git d5be40c): a restarted tail is never re-synced (a stale cache stays), a restarted
+    head stalls a lookup, a re-admitted node stalls the cluster."""
+    engine = ce.engine_at("d5be40c")
+    if engine is None:
+        pytest.skip("git history not available")
+    want = [("restart-tail-L2", "coherence"), ("restart-head-L2", "liveness"),
+            ("readmit-L2", "liveness")]
+    missing = []
+    for name, oracle in want:
+        cfg = ce.with_budget(ce.CONFIGS[name], (0, 0, 0, 1))
+        found, stats = ce.explore(cfg, secs(3.0), 60, engine=engine, stop_at_first=False,
+                                  ignore={TAIL_LEFT}, minimize_budget=0.5, want=oracle)
+        print(f"{name}: {stats}; found {[f.oracle for f in found]}")
+        if oracle not in {f.oracle for f in found}:
+            missing.append((name, oracle))
+    assert not missing, missing
+
+
 def test_replay_and_minimize_round_trip():
     """A violation's trace replays; its compact form too; minimizing keeps the oracle."""
     engine = ce.mutant("a_head_overwrites")

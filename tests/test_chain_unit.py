@@ -1422,3 +1422,61 @@ def test_versions_of_a_key_never_start_again_after_its_tombstones_expire():
     assert ver > 1 << 20 and net.nodes[o].cache[k] == (ver, "nf2")
     for name in view.chain(k):
         assert net.nodes[name].replica() == {k: "nf2"} and net.nodes[name].version(k) == ver
+
+
+# ============================================================== a node's lives (issue 16)
+
+def test_a_node_admitted_again_keeps_nothing_of_its_old_life():
+    """Issue 16 item 2: c caches k's answer, is removed without hearing of it, k is deleted
+    and inserted anew meanwhile; c is admitted again (a later ``since``). Its old cache, store
+    and links are gone: its next lookup asks the tail and gets the new entry."""
+    view1 = View(1, ("a", "b", "c"), 2, since=(1, 1, 1))
+    view2 = View(2, ("a", "b"), 2, since=(1, 1))
+    view3 = View(3, ("a", "b", "c"), 2, since=(1, 1, 3))
+    k = find_key(lambda k: "c" not in view1.chain(k) and view3.chain(k) == view1.chain(k))
+    net = Net(view1)
+    net.start()
+    net.lookup("c", k, "nf1")
+    net.run()
+    assert net.nodes["c"].cache[k][1] == "nf1"
+    old_inc = net.nodes["c"].inc
+    net.down.add("c")                            # c hears nothing of view 2
+    for name in ("a", "b"):
+        net.set_view(name, view2)
+    h, t = view2.chain(k)
+    net.delete(h, k)
+    net.settle(1.0)
+    net.lookup(h, k, "nf2")
+    net.settle(1.0)
+    net.down.discard("c")
+    for name in ("a", "b", "c"):
+        net.set_view(name, view3)
+    assert net.nodes["c"].inc > old_inc and k not in net.nodes["c"].cache
+    net.settle(3.0)
+    assert all(n.synced for n in net.nodes.values())
+    net.lookup("c", k, "nf3")
+    net.settle(1.0)
+    assert net.decided("c")[-1] == ("c", k, "nf2")
+
+
+def test_a_node_removed_without_being_told_decides_nothing_new():
+    """Issue 16 item 4: c never gets the view that removed it. The members that have it drop
+    its frames, so its lookups get no answer (only what it cached still decides), and it
+    decides again once it is admitted anew."""
+    view1 = View(1, ("a", "b", "c"), 2, since=(1, 1, 1))
+    view2 = View(2, ("a", "b"), 2, since=(1, 1))
+    net = Net(view1)
+    net.start()
+    for name in ("a", "b"):
+        net.set_view(name, view2)
+    net.run()
+    k = KEYS[21]
+    net.lookup("c", k, "nf1", b"SYN")
+    net.settle(3.0)
+    assert net.decided("c") == [] and net.forwards == []
+    assert net.nodes["a"].stats["dropped_in"] + net.nodes["b"].stats["dropped_in"] > 0
+    view3 = View(3, ("a", "b", "c"), 2, since=(1, 1, 3))
+    for name in ("a", "b", "c"):
+        net.set_view(name, view3)
+    net.settle(3.0)
+    assert [nf for n, _, nf in net.decided() if n == "c"] == ["nf1"]
