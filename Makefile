@@ -8,6 +8,11 @@ OUT     ?= results/compare
 CT_TIMEOUTS ?=
 CLI_ARG := $(if $(filter 1 yes true,$(CLI)),--cli,)
 CT_ARG  := $(if $(CT_TIMEOUTS),--ct-timeouts $(CT_TIMEOUTS),)
+# sizes (scenarios.params): LBS NFS L CLIENTS SERVERS SPARE_LBS SPARE_NFS FLOWS RATE
+SIZES   := lbs=$(LBS) nfs=$(NFS) l=$(L) clients=$(CLIENTS) servers=$(SERVERS) \
+           spare_lbs=$(SPARE_LBS) spare_nfs=$(SPARE_NFS) flows=$(FLOWS) rate=$(RATE)
+SET_ARG := $(foreach kv,$(SIZES),$(if $(word 2,$(subst =, ,$(kv))),--set $(kv),))
+SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
 .PHONY: help setup test scenario cli matrix compare bench bench-engine clean venv-check
 
@@ -17,6 +22,8 @@ help:
 	@echo "  sudo make test                       setup, then run the test suite (pytest)"
 	@echo "  sudo make scenario NAME=scale-out MODE=chain [CLI=1]"
 	@echo "                                       run one scenario (MODE: chain|maglev|local|hash; NAME=all for every one)"
+	@echo "      sizes: LBS=6 NFS=4 L=2 CLIENTS=4 SERVERS=3 SPARE_LBS= SPARE_NFS= FLOWS=60 RATE=1 (Mbit/s)"
+	@echo "      repetitions: SEEDS=1-5 (or 1,2,5) MODE=chain,maglev (or all): one run each"
 	@echo "  sudo make cli                        open the interactive testbed CLI"
 	@echo "      (scenario, cli: CT_TIMEOUTS=tcp_established=600,udp=20 sets the NFs' conntrack"
 	@echo "       timeouts, and the LB nodes' connection tracking with them)"
@@ -36,13 +43,13 @@ test: setup
 	$(PY) -m pytest -q
 
 scenario: setup
-	$(PY) -m scenarios run $(NAME) --mode $(MODE) $(CLI_ARG) $(CT_ARG)
+	$(PY) -m scenarios run $(NAME) --mode $(MODE) $(SEEDS_ARG) $(SET_ARG) $(CLI_ARG) $(CT_ARG)
 
 cli: setup
-	$(PY) -m scenarios cli --mode $(MODE) $(CT_ARG)
+	$(PY) -m scenarios cli --mode $(MODE) $(SET_ARG) $(CT_ARG)
 
 matrix: setup
-	$(PY) -m scenarios matrix $(if $(SCALE),--time-scale $(SCALE),)
+	$(PY) -m scenarios matrix $(if $(SCALE),--time-scale $(SCALE),) $(SET_ARG)
 
 compare: venv-check
 	$(PY) -m scenarios compare $(RUNS) --out $(OUT)

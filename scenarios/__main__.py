@@ -11,6 +11,8 @@ import sys
 from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.modes import MODES
 from scenarios import registry
+from scenarios.params import (KEYS, ParamError, apply, parse_modes, parse_seeds, parse_set,
+                              topology)
 
 
 def _need_root(what: str) -> None:
@@ -26,8 +28,15 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a scenario (or 'all')")
     r.add_argument("name", help=f"one of: {', '.join(registry.SCENARIOS)}, all")
-    r.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
-    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--mode", default="chain",
+                   help=f"LB mode, a comma list, or all: {', '.join(MODES)}")
+    r.add_argument("--seed", type=int, default=None, help="one seed (default 1)")
+    r.add_argument("--seeds", default=None,
+                   help="seeds: a list (1,2,5), a range (1-5) or both; one run each")
+    set_help = ("size the scenario: key=value, repeatable; keys: " + ", ".join(KEYS)
+                + " (l is the chain length; flows: planned iperf3 flows, spread over the "
+                  "scenario's batches in proportion; rate: Mbit/s per flow)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     r.add_argument("--cli", action="store_true", help="open the Mininet CLI at the end or on failure")
     r.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every time and duration (0.1..10; e.g. 0.5 for a quick run)")
@@ -40,10 +49,14 @@ def main(argv=None) -> int:
     c = sub.add_parser("cli", help="start the testbed and open the interactive CLI")
     c.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
     c.add_argument("--ct-timeouts", default="", help=ct_help)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the testbed's sizes: key=value, repeatable; keys: "
+                        + ", ".join(k for k in KEYS if k not in ("flows", "rate")))
     m = sub.add_parser("matrix", help="run every scenario in every mode, then compare")
     m.add_argument("--out", default=None)
     m.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every scenario's times (0.1..10; 0.5 halves the matrix's run time)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     cmp_ = sub.add_parser("compare", help="compare runs: table and plots")
     cmp_.add_argument("runs", nargs="+", help="run folders (or folders holding runs)")
     cmp_.add_argument("--out", required=True)
@@ -58,19 +71,27 @@ def main(argv=None) -> int:
         from scenarios.compare import compare
         compare(args.runs, args.out)
         return 0
-    if getattr(args, "mode", "chain") not in MODES:
-        sys.exit(f"error: unknown mode {args.mode!r}; valid modes: {', '.join(MODES)}")
     try:
         timeouts = parse_timeouts(getattr(args, "ct_timeouts", ""))
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if args.cmd == "run":
-        names = list(registry.SCENARIOS) if args.name == "all" else [args.name]
+        modes = parse_modes(getattr(args, "mode", "chain"))
+        if args.cmd == "cli" and len(modes) > 1:
+            raise ParamError("the CLI runs one mode; give one of: " + ", ".join(MODES))
+        overrides = parse_set(getattr(args, "set", []))
+        seeds = [1]
+        if args.cmd == "run":
+            if args.seed is not None and args.seeds is not None:
+                raise ParamError("give --seed or --seeds, not both")
+            seeds = (parse_seeds(args.seeds) if args.seeds is not None
+                     else [args.seed if args.seed is not None else 1])
+            names = list(registry.SCENARIOS) if args.name == "all" else [args.name]
+        else:
+            names = list(registry.SCENARIOS) if args.cmd == "matrix" else []
         for n in names:
-            try:
-                registry.get(n).scaled(args.time_scale)
-            except ValueError as e:
-                sys.exit(f"error: {e}")
+            apply(registry.get(n), overrides)[0].scaled(args.time_scale)
+        if args.cmd == "cli":
+            topology(overrides)
+    except ValueError as e:           # ParamError included: a user's mistake, never a traceback
+        sys.exit(f"error: {e}")
     _need_root(f"`{args.cmd}`")
 
     from scenarios.testbed import TestbedFailure, cleanup_leftovers, Lock
@@ -82,16 +103,18 @@ def main(argv=None) -> int:
         elif args.cmd == "run":
             from scenarios.run import run_scenario
             for n in names:
-                run_scenario(n, args.mode, args.seed, cli=args.cli, time_scale=args.time_scale,
-                             timeouts=timeouts)
+                for mode in modes:
+                    for seed in seeds:
+                        run_scenario(n, mode, seed, cli=args.cli, time_scale=args.time_scale,
+                                     timeouts=timeouts, overrides=overrides)
         elif args.cmd == "cli":
             from scenarios.cli import interactive
-            interactive(args.mode, timeouts)
+            interactive(modes[0], timeouts, topology(overrides))
         elif args.cmd == "matrix":
             from scenarios.compare import matrix
             from scenarios.run import run_scenario
             matrix(args.out, runner=lambda name, mode: run_scenario(
-                name, mode, time_scale=args.time_scale))
+                name, mode, time_scale=args.time_scale, overrides=overrides))
     except TestbedFailure as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

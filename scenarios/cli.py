@@ -395,10 +395,11 @@ def run_cli(tb: Testbed, run_dir: Path, traffic=None, report_dir: Path | None = 
     TestbedCLI(tb, run_dir, traffic, report_dir)
 
 
-def interactive(mode: str, timeouts: CtTimeouts = CtTimeouts()) -> Path:
+def interactive(mode: str, timeouts: CtTimeouts = CtTimeouts(),
+                params: TestbedParams | None = None) -> Path:
     """``python -m scenarios cli --mode MODE``: a fresh testbed, the CLI, cleanup on exit."""
     from scenarios.run import new_run_dir
-    params = TestbedParams()
+    params = (params or TestbedParams()).validate()
     run_id, run_dir = new_run_dir("cli", mode)
     (run_dir / "params.json").write_text(json.dumps(
         {"scenario": "cli", "mode": mode, "run_id": run_id, "testbed": params.asdict(),

@@ -142,17 +142,23 @@ def _do_event(tb: Testbed, ev: registry.Event) -> str:
 
 def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedParams | None = None,
                  cli: bool = False, time_scale: float = 1.0, log=print,
-                 timeouts: CtTimeouts | None = None) -> Path:
-    scenario = registry.get(name)
+                 timeouts: CtTimeouts | None = None,
+                 overrides: dict[str, str] | None = None) -> Path:
+    """Run scenario ``name`` once; ``overrides``: sizes from the command line
+    (``scenarios.params.parse_set``), which raise ``ParamError`` when not valid."""
+    from scenarios.params import apply
+    scenario, sized = apply(registry.get(name), overrides or {})
     if time_scale != 1.0:
         scenario = scenario.scaled(time_scale)
-    params = (params or TestbedParams(**scenario.params)).validate()
+    params = (params or sized).validate()
     timeouts = timeouts or CtTimeouts()
     with Lock() as lock:              # before anything is written: a refused run leaves nothing
-        return _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts)
+        return _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
+                    overrides)
 
 
-def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts) -> Path:
+def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
+         overrides) -> Path:
     name = scenario.name
     flows = registry.plan_flows(scenario, params, seed)
     apps = workloads.plan_apps(scenario.apps, [f"c{i}" for i in range(1, params.clients + 1)],
@@ -164,7 +170,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts) -> 
     (run_dir / "params.json").write_text(json.dumps({
         **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(),
         "chain_loss_pct": scenario.chain_loss_pct, "flows": flows, "apps": apps,
-        "events": [vars(e) for e in scenario.events],
+        "events": [vars(e) for e in scenario.events], "overrides": dict(overrides or {}),
         "conntrack_timeouts": timeouts.asdict(), "lb_timeouts": timeouts.lb_timeouts_by_state(),
         "versions": _versions(),
     }, indent=1))
