@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m scenarios")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a scenario (or 'all')")
-    r.add_argument("name", help=f"one of: {', '.join(registry.SCENARIOS)}, all")
+    r.add_argument("name", nargs="?", help=f"one of: {', '.join(registry.SCENARIOS)}, all")
+    r.add_argument("--file", help="a scenario file (TOML, see scenarios/files.py) instead of a name")
     r.add_argument("--mode", default="chain",
                    help=f"LB mode, a comma list, or all: {', '.join(MODES)}")
     r.add_argument("--seed", type=int, default=None, help="one seed (default 1)")
@@ -63,8 +64,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "list":
+        from scenarios.files import BUILTIN
         for s in registry.SCENARIOS.values():
             print(f"{s.name:30s} {s.description}")
+        print(f"\n(files in {BUILTIN}; run your own with --file PATH, make scenario FILE=PATH)")
         print(f"\nmodes: {', '.join(MODES)} (default chain)")
         return 0
     if args.cmd == "compare":
@@ -83,11 +86,20 @@ def main(argv=None) -> int:
                 raise ParamError("give --seed or --seeds, not both")
             seeds = (parse_seeds(args.seeds) if args.seeds is not None
                      else [args.seed if args.seed is not None else 1])
-            names = list(registry.SCENARIOS) if args.name == "all" else [args.name]
+            if args.file and args.name:
+                raise ParamError("give a scenario name or --file, not both")
+            if args.file:
+                from scenarios.files import load
+                names = [load(args.file)]
+            elif args.name:
+                names = list(registry.SCENARIOS) if args.name == "all" else [args.name]
+            else:
+                raise ParamError("give a scenario name (python -m scenarios list) or --file PATH")
         else:
             names = list(registry.SCENARIOS) if args.cmd == "matrix" else []
         for n in names:
-            apply(registry.get(n), overrides)[0].scaled(args.time_scale)
+            apply(registry.get(n) if isinstance(n, str) else n,
+                  overrides)[0].scaled(args.time_scale)
         if args.cmd == "cli":
             topology(overrides)
     except ValueError as e:           # ParamError included: a user's mistake, never a traceback

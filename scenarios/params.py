@@ -12,9 +12,13 @@ import re
 from collections import Counter
 from dataclasses import replace
 
+from typing import TYPE_CHECKING
+
 from agents.modes import MODES
-from scenarios.registry import Scenario
 from topo.testbed import TestbedParams
+
+if TYPE_CHECKING:
+    from scenarios.registry import Scenario
 
 # command-line key -> TestbedParams field (short names as the Makefile's variables)
 TOPOLOGY = {"lbs": "lbs", "nfs": "nfs", "l": "chain_len", "chain_len": "chain_len",

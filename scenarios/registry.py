@@ -1,4 +1,5 @@
-"""Named scenarios: which flows start when, and which pool changes fire when.
+"""Named scenarios: which flows start when, and which pool changes fire when (read from the
+built-in scenario files, ``scenarios/builtin/*.toml``; see ``scenarios.files``).
 
 Times are seconds from the start of traffic. Flow plans are derived from the scenario
 and a seed only, so every LB mode replays the same flows.
@@ -62,47 +63,10 @@ class Scenario:
                    + [a.start_s + a.spread_s + workloads.expected_s(a) for a in self.apps])
 
 
-BASE = (FlowBatch(12, 0.0, 3.0, 24.0),)
-LATE = FlowBatch(8, 11.0, 3.0, 12.0)
+# the built-in scenarios are files of the scenario-file format (scenarios/builtin/*.toml)
+from scenarios import files  # noqa: E402  (after the types the files are read into)
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("scale-out", "an NF is added while flows run; more flows start after it",
-             BASE + (LATE,), (Event(8.0, "add_nf"),)),
-    Scenario("scale-in", "an NF is drained (no new connections, old ones finish), then leaves",
-             (FlowBatch(12, 0.0, 3.0, 14.0), LATE), (Event(6.0, "drain_nf", "nf1"),
-                                                     Event(24.0, "remove_nf", "nf1"))),
-    Scenario("nf-failure", "an NF is killed: only its own connections may break",
-             BASE + (LATE,), (Event(8.0, "kill_nf", "nf2"),)),
-    Scenario("lb-failure", "an LB agent is killed (SIGKILL) while flows run",
-             BASE + (LATE,), (Event(8.0, "kill_lb", "lb2"),)),
-    Scenario("lb-restart", "an LB agent is killed and restarted under its own name while flows "
-             "run, then a second one; then the first is killed, removed by the controller and "
-             "admitted again under its name",
-             BASE + (LATE,), (Event(8.0, "restart_lb", "lb2"), Event(14.0, "restart_lb", "lb3"),
-                              Event(18.0, "readmit_lb", "lb2"))),
-    Scenario("lb-join", "an LB node is added live and gets its state before it serves",
-             BASE + (LATE,), (Event(8.0, "add_lb"),)),
-    Scenario("lb-failure-during-scale-out", "an NF is added and an LB node killed 0.5 s apart",
-             BASE + (LATE,), (Event(8.0, "add_nf"), Event(8.5, "kill_lb", "lb2"))),
-    Scenario("churn", "many short connections open and close across NF and LB changes",
-             (FlowBatch(60, 0.0, 22.0, 2.0, 1.0),),
-             (Event(7.0, "add_nf"), Event(15.0, "kill_lb", "lb3"))),
-    Scenario("lossy-chain", "scale-out with 3% of chain frames dropped on the LB hosts",
-             BASE + (LATE,), (Event(8.0, "add_nf"),), chain_loss_pct=3),
-    Scenario("real-traffic", "nginx and curl (short, rate-limited, keep-alive idle), half-closed "
-             "request/response, UDP larger than the MTU, ICMP errors, while NFs are added and "
-             "drained and an LB node is killed",
-             (FlowBatch(4, 0.0, 3.0, 26.0),),
-             (Event(7.0, "add_nf"), Event(12.0, "drain_nf", "nf1"), Event(17.0, "kill_lb", "lb2"),
-              Event(22.0, "add_nf")),
-             params={"spare_nfs": 2},
-             apps=(AppBatch("http_download", 4, 1.0, 3.0),
-                   AppBatch("http_keepalive", 4, 0.5, 2.0),
-                   AppBatch("halfclose", 10, 2.0, 20.0),
-                   AppBatch("http_short", 16, 0.0, 26.0),
-                   AppBatch("udp_large", 4, 1.0, 4.0),
-                   AppBatch("udp_probe", 4, 1.5, 12.0))),
-]}
+SCENARIOS: dict[str, Scenario] = files.builtin()
 
 
 def get(name: str) -> Scenario:

@@ -140,14 +140,16 @@ def _do_event(tb: Testbed, ev: registry.Event) -> str:
     return ev.target
 
 
-def run_scenario(name: str, mode: str = "chain", seed: int = 1, params: TestbedParams | None = None,
-                 cli: bool = False, time_scale: float = 1.0, log=print,
-                 timeouts: CtTimeouts | None = None,
+def run_scenario(name: "str | registry.Scenario", mode: str = "chain", seed: int = 1,
+                 params: TestbedParams | None = None, cli: bool = False,
+                 time_scale: float = 1.0, log=print, timeouts: CtTimeouts | None = None,
                  overrides: dict[str, str] | None = None) -> Path:
-    """Run scenario ``name`` once; ``overrides``: sizes from the command line
-    (``scenarios.params.parse_set``), which raise ``ParamError`` when not valid."""
+    """Run a scenario (a built-in's name, or a ``Scenario`` such as a file's) once;
+    ``overrides``: sizes from the command line (``scenarios.params.parse_set``), which raise
+    ``ParamError`` when not valid."""
     from scenarios.params import apply
-    scenario, sized = apply(registry.get(name), overrides or {})
+    base = registry.get(name) if isinstance(name, str) else name
+    scenario, sized = apply(base, overrides or {})
     if time_scale != 1.0:
         scenario = scenario.scaled(time_scale)
     params = (params or sized).validate()

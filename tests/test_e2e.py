@@ -127,6 +127,57 @@ def test_lb_restart_under_its_own_name_moves_nothing_and_every_node_syncs():
     _nothing_left_behind()
 
 
+CUSTOM = """
+name = "e2e-custom"
+description = "a custom file: two NFs join at the same time"
+[topology]
+lbs = 3
+chain_len = 2
+[[flows]]
+count = 6
+start_s = 0.0
+spread_s = 1.0
+duration_s = 8.0
+rate_mbit = 1.0
+[[events]]
+at_s = 3.0
+action = "add_nf"
+[[events]]
+at_s = 3.0
+action = "add_nf"
+"""
+
+
+def test_a_custom_scenario_file_runs_with_two_seeds(tmp_path):
+    """``python -m scenarios run --file F --seeds 1-2 --set flows=8``: one run per seed, the
+    file's topology and the command line's sizes in params.json, two spare NFs for the two
+    simultaneous add_nf events, nothing moved."""
+    import sys
+    f = tmp_path / "custom.toml"
+    f.write_text(CUSTOM)
+    r = subprocess.run([sys.executable, "-m", "scenarios", "run", "--file", str(f), "--seeds",
+                        "1-2", "--set", "flows=8"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    from scenarios.run import RESULTS
+    runs = sorted((RESULTS / "e2e-custom").glob("*-chain"))[-2:]
+    assert len(runs) == 2
+    seeds = []
+    for run_dir in runs:
+        params = json.loads((run_dir / "params.json").read_text())
+        seeds.append(params["seed"])
+        assert params["testbed"]["lbs"] == 3 and params["testbed"]["chain_len"] == 2
+        assert params["testbed"]["spare_nfs"] == 2 and params["overrides"] == {"flows": "8"}
+        assert len(params["flows"]) == 8
+        assert [e["action"] for e in params["events"]] == ["add_nf", "add_nf"]
+        summary = pd.read_csv(run_dir / "summary.csv").iloc[0]
+        assert int(summary["moved"]) == 0
+        timeline = pd.read_csv(run_dir / "timeline.csv", keep_default_na=False)
+        assert {"nf4:active", "nf5:active"} <= set(timeline["nfs"].iloc[-1].split(";")), \
+            "both NFs joined at the same time"
+    assert seeds == [1, 2]
+    _nothing_left_behind()
+
+
 def test_scale_out_maglev_moves_connections():
     run_dir, flows, summary, params = _run("scale-out", "maglev")
     moved = flows[flows["moved"].astype(str).eq("True")]
