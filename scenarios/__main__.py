@@ -113,12 +113,7 @@ def main(argv=None) -> int:
                 done = cleanup_leftovers()
             print("nothing left behind" if not done else "cleaned")
         elif args.cmd == "run":
-            from scenarios.run import run_scenario
-            for n in names:
-                for mode in modes:
-                    for seed in seeds:
-                        run_scenario(n, mode, seed, cli=args.cli, time_scale=args.time_scale,
-                                     timeouts=timeouts, overrides=overrides)
+            return _run_all(names, modes, seeds, args, timeouts, overrides)
         elif args.cmd == "cli":
             from scenarios.cli import interactive
             interactive(modes[0], timeouts, topology(overrides))
@@ -134,6 +129,41 @@ def main(argv=None) -> int:
         print("interrupted: everything this run started was stopped", file=sys.stderr)
         return 130
     return 0
+
+
+def _run_all(names, modes, seeds, args, timeouts, overrides) -> int:
+    """Every scenario x mode x seed; with more than one run, a set folder with their
+    statistics (``scenarios.sets``). A failed run is listed (status in its summary.csv) and
+    the others go on; Ctrl-C stops the set, and what ran is still written."""
+    from scenarios.run import RESULTS, run_scenario
+    from scenarios.sets import format_table, write_set
+    from scenarios.testbed import TestbedFailure
+    done, failed, interrupted = [], 0, None
+    plan = [(n, m, s) for n in names for m in modes for s in seeds]
+    for n, mode, seed in plan:
+        try:
+            done.append(run_scenario(n, mode, seed, cli=args.cli, time_scale=args.time_scale,
+                                     timeouts=timeouts, overrides=overrides))
+        except TestbedFailure as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            if getattr(e, "run_dir", None) is not None:
+                done.append(e.run_dir)
+            if len(plan) == 1:
+                return 1
+        except KeyboardInterrupt as e:
+            interrupted = e
+            if getattr(e, "run_dir", None) is not None:
+                done.append(e.run_dir)
+            break
+    if len(plan) > 1 and done:
+        out = write_set(done, RESULTS)
+        import pandas as pd
+        print(f"\nset of {len(done)} run(s): {out}  (runs.txt, runs.csv, comparison.csv)")
+        print(format_table(pd.read_csv(out / "comparison.csv")))
+    if interrupted is not None:
+        raise interrupted
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

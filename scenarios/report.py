@@ -73,8 +73,9 @@ SUMMARY_COLUMNS = [
     "observed_unplanned", "moved", "moved_unexpected", "moved_flows",
     "broken", "completed_pct", "pcc_pct", "throughput_bps_mean", "invalid", "dropped",
     "nf_flows", "nf_flows_by_phase", "events", "event_times", "missing_dumps",
-    "unmatched_entries",
+    "unmatched_entries", "status",
 ]
+STATUS_OK = "ok"                  # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
 
 PLANNED_FIELDS = ("flow_id", "client", "server", "client_ip", "server_ip", "server_port",
                   "start_s", "duration_s", "proto")
@@ -625,8 +626,9 @@ def _unaccounted(flows_df: pd.DataFrame, nf_dumps) -> Any:
 
 def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str, Any]] = None,
                   nf_dumps: Optional[Mapping[str, Optional[Mapping]]] = None,
-                  planned=None, apps=None) -> pd.DataFrame:
-    """One row per run (columns SUMMARY_COLUMNS).
+                  planned=None, apps=None, status: str = STATUS_OK) -> pd.DataFrame:
+    """One row per run (columns SUMMARY_COLUMNS); ``status``: ``ok``, or how the run did not
+    finish (``failed: ...``, ``interrupted``): such a run is left out of a set's statistics.
 
     flows = planned flows (iperf3 runs); apps = app connections; connections = rows;
     observed = rows seen at an NF (planned, app and observed rows); observed_unplanned = rows
@@ -694,6 +696,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
         "missing_dumps": ";".join(sorted((n for n, d in dumps.items() if not d),
                                          key=nf_sort_key)),
         "unmatched_entries": _unaccounted(flows_df, dumps) if nf_dumps is not None else pd.NA,
+        "status": status,
     }
     return pd.DataFrame([row], columns=SUMMARY_COLUMNS)
 

@@ -234,12 +234,16 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
     iperf = traffic.results()
     outcomes = programs.results()
     flows_df = report.build_flows(meta, flows, iperf, dumps, apps=outcomes)
-    summary = report.build_summary(flows_df, events_done, meta, dumps, flows, apps=outcomes)
+    status = (report.STATUS_OK if failure is None else "interrupted"
+              if isinstance(failure, KeyboardInterrupt) else f"failed: {failure}")
+    summary = report.build_summary(flows_df, events_done, meta, dumps, flows, apps=outcomes,
+                                   status=status)
     report.write_results(run_dir, flows_df, summary)
     log("")
     log(report.format_summary(summary))
     log(f"\nresults: {run_dir}  (flows.csv, summary.csv, params.json, timeline.csv, logs/)")
     if failure is not None:
+        failure.run_dir = run_dir         # its results are written: a set still lists it
         raise failure
     return run_dir
 

@@ -175,6 +175,10 @@ def test_a_custom_scenario_file_runs_with_two_seeds(tmp_path):
         assert {"nf4:active", "nf5:active"} <= set(timeline["nfs"].iloc[-1].split(";")), \
             "both NFs joined at the same time"
     assert seeds == [1, 2]
+    table = pd.read_csv(RESULTS / "latest-set" / "comparison.csv")
+    (row,) = table.itertuples()
+    assert (row.scenario, row.mode, row.n_runs, row.moved_mean) == ("e2e-custom", "chain", 2, 0)
+    assert (RESULTS / "latest-set" / "runs.txt").read_text().split() == [str(r) for r in runs]
     _nothing_left_behind()
 
 
