@@ -14,7 +14,7 @@ SIZES   := lbs=$(LBS) nfs=$(NFS) l=$(L) clients=$(CLIENTS) servers=$(SERVERS) \
 SET_ARG := $(foreach kv,$(SIZES),$(if $(word 2,$(subst =, ,$(kv))),--set $(kv),))
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
-.PHONY: help setup test scenario cli matrix compare bench bench-engine clean venv-check
+.PHONY: help setup test scenario sweep cli matrix compare bench bench-engine clean venv-check
 
 help:
 	@echo "Targets (most need root: prefix with sudo):"
@@ -28,6 +28,8 @@ help:
 	@echo "  sudo make cli                        open the interactive testbed CLI"
 	@echo "      (scenario, cli: CT_TIMEOUTS=tcp_established=600,udp=20 sets the NFs' conntrack"
 	@echo "       timeouts, and the LB nodes' connection tracking with them)"
+	@echo "  sudo make sweep NAME=scale-out PARAM=L VALUES=1,2,3 MODE=chain,maglev SEEDS=1-3"
+	@echo "                                       the grid of runs, each metric against the parameter"
 	@echo "  sudo make matrix [SCALE=0.5]         run every scenario in every mode and compare"
 	@echo "  make compare RUNS=\"DIR ...\" OUT=DIR  compare result folders (table + plots)"
 	@echo "  sudo make bench                      testbed benchmarks"
@@ -48,6 +50,9 @@ scenario: setup
 
 cli: setup
 	$(PY) -m scenarios cli --mode $(MODE) $(SET_ARG) $(CT_ARG)
+
+sweep: setup
+	$(PY) -m scenarios sweep $(if $(FILE),--file $(FILE),$(NAME)) --param $(PARAM) --values $(VALUES) --mode $(MODE) $(if $(SEEDS),--seeds $(SEEDS),) $(SET_ARG) $(CT_ARG)
 
 matrix: setup
 	$(PY) -m scenarios matrix $(if $(SCALE),--time-scale $(SCALE),) $(SET_ARG)

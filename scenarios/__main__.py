@@ -45,6 +45,16 @@ def main(argv=None) -> int:
                "them: name=seconds,... (names: " + ", ".join(CtTimeouts().asdict())
                + "; default: the kernel's)")
     r.add_argument("--ct-timeouts", default="", help=ct_help)
+    w = sub.add_parser("sweep", help="run a scenario over the values of one parameter")
+    w.add_argument("name", nargs="?", help="a scenario name")
+    w.add_argument("--file", help="a scenario file instead of a name")
+    w.add_argument("--param", required=True, help=f"the parameter swept: one of {', '.join(KEYS)}")
+    w.add_argument("--values", required=True, help="its values, comma-separated (e.g. 1,2,3)")
+    w.add_argument("--mode", default="chain", help="a mode, a comma list, or all")
+    w.add_argument("--seeds", default="1", help="seeds: 1,2,5 or 1-5")
+    w.add_argument("--time-scale", type=float, default=1.0)
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    w.add_argument("--ct-timeouts", default="", help=ct_help)
     sub.add_parser("list", help="list scenarios and modes")
     sub.add_parser("cleanup", help="remove what a crashed run left behind")
     c = sub.add_parser("cli", help="start the testbed and open the interactive CLI")
@@ -81,11 +91,25 @@ def main(argv=None) -> int:
             raise ParamError("the CLI runs one mode; give one of: " + ", ".join(MODES))
         overrides = parse_set(getattr(args, "set", []))
         seeds = [1]
-        if args.cmd == "run":
-            if args.seed is not None and args.seeds is not None:
+        grid = [overrides]
+        if args.cmd == "sweep":
+            param = args.param.strip().lower()
+            if param not in KEYS:
+                raise ParamError(f"unknown parameter {args.param!r} to sweep; valid: "
+                                 f"{', '.join(KEYS)}")
+            values = [v.strip() for v in args.values.split(",") if v.strip()]
+            if not values:
+                raise ParamError("--values needs at least one value, e.g. --values 1,2,3")
+            if param in overrides:
+                raise ParamError(f"{param} is swept: do not --set it too")
+            grid = [{**overrides, param: v} for v in values]
+            seeds = parse_seeds(args.seeds)
+        if args.cmd in ("run", "sweep"):
+            if getattr(args, "seed", None) is not None and args.seeds is not None:
                 raise ParamError("give --seed or --seeds, not both")
-            seeds = (parse_seeds(args.seeds) if args.seeds is not None
-                     else [args.seed if args.seed is not None else 1])
+            if args.cmd == "run":
+                seeds = (parse_seeds(args.seeds) if args.seeds is not None
+                         else [args.seed if args.seed is not None else 1])
             if args.file and args.name:
                 raise ParamError("give a scenario name or --file, not both")
             if args.file:
@@ -98,8 +122,9 @@ def main(argv=None) -> int:
         else:
             names = list(registry.SCENARIOS) if args.cmd == "matrix" else []
         for n in names:
-            apply(registry.get(n) if isinstance(n, str) else n,
-                  overrides)[0].scaled(args.time_scale)
+            for o in grid:
+                apply(registry.get(n) if isinstance(n, str) else n,
+                      o)[0].scaled(args.time_scale)
         if args.cmd == "cli":
             topology(overrides)
     except ValueError as e:           # ParamError included: a user's mistake, never a traceback
@@ -113,7 +138,9 @@ def main(argv=None) -> int:
                 done = cleanup_leftovers()
             print("nothing left behind" if not done else "cleaned")
         elif args.cmd == "run":
-            return _run_all(names, modes, seeds, args, timeouts, overrides)
+            return _run_all(names, modes, seeds, args, timeouts, [overrides])
+        elif args.cmd == "sweep":
+            return _run_all(names, modes, seeds, args, timeouts, grid, sweep=param)
         elif args.cmd == "cli":
             from scenarios.cli import interactive
             interactive(modes[0], timeouts, topology(overrides))
@@ -131,19 +158,20 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_all(names, modes, seeds, args, timeouts, overrides) -> int:
-    """Every scenario x mode x seed; with more than one run, a set folder with their
-    statistics (``scenarios.sets``). A failed run is listed (status in its summary.csv) and
-    the others go on; Ctrl-C stops the set, and what ran is still written."""
+def _run_all(names, modes, seeds, args, timeouts, grid, sweep=None) -> int:
+    """Every scenario x parameters (``grid``) x mode x seed; with more than one run, a set
+    folder with their statistics (``scenarios.sets``). A failed run is listed (status in its
+    summary.csv) and the others go on; Ctrl-C stops the set, and what ran is still written."""
     from scenarios.run import RESULTS, run_scenario
     from scenarios.sets import format_table, write_set
     from scenarios.testbed import TestbedFailure
     done, failed, interrupted = [], 0, None
-    plan = [(n, m, s) for n in names for m in modes for s in seeds]
-    for n, mode, seed in plan:
+    plan = [(n, o, m, s) for n in names for o in grid for m in modes for s in seeds]
+    for n, overrides, mode, seed in plan:
         try:
-            done.append(run_scenario(n, mode, seed, cli=args.cli, time_scale=args.time_scale,
-                                     timeouts=timeouts, overrides=overrides))
+            done.append(run_scenario(n, mode, seed, cli=getattr(args, "cli", False),
+                                     time_scale=args.time_scale, timeouts=timeouts,
+                                     overrides=overrides))
         except TestbedFailure as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
@@ -157,10 +185,11 @@ def _run_all(names, modes, seeds, args, timeouts, overrides) -> int:
                 done.append(e.run_dir)
             break
     if len(plan) > 1 and done:
-        out = write_set(done, RESULTS)
+        out = write_set(done, RESULTS, sweep=sweep)
         import pandas as pd
         print(f"\nset of {len(done)} run(s): {out}  (runs.txt, runs.csv, comparison.csv)")
-        print(format_table(pd.read_csv(out / "comparison.csv")))
+        print(format_table(pd.read_csv(out / "comparison.csv", dtype={sweep: str} if sweep
+                                       else None), sweep))
     if interrupted is not None:
         raise interrupted
     return 1 if failed else 0

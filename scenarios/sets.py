@@ -75,8 +75,11 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def write_set(run_dirs: Sequence[Path], results: Path, set_id: str | None = None) -> Path:
-    """The set folder of these runs (see the module docstring)."""
+def write_set(run_dirs: Sequence[Path], results: Path, set_id: str | None = None,
+              sweep: str | None = None) -> Path:
+    """The set folder of these runs (see the module docstring), with ``moved.png`` (moved per
+    scenario and mode, 95 % intervals) and, for a sweep of parameter ``sweep``,
+    ``sweep.png`` (each metric against the parameter, per mode, with its interval)."""
     set_id = set_id or datetime.now().strftime("%Y%m%d-%H%M%S")
     out = results / "sets" / set_id
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,12 @@ def write_set(run_dirs: Sequence[Path], results: Path, set_id: str | None = None
     runs = pd.DataFrame([run_row(Path(d)) for d in run_dirs])
     runs.to_csv(out / "runs.csv", index=False)
     table = aggregate(runs)
+    if sweep:
+        table.insert(2, sweep, [json.loads(p)["overrides"].get(sweep) for p in table["params"]])
     table.to_csv(out / "comparison.csv", index=False)
+    plot_moved(table, out / "moved.png")
+    if sweep:
+        plot_sweep(table, sweep, out / "sweep.png")
     latest = results / "latest-set"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
@@ -92,17 +100,83 @@ def write_set(run_dirs: Sequence[Path], results: Path, set_id: str | None = None
     return out
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """The set's comparison, short: mean [95 % CI] of moved and broken, completed %."""
+def format_table(table: pd.DataFrame, sweep: str | None = None) -> str:
+    """The set's comparison, short: mean [95 % CI] of moved and broken, completed %, and the
+    swept parameter's value."""
     def cell(r, m, digits=1):
         mean, lo, hi = r[f"{m}_mean"], r[f"{m}_ci95_lo"], r[f"{m}_ci95_hi"]
         if pd.isna(lo):
             return f"{mean:.{digits}f}"
         return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-    lines = [f"{'scenario':28s} {'mode':7s} {'runs':>4s}  {'moved':>22s}  {'broken':>22s}  "
-             f"{'done %':>8s}"]
+    lines = [f"{'scenario':28s} {'mode':7s} " + (f"{sweep:>8s} " if sweep else "")
+             + f"{'runs':>4s}  {'moved':>22s}  {'broken':>22s}  {'done %':>8s}"]
     for _, r in table.iterrows():
-        lines.append(f"{r['scenario']:28s} {r['mode']:7s} {r['n_runs']:4d}  "
+        lines.append(f"{r['scenario']:28s} {r['mode']:7s} "
+                     + (f"{str(r[sweep]):>8s} " if sweep else "") + f"{r['n_runs']:4d}  "
                      f"{cell(r, 'moved'):>22s}  {cell(r, 'broken'):>22s}  "
                      f"{r['completed_pct_mean']:8.1f}")
     return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _yerr(rows: pd.DataFrame, m: str):
+    mean = rows[f"{m}_mean"]
+    lo = (mean - rows[f"{m}_ci95_lo"]).fillna(0).clip(lower=0)
+    hi = (rows[f"{m}_ci95_hi"] - mean).fillna(0).clip(lower=0)
+    return [lo.tolist(), hi.tolist()]
+
+
+def plot_moved(table: pd.DataFrame, path: Path) -> Path:
+    """Bars: connections moved per scenario (groups) and mode, mean over the runs with the
+    95 % interval; one group per scenario and parameters."""
+    plt = _plt()
+    table = table.assign(group=[f"{s}" if i == 0 else f"{s} #{i + 1}" for s, i in zip(
+        table["scenario"], table.groupby(["scenario", "mode"]).cumcount())])
+    groups = list(dict.fromkeys(table["group"]))
+    modes = list(dict.fromkeys(table["mode"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4.5))
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        rows = table[table["mode"] == mode].set_index("group").reindex(groups)
+        xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, rows["moved_mean"].fillna(0), width, yerr=_yerr(rows, "moved"), capsize=3,
+               label=mode)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=20, ha="right")
+    ax.set_ylabel("connections moved (mean, 95 % CI)")
+    n = ", ".join(sorted({str(v) for v in table["n_runs"]}))
+    ax.set_title(f"Connections moved per scenario and LB mode ({n} run(s) each)")
+    ax.legend(title="mode")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(table: pd.DataFrame, param: str, path: Path) -> Path:
+    """Each metric against the swept parameter, one line per mode, 95 % intervals."""
+    plt = _plt()
+    metrics = ("moved", "broken", "completed_pct", "throughput_bps_mean")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    x = pd.to_numeric(table[param], errors="coerce")
+    numeric = x.notna().all()
+    for ax, m in zip(axes, metrics):
+        for mode in dict.fromkeys(table["mode"]):
+            rows = table[table["mode"] == mode].assign(_x=x if numeric else table[param])
+            rows = rows.sort_values("_x")
+            ax.errorbar(rows["_x"].astype(float if numeric else str), rows[f"{m}_mean"],
+                        yerr=_yerr(rows, m), marker="o", capsize=3, label=mode)
+        ax.set_xlabel(param)
+        ax.set_title(m)
+    axes[0].legend(title="mode")
+    fig.suptitle(f"{table['scenario'].iloc[0]}: metrics against {param} (mean, 95 % CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

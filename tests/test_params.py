@@ -118,7 +118,10 @@ def test_the_cli_takes_topology_only():
     (["run", "scale-out", "--seed", "1", "--seeds", "1-2"], "not both"),
     (["run", "scale-out", "--mode", "chain,nope"], "unknown mode"),
     (["cli", "--mode", "chain,maglev"], "one mode"),
-    (["matrix", "--set", "lbs=1", "--set", "l=1"], "LBS must be >= 2")])
+    (["matrix", "--set", "lbs=1", "--set", "l=1"], "LBS must be >= 2"),
+    (["sweep", "scale-out", "--param", "speed", "--values", "1"], "unknown parameter 'speed'"),
+    (["sweep", "scale-out", "--param", "L", "--values", "1,9"], "chain_len=9"),
+    (["sweep", "scale-out", "--param", "L", "--values", "1", "--set", "l=2"], "is swept")])
 def test_command_line_errors_are_one_line_without_a_traceback(args, message):
     r = subprocess.run([sys.executable, "-m", "scenarios", *args], capture_output=True,
                        text=True, timeout=60)

@@ -14,7 +14,7 @@ from scenarios.sets import METRICS, aggregate, ci95, run_row, write_set
 
 def fake_run(root, name, mode, seed, moved, *, lbs=4, status="ok", time_scale=1.0,
              broken=0, overrides=None):
-    d = root / f"{name}-{mode}-{seed}-{lbs}-{time_scale}-{status[:2]}"
+    d = root / f"{len(list(root.iterdir())):03d}-{name}-{mode}-{seed}"
     d.mkdir()
     row = dict.fromkeys(SUMMARY_COLUMNS, "")
     row.update(scenario=name, mode=mode, run_id=d.name, moved=moved, moved_unexpected=moved,
@@ -78,3 +78,17 @@ def test_a_summary_written_before_status_counts_as_ok(tmp_path):
     df.to_csv(d / "summary.csv", index=False)
     table = aggregate(pd.DataFrame([run_row(d)]))
     assert table.iloc[0]["n_runs"] == 1
+
+
+def test_a_sweep_has_the_parameter_as_a_column_and_a_plot(tmp_path):
+    runs = [fake_run(tmp_path, "scale-out", mode, seed, moved, lbs=4, overrides={"l": l})
+            for l, mode, seed, moved in [("1", "maglev", 1, 5), ("1", "maglev", 2, 7),
+                                         ("3", "maglev", 1, 4), ("3", "maglev", 2, 4),
+                                         ("1", "chain", 1, 0), ("3", "chain", 1, 0)]]
+    out = write_set(runs, tmp_path / "results", "sweep1", sweep="l")
+    table = pd.read_csv(out / "comparison.csv", dtype={"l": str})
+    assert list(table.columns[:3]) == ["scenario", "mode", "l"]
+    got = {(r.mode, r.l): (r.n_runs, r.moved_mean) for r in table.itertuples()}
+    assert got == {("maglev", "1"): (2, 6.0), ("maglev", "3"): (2, 4.0), ("chain", "1"): (1, 0.0),
+                   ("chain", "3"): (1, 0.0)}
+    assert (out / "sweep.png").stat().st_size > 1000 and (out / "moved.png").stat().st_size > 1000
