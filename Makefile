@@ -25,6 +25,7 @@ help:
 	@echo "      sizes: LBS=6 NFS=4 L=2 CLIENTS=4 SERVERS=3 SPARE_LBS= SPARE_NFS= FLOWS=60 RATE=1 (Mbit/s)"
 	@echo "      repetitions: SEEDS=1-5 (or 1,2,5) MODE=chain,maglev (or all): one run each"
 	@echo "      FILE=my.toml runs a scenario file instead of NAME (format: scenarios/files.py)"
+	@echo "      SCALE=0.5 halves every time and duration"
 	@echo "  sudo make cli                        open the interactive testbed CLI"
 	@echo "      (scenario, cli: CT_TIMEOUTS=tcp_established=600,udp=20 sets the NFs' conntrack"
 	@echo "       timeouts, and the LB nodes' connection tracking with them)"
@@ -46,13 +47,13 @@ test: setup
 	$(PY) -m pytest -q
 
 scenario: setup
-	$(PY) -m scenarios run $(if $(FILE),--file $(FILE),$(NAME)) --mode $(MODE) $(SEEDS_ARG) $(SET_ARG) $(CLI_ARG) $(CT_ARG)
+	$(PY) -m scenarios run $(if $(FILE),--file $(FILE),$(NAME)) --mode $(MODE) $(SEEDS_ARG) $(SET_ARG) $(if $(SCALE),--time-scale $(SCALE),) $(CLI_ARG) $(CT_ARG)
 
 cli: setup
 	$(PY) -m scenarios cli --mode $(MODE) $(SET_ARG) $(CT_ARG)
 
 sweep: setup
-	$(PY) -m scenarios sweep $(if $(FILE),--file $(FILE),$(NAME)) --param $(PARAM) --values $(VALUES) --mode $(MODE) $(if $(SEEDS),--seeds $(SEEDS),) $(SET_ARG) $(CT_ARG)
+	$(PY) -m scenarios sweep $(if $(FILE),--file $(FILE),$(NAME)) --param $(PARAM) --values $(VALUES) --mode $(MODE) $(if $(SEEDS),--seeds $(SEEDS),) $(SET_ARG) $(if $(SCALE),--time-scale $(SCALE),) $(CT_ARG)
 
 matrix: setup
 	$(PY) -m scenarios matrix $(if $(SCALE),--time-scale $(SCALE),) $(SET_ARG)
