@@ -8,8 +8,9 @@ per family.
 
 Every violation the explorer found in the engine is kept as a minimized trace in
 ``KNOWN_TRACES`` (replayable with ``chain_explore.replay``): each must replay without a
-violation on today's engine, and each of the later classes (A', D, F, G, I) does violate the
-engine as it was before their fixes (git d5be40c).
+violation on today's engine (those in ``OPEN`` are ``xfail`` until fixed), and each of the
+later classes (A', D, F, G, I) does violate the engine as it was before their fixes (git
+d5be40c).
 """
 from __future__ import annotations
 
@@ -73,6 +74,21 @@ I_TTL_VERSION_REUSE = (
     "deleted incarnation delayed past tombstone_ttl (an Answer retransmitted, a Gone) is taken "
     "for the new one: answers ignored or believed, packets sent twice, caches stale")
 
+K_LATE_RELEASED_ANSWER_AFTER_REINSERT = (
+    "OPEN (found by the deep mode, git 3f10f67) split: the old tail forwards an asker's packet to "
+    "nf1 and answers released, the answer is lost and retransmitted; a join moves the tail and the "
+    "key is deleted; the asker, told of the deletion, inserts its own proposal nf2 anew; the "
+    "released answer (of the deleted version) then arrives and the asker decides nf2 'released': "
+    "the first packet went to nf1. The asker should insert anew only once it knows where its "
+    "packet went, and propose that NF")
+L_DIRECT_WRITE_PAST_TTL = (
+    "OPEN (found by the deep mode, git 3f10f67) settled: a head hands a tail asking with base 0 the "
+    "committed value directly (Write head->tail, past the middle); the key is then deleted through "
+    "the chain and every tombstone expires (TTL 0.5 s); the direct Write, delayed past the TTL, "
+    "recreates the deleted entry at the tail alone. A frame delayed past tombstone_ttl must not "
+    "create a record: the direct hand-over should go down the chain, or frames carry their age")
+OPEN = {"K-late-released-answer-after-reinsert", "L-direct-write-past-ttl"}
+
 # (config, budget, oracle, heal at the end, compact trace, reason)
 KNOWN_TRACES = {
     "A-gone-overtakes-released-answer": (
@@ -129,6 +145,12 @@ KNOWN_TRACES = {
         "nf-fail-L2", (0, 0, 0, 1), "liveness", True,
         ['lookup 0', 'deliver n3->n2 Query', 'lookup 1', 'event 0', 'view n3 2',
          'deliver n3->n2 Query seq3'], J_SELF_GONE_OF_LIVE_VERSION),
+    "K-late-released-answer-after-reinsert": (
+        "stress-churn-L2", None, "split", True, ['lookup 1', 'lookup 0', 'lookup 2', 'deliver n3->n2 Query', 'dup n1->n2 Write', 'deliver n2->n1 InsertReq', 'drop n2->n3 Answer', 'deliver n2->n1 Answer', 'event 0', 'delete 0'],
+        K_LATE_RELEASED_ANSWER_AFTER_REINSERT),
+    "L-direct-write-past-ttl": (
+        "tombstone-ttl-L3", (0, 0, 0, 1), "settled", True, ['lookup 0', 'deliver n2->n1 InsertReq', 'deliver n2->n3 Query', 'deliver n1->n2 Write', 'tick 1.0', 'deliver n2->n3 Write', 'deliver n3->n2 Answer', 'deliver n3->n2 Ack', 'deliver n2->n1 Ack', 'deliver n3->n1 InsertReq', 'delete 0', 'deliver n2->n1 DeleteReq', 'deliver n1->n2 Write', 'deliver n2->n3 Write', 'tick 1.0'],
+        L_DIRECT_WRITE_PAST_TTL),
     "I-ttl-version-reuse": (
         "stress-L2-ttl", None, "agreement", True,
         ['lookup 0', 'deliver n1->n2 Write', 'deliver n2->n1 Answer', 'deliver n2->n1 Ack',
@@ -153,6 +175,8 @@ def test_known_trace_no_longer_violates(case):
     except ValueError as e:          # a step of the trace is no longer enabled
         pytest.skip(f"the trace no longer applies: {e}")
     if v is not None:
+        if case in OPEN:
+            pytest.xfail(f"{reason}\n{v}")
         pytest.fail(f"{reason}\n{v}\n{ce.format_trace(cfg, trace, end=end)}", pytrace=False)
 
 
