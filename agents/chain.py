@@ -875,8 +875,10 @@ class ChainNode:
                 # could overtake)
                 pass
             elif live and rec.committed:
-                # the tail lacks the committed entry: hand it the committed value
-                self._send(src, Write(req.key, rec.ver, rec.nf), now)
+                # the tail lacks the committed entry: hand it the committed value, down the
+                # chain (in order with any later write of the key: a direct Write could arrive
+                # after a deletion's tombstone expired there, and recreate the entry)
+                self._propagate(req.key, chain, now)
             elif not live and req.base < cur:
                 # the tail expired a deletion (a tombstone) while this one waited for its
                 # ack: send it down the chain again, in order
@@ -917,9 +919,9 @@ class ChainNode:
                 self._waiters.setdefault(w.key, {})[chain[0]] = (w.packet, w.lookup)
             if self.synced:
                 self._commit(w.key, now)
-        elif rec.ver == w.ver and (newer or not rec.committed or not rec.nf):
-            # (again: a head sending down a write that a restarted successor lost, or a
-            # tombstone a successor expired)
+        elif rec.ver == w.ver:
+            # (again: a head sending down a write that a restarted successor lost, a committed
+            # value a tail lacks, or a tombstone a successor expired)
             self._send(chain[chain.index(self.id) + 1],
                        Write(w.key, rec.ver, rec.nf, w.packet, w.lookup), now)
 

@@ -82,12 +82,12 @@ K_LATE_RELEASED_ANSWER_AFTER_REINSERT = (
     "the first packet went to nf1. The asker should insert anew only once it knows where its "
     "packet went, and propose that NF")
 L_DIRECT_WRITE_PAST_TTL = (
-    "OPEN (found by the deep mode, git 3f10f67) settled: a head hands a tail asking with base 0 the "
+    "(found by the deep mode, git 3f10f67; fixed: the committed value goes down the chain) settled: a head hands a tail asking with base 0 the "
     "committed value directly (Write head->tail, past the middle); the key is then deleted through "
     "the chain and every tombstone expires (TTL 0.5 s); the direct Write, delayed past the TTL, "
     "recreates the deleted entry at the tail alone. A frame delayed past tombstone_ttl must not "
     "create a record: the direct hand-over should go down the chain, or frames carry their age")
-OPEN = {"K-late-released-answer-after-reinsert", "L-direct-write-past-ttl"}
+OPEN = {"K-late-released-answer-after-reinsert"}
 
 # (config, budget, oracle, heal at the end, compact trace, reason)
 KNOWN_TRACES = {

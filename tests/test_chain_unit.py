@@ -557,7 +557,8 @@ def test_first_writer_wins(first):
 
 
 def test_insert_request_for_a_live_key_does_not_overwrite_it():
-    """The head inserts only if absent: a late InsertReq gets the committed value back."""
+    """The head inserts only if absent: a late InsertReq gets the committed value back, down
+    the chain (in order with later writes of the key: explorer class L)."""
     net, view = three()
     k = KEYS[3]
     h, m, t = view.chain(k)
@@ -565,8 +566,10 @@ def test_insert_request_for_a_live_key_does_not_overwrite_it():
     net.run()
     crafted = next_frame(net, t, h, InsertReq(k, "nf2", 1))
     out = net.receive(t, h, crafted)
-    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(t, Write(k, 1, "nf1"))]
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(m, Write(k, 1, "nf1"))]
+    mark = len(net.sent)
     net.run()
+    assert (m, t, Write(k, 1, "nf1")) in [(s, d, f.body) for s, d, f in net.data(mark)]
     for name in view.members:
         assert net.nodes[name].replica() == {k: "nf1"}
         assert net.nodes[name].version(k) == 1
