@@ -470,6 +470,7 @@ class ChainNode:
             old = View(0, (), 1)
         for peer in renewed - {self.id}:
             self._forget_life(peer)
+        self._release_held()                  # a packet's tail that left has settled
         batches: dict[str, list[SyncEntry]] = {}
         for key, rec in list(self.store.items()):
             new_chain = view.chain(key)

@@ -20,6 +20,7 @@ from typing import Sequence
 import pandas as pd
 from scipy import stats
 
+from scenarios.compare import _plt
 from scenarios.report import STATUS_OK
 
 METRICS = ("moved", "moved_unexpected", "broken", "pcc_pct", "completed_pct",
@@ -116,13 +117,6 @@ def format_table(table: pd.DataFrame, sweep: str | None = None) -> str:
                      f"{cell(r, 'moved'):>22s}  {cell(r, 'broken'):>22s}  "
                      f"{r['completed_pct_mean']:8.1f}")
     return "\n".join(lines)
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _yerr(rows: pd.DataFrame, m: str):
