@@ -71,6 +71,10 @@ Contracts (checked by tests/test_chain_unit.py's regressions and the explorer):
   its ``SyncDone`` of a later epoch, which follows anything it sent before); if the tail
   leaves or restarts before answering, or the asker's own life ends, the asker sends it:
   at least once then;
+- a connection stays where its first packet went: until the tail its packet rode to has
+  spoken (as above), an asker retrying its lookup (told of a deletion, or a view change)
+  asks without inserting; once that tail's answer says it forwarded the packet (to an entry
+  deleted since), the asker inserts that NF, not its own proposal;
 - no committed entry names an NF that a view marked failed once every node has that view:
   ``purge_nf`` deletes what the node heads, the head refuses to insert a purged NF (the
   asker's agent proposes again through ``lookup``), and a tail deletes an insert of it that
@@ -249,6 +253,7 @@ class _Pending:
     rode: str = ""          # the tail the packet rode to ('' if it stayed here)
     rode_epoch: int = 0     # ... in the view of this epoch
     held: Answer | None = None  # an answer from another tail, decided once ``rode`` settles
+    heard: bool = False     # ``rode`` answered this lookup, or told of a deletion since
 
 
 @dataclass
@@ -469,8 +474,9 @@ class ChainNode:
             self._restart()
             old = View(0, (), 1)
         for peer in renewed - {self.id}:
-            self._forget_life(peer)
-        self._release_held()                  # a packet's tail that left has settled
+            self._forget_life(peer, now, requery=False)
+        self._release_held(now, requery=False)  # a packet's tail that left has settled
+        #                                         (every pending lookup asks again below)
         batches: dict[str, list[SyncEntry]] = {}
         for key, rec in list(self.store.items()):
             new_chain = view.chain(key)
@@ -525,7 +531,7 @@ class ChainNode:
         self._tombstones.clear()
         self._gone_order.clear()
 
-    def _forget_life(self, peer: str) -> None:
+    def _forget_life(self, peer: str, now: float, requery: bool = True) -> None:
         """``peer``'s old life is gone: its new life does not wait for the answers its old one
         asked for, and nothing more comes from the old one for a packet that rode to it (if
         it sent it, its answer is lost: at least once then, as when a tail leaves)."""
@@ -535,18 +541,20 @@ class ChainNode:
             if not self._waiters[key]:
                 del self._waiters[key]
                 self._inserting.pop(key, None)
-        for p in list(self._pending.values()):
+        for key, p in list(self._pending.items()):
             if p.rode == peer:
-                p.rode = ""
+                waited, p.rode = not p.heard, ""
                 if p.held is not None:
                     held, p.held = p.held, None
-                    self._on_answer(peer, held)
+                    self._on_answer(peer, held, now)
+                elif waited and requery:
+                    self._query(key, now)       # it waited for that tail to insert again
 
     def _peer_renewed(self, peer: str, now: float) -> None:
         """``peer`` restarted under its name within this view: it holds nothing, so push it
         every entry of the chains it is part of, and send it again what it lost with its old
         life (queries, insert and delete requests), then SyncDone for this epoch."""
-        self._forget_life(peer)
+        self._forget_life(peer, now)
         if self.removed:
             return
         chain = self.view.chain
@@ -707,7 +715,7 @@ class ChainNode:
         if isinstance(body, Query):
             self._on_query(src, epoch, body, now)
         elif isinstance(body, Answer):
-            self._on_answer(src, body)
+            self._on_answer(src, body, now)
         elif isinstance(body, Write):
             if current:
                 self._on_write(body, now)
@@ -737,7 +745,7 @@ class ChainNode:
         elif isinstance(body, SyncDone):
             if epoch > self._done_from.get(src, 0):
                 self._done_from[src] = epoch
-                self._release_held()
+                self._release_held(now)
             self._check_synced(now)
 
     def _check_synced(self, now: float) -> None:
@@ -791,8 +799,9 @@ class ChainNode:
             # entry; tell it, and a still-pending asker asks again right away
             self._send(src, Gone(q.key, rec.ver), now)
             return
-        if not q.nf:                                  # asked only: there is no entry
-            self._send(src, Answer(q.key, rec.ver if rec else 0, "", lookup=q.lookup), now)
+        if not q.nf:              # asked only: there is no entry (a purged NF's is none)
+            ver = rec.ver if rec is not None and not rec.nf else 0
+            self._send(src, Answer(q.key, ver, "", lookup=q.lookup), now)
             return
         waiting = self._waiters.setdefault(q.key, {})
         if q.packet or waiting.get(src, (b"", -1))[1] != q.lookup:
@@ -982,7 +991,7 @@ class ChainNode:
             if i > 0:
                 self._send(chain[i - 1], Ack(key, ver, nf), now)
 
-    def _on_answer(self, src: str, a: Answer) -> None:
+    def _on_answer(self, src: str, a: Answer, now: float) -> None:
         p = self._pending.get(a.key)
         if p is None:
             return
@@ -990,11 +999,25 @@ class ChainNode:
             if p.rode:
                 return     # about an earlier lookup of the key: this one's packet is out there
             a = replace(a, released=False)          # (the packet it released was not ours)
+        waited = p.rode and not self._rider_settled(p)
+        if src == p.rode:
+            # the packet's tail has spoken: its answer to the packet's query came first (one
+            # FIFO link), so if it forwarded the packet, this node now knows to which NF
+            p.heard = True
+            if a.released and a.nf and a.nf not in self.failed:
+                p.nf = a.nf       # the connection stays where its first packet went
         if a.nf and (a.ver < self._gone.get(a.key, 0) or a.nf in self.failed):
             # a version this node knows deleted, or an NF it purged: the lookup goes on (its
-            # retry finds the entry that replaces it), but a packet the tail sent with it is
-            # not sent again
+            # retry finds the entry that replaces it, or inserts ``p.nf``), but a packet the
+            # tail sent with it is not sent again
             p.released = p.released or a.released
+            if waited and self._rider_settled(p):
+                self._query(a.key, now)
+            return
+        if not a.nf and p.nf:
+            # no entry, to a lookup that asked only while its packet's tail was not heard from
+            if waited and self._rider_settled(p):
+                self._query(a.key, now)
             return
         if not (a.released or p.released) and p.rode and src != p.rode \
                 and not self._rider_settled(p):
@@ -1013,15 +1036,21 @@ class ChainNode:
 
     def _rider_settled(self, p: _Pending) -> bool:
         """Nothing more can come from the tail ``p``'s packet rode to."""
-        return (p.rode not in self.view.members
+        return (not p.rode or p.heard or p.rode not in self.view.members
                 or self._done_from.get(p.rode, 0) > p.rode_epoch)
 
-    def _release_held(self) -> None:
-        """Decide the held answers whose packet's tail has settled."""
+    def _release_held(self, now: float, requery: bool = True) -> None:
+        """Decide the held answers whose packet's tail has settled, and let the lookups that
+        waited for it insert again."""
         for key, p in list(self._pending.items()):
-            if p.held is not None and self._rider_settled(p):
+            if not p.rode or p.heard or not self._rider_settled(p):
+                continue
+            p.heard = True
+            if p.held is not None:
                 held, p.held = p.held, None
-                self._on_answer(p.rode, held)
+                self._on_answer(p.rode, held, now)
+            elif requery:
+                self._query(key, now)
 
     def _on_gone(self, g: Gone, now: float) -> None:
         if g.ver > self._gone.get(g.key, 0):
@@ -1045,6 +1074,12 @@ class ChainNode:
         seen = self._gone.get(key, 0)
         chain = self.view.chain(key)
         if not p.nf:                          # ask only: no insert, no packet riding
+            self._send(chain[-1], Query(key, "", seen, lookup=p.lookup), now)
+            return
+        if p.rode and not self._rider_settled(p):
+            # the packet rode to a tail not heard from since: it may have forwarded it, to an
+            # NF this node learns only from its answer. Ask without inserting until then: an
+            # insert of this node's own proposal after a deletion would split the connection
             self._send(chain[-1], Query(key, "", seen, lookup=p.lookup), now)
             return
         # the first packet rides once (a retry leaves it with the asker), to the tail

@@ -75,7 +75,8 @@ I_TTL_VERSION_REUSE = (
     "for the new one: answers ignored or believed, packets sent twice, caches stale")
 
 K_LATE_RELEASED_ANSWER_AFTER_REINSERT = (
-    "OPEN (found by the deep mode, git 3f10f67) split: the old tail forwards an asker's packet to "
+    "(found by the deep mode, git 3f10f67; fixed: an asker whose packet rode to a tail not heard "
+    "from since asks without inserting, and inserts the NF its packet went to) split: the old tail forwards an asker's packet to "
     "nf1 and answers released, the answer is lost and retransmitted; a join moves the tail and the "
     "key is deleted; the asker, told of the deletion, inserts its own proposal nf2 anew; the "
     "released answer (of the deleted version) then arrives and the asker decides nf2 'released': "
@@ -87,7 +88,7 @@ L_DIRECT_WRITE_PAST_TTL = (
     "the chain and every tombstone expires (TTL 0.5 s); the direct Write, delayed past the TTL, "
     "recreates the deleted entry at the tail alone. A frame delayed past tombstone_ttl must not "
     "create a record: the direct hand-over should go down the chain, or frames carry their age")
-OPEN = {"K-late-released-answer-after-reinsert"}
+OPEN: set[str] = set()          # known traces of violations not fixed yet (xfail)
 
 # (config, budget, oracle, heal at the end, compact trace, reason)
 KNOWN_TRACES = {
@@ -180,20 +181,23 @@ def test_known_trace_no_longer_violates(case):
         pytest.fail(f"{reason}\n{v}\n{ce.format_trace(cfg, trace, end=end)}", pytrace=False)
 
 
-LATER_CLASSES = ["A-gone-overtakes-released-answer", "D-tail-change-loses-released-answer",
-                 "D-tail-change-answer-in-flight", "F-readmit-stalls",
-                 "G-skipped-tombstone-no-gone", "G-skipped-tombstone-no-gone-join",
-                 "I-ttl-version-reuse"]
+# known trace -> an engine before its fix
+LATER_CLASSES = {"A-gone-overtakes-released-answer": "d5be40c",
+                 "D-tail-change-loses-released-answer": "d5be40c",
+                 "D-tail-change-answer-in-flight": "d5be40c", "F-readmit-stalls": "d5be40c",
+                 "G-skipped-tombstone-no-gone": "d5be40c",
+                 "G-skipped-tombstone-no-gone-join": "d5be40c", "I-ttl-version-reuse": "d5be40c",
+                 "K-late-released-answer-after-reinsert": "9ca63c3"}
 
 
 def test_known_traces_violate_the_engine_before_their_fixes():
-    """The regressions can fail: each trace of classes A', D, F, G and I reaches its oracle on
-    the engine before their fixes (git d5be40c)."""
-    engine = ce.engine_at("d5be40c")
-    if engine is None:
-        pytest.skip("git history not available")
+    """The regressions can fail: each trace of classes A', D, F, G, I and K reaches its oracle
+    on the engine before its fix (git d5be40c; 9ca63c3 for K)."""
     missed = []
-    for case in LATER_CLASSES:
+    for case, rev in LATER_CLASSES.items():
+        engine = ce.engine_at(rev)
+        if engine is None:
+            pytest.skip("git history not available")
         name, budget, oracle, end, trace, _ = KNOWN_TRACES[case]
         v = ce.replay(_known_cfg(name, budget), trace, engine, end=end)
         if v is None or v.oracle.split("/")[0] != oracle:

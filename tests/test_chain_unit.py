@@ -479,11 +479,12 @@ def test_a_retried_query_does_not_drop_the_packet_the_tail_holds():
     net.run()
     net.flush()                                  # the query is acked: no backlog to the tail
     assert net.decided() == [] and net.forwards == []
-    net.now += RETRY                             # the asker asks again, with no packet
-    net.tick(m)
-    net.run()
-    net.settle(1.0)
-    assert [f.body.packet for _, d, f in net.data(0, Query) if d == t] == [b"SYN", b""]
+    net.now += RETRY                             # the asker asks again, with no packet:
+    net.tick(m)                                  # first without inserting (its packet's tail
+    net.run()                                    # is not heard from), then, told there is no
+    net.settle(1.0)                              # entry, with its proposal
+    assert [(f.body.packet, f.body.nf) for _, d, f in net.data(0, Query) if d == t] == \
+        [(b"SYN", "nf1"), (b"", ""), (b"", "nf1")]
     assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
     assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", True)]
 
@@ -1373,6 +1374,47 @@ def test_a_held_answer_is_decided_once_the_old_tail_has_spoken():
     net.settle(3.0)
     assert net.forwards == []
     assert [d for n, d, _ in net.decisions if n == o] == [Decision(k, "nf2", False)]
+
+
+def test_a_lookup_whose_packet_went_out_inserts_again_where_it_went():
+    """Explorer class K: the tail forwards an asker's packet to nf1 (the committed entry) and
+    its released answer is delayed; a join moves the tail, and the head deletes the key. Told
+    of the deletion, the asker must not insert its own proposal nf2 (its first packet went to
+    nf1): it asks without inserting until the old tail's answer says where the packet went,
+    then inserts that NF, and decides it released."""
+    view1 = View(1, ("a", "b", "c"), 2)
+    view2 = View(2, ("a", "b", "c", "j"), 2)
+    k = find_key(lambda k: view2.chain(k) == (view1.chain(k)[0], "j"))
+    net = Net(view1)
+    net.start()
+    h, t, o = two_of_three(view1, k)
+    net.add("j", view2)
+    net.lookup(h, k, "nf1")
+    (write,) = net.take(lambda s, d, f: isinstance(f.body, Write))
+    net.lookup(o, k, "nf2", b"SYN")              # its query waits at the tail t
+    net.run()
+    net.receive(*write)                          # nf1 commits: t forwards o's packet there
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer) and d == o)
+    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
+    (answer,) = net.take(lambda s, d, f: isinstance(f.body, Answer) and d == o)  # slow
+    for name in ("j", h, t, o):
+        net.set_view(name, view2)
+    net.run()
+    net.delete(h, k)
+    net.run()
+    assert net.nodes["j"].version(k) == 2 and net.nodes["j"].replica().get(k) is None
+    since = len(net.sent)
+    net.now += RETRY
+    net.tick(o)
+    net.run()
+    assert net.decided(o) == []
+    assert not [f for s, d, f in net.data(since) if s == o and getattr(f.body, "nf", "")], \
+        "no insert of the asker's own proposal while its packet's tail is silent"
+    net.receive(*answer)
+    net.settle(3.0)
+    assert [d for n, d, _ in net.decisions if n == o] == [Decision(k, "nf1", True)]
+    assert net.nodes["j"].replica().get(k) == "nf1", "the connection stays at nf1"
+    assert len(net.forwards) == 1
 
 
 def test_an_answer_to_an_earlier_lookup_is_not_taken_for_a_new_one():
