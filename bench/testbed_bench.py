@@ -116,7 +116,7 @@ class Session:
         cmd = [PY, "-m", *args, "--out", str(out)]
         if cpu is not None:
             cmd = ["taskset", "-c", str(cpu)] + cmd
-        return self.tb._spawn(name, cmd, host=self.tb.net[host]), out, name
+        return self.tb.spawn(name, cmd, host=self.tb.net[host]), out, name
 
     def finish(self, started, timeout: float) -> dict:
         proc, out, name = started

@@ -271,7 +271,7 @@ class TestbedCommands:
         if self._traffic is None:
             self._traffic = Traffic(self.tb, [])
         for f in flows:
-            self.tb._spawn(f"iperf-s-{f['flow_id']}",
+            self.tb.spawn(f"iperf-s-{f['flow_id']}",
                            ["iperf3", "-s", "-1", "-p", str(f["server_port"])],
                            host=self.tb.net[f["server"]])
         for f in flows:

@@ -25,6 +25,15 @@ The built-in scenarios are files of this format in ``scenarios/builtin/``; ``--f
     start_s = 0.0
     spread_s = 26.0
     options = { }                        # per kind, see workloads.DEFAULTS
+    [[arrivals]]                         # open-loop short TCP connections (scenarios.arrivals)
+    rate_cps = 100.0                     # required: Poisson arrivals, new connections/s
+    start_s = 0.0                        # required
+    duration_s = 20.0                    # required
+    sizes = "websearch"                  # websearch | datamining | fixed:N | a CDF file (a
+                                         #   path relative to this file)
+    max_bytes = 1000000                  # sizes above are cut to this (default 1 MB)
+    timeout_s = 30.0                     # per connection (default 30)
+    hold_s = 0.0                         # the server keeps each one idle this long first
 
 A bad file raises ``ScenarioFileError`` naming the file, the key and what is allowed; an
 unknown key is an error, not ignored.
@@ -37,15 +46,20 @@ from pathlib import Path
 
 from scenarios import workloads
 from scenarios.params import ParamError, TOPOLOGY
+from scenarios.arrivals import (DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, MAX_DURATION_S,
+                                MAX_RATE_CPS, BUILTIN_SIZES, ArrivalBatch)
 from scenarios.workloads import AppBatch
 
 BUILTIN = Path(__file__).resolve().parent / "builtin"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-TOP_KEYS = ("name", "description", "chain_loss_pct", "topology", "flows", "events", "apps")
+TOP_KEYS = ("name", "description", "chain_loss_pct", "topology", "flows", "events", "apps",
+            "arrivals")
 TOPOLOGY_KEYS = tuple(dict.fromkeys(v for v in TOPOLOGY.values()))
 FLOW_KEYS = ("count", "start_s", "spread_s", "duration_s", "rate_mbit", "proto")
 EVENT_KEYS = ("at_s", "action", "target")
 APP_KEYS = ("kind", "count", "start_s", "spread_s", "options")
+ARRIVAL_KEYS = ("rate_cps", "start_s", "duration_s", "sizes", "max_bytes", "timeout_s",
+                "hold_s")
 
 
 class ScenarioFileError(ParamError):
@@ -150,11 +164,34 @@ def parse(text: str, path: str = "<string>"):
                                  float(r.number(a, "spread_s", w, 0.0)), dict(options)))
         except ValueError as e:
             r.fail(w, str(e))
-    if not batches and not apps:
-        r.fail("the file", "plans no traffic: give [[flows]] or [[apps]]")
+    arrivals = []
+    for i, a in enumerate(r.array(data, "arrivals")):
+        w = f"arrivals[{i}]"
+        r.keys(a, w, ARRIVAL_KEYS, ("rate_cps", "start_s", "duration_s"))
+        try:
+            arrivals.append(ArrivalBatch(
+                float(r.number(a, "rate_cps", w, above=True, hi=MAX_RATE_CPS)),
+                float(r.number(a, "start_s", w)),
+                float(r.number(a, "duration_s", w, above=True, hi=MAX_DURATION_S)),
+                _sizes(r.text(a, "sizes", w, "websearch"), path),
+                r.number(a, "max_bytes", w, DEFAULT_MAX_BYTES, whole=True, lo=1),
+                float(r.number(a, "timeout_s", w, DEFAULT_TIMEOUT_S, above=True)),
+                float(r.number(a, "hold_s", w, 0.0))))
+        except ValueError as e:
+            r.fail(w, str(e))
+    if not batches and not apps and not arrivals:
+        r.fail("the file", "plans no traffic: give [[flows]], [[apps]] or [[arrivals]]")
     events.sort(key=lambda e: e.at_s)
     return Scenario(name, description, tuple(batches), tuple(events), loss, dict(topology),
-                    tuple(apps))
+                    tuple(apps), tuple(arrivals))
+
+
+def _sizes(spec: str, path: str) -> str:
+    """A CDF file named relative to the scenario file, as a path from here."""
+    if spec.startswith("fixed:") or spec in BUILTIN_SIZES or Path(spec).is_absolute():
+        return spec
+    near = Path(path).parent / spec
+    return str(near) if near.exists() else spec
 
 
 def load(path: str | Path):
@@ -197,6 +234,11 @@ def dump(scenario) -> str:
                 f"start_s = {a.start_s!r}", f"spread_s = {a.spread_s!r}"]
         if a.options:
             out.append(f"options = {_value(a.options)}")
+    for a in scenario.arrivals:
+        out += ["", "[[arrivals]]", f"rate_cps = {a.rate_cps!r}", f"start_s = {a.start_s!r}",
+                f"duration_s = {a.duration_s!r}", f"sizes = {_value(a.sizes)}",
+                f"max_bytes = {a.max_bytes}", f"timeout_s = {a.timeout_s!r}",
+                f"hold_s = {a.hold_s!r}"]
     return "\n".join(out) + "\n"
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 TOPOLOGY = {"lbs": "lbs", "nfs": "nfs", "l": "chain_len", "chain_len": "chain_len",
             "clients": "clients", "servers": "servers", "spare_lbs": "spare_lbs",
             "spare_nfs": "spare_nfs", "bw_mbit": "bw_mbit"}
-WORKLOAD = ("flows", "rate")
+WORKLOAD = ("flows", "rate", "cps")
 KEYS = tuple(TOPOLOGY) + WORKLOAD
 MAX_FLOWS = 2000          # planned iperf3 flows per run (each is two processes)
 MAX_SEEDS = 1000
@@ -109,6 +109,22 @@ def scale_flows(scenario: Scenario, total: int) -> Scenario:
                                            for b, n in zip(scenario.batches, out)))
 
 
+def scale_arrivals(scenario: Scenario, raw: str) -> Scenario:
+    """Every arrival batch at ``raw`` new connections per second (``CPS=``)."""
+    from scenarios.arrivals import MAX_RATE_CPS
+    if not scenario.arrivals:
+        raise ParamError(f"scenario {scenario.name} has no [[arrivals]] to set the rate of (CPS)")
+    try:
+        cps = float(raw)
+    except ValueError:
+        raise ParamError(f"cps must be a number of connections per second, got {raw!r}") \
+            from None
+    if not 0 < cps <= MAX_RATE_CPS:
+        raise ParamError(f"cps must be within 0..{MAX_RATE_CPS:g} (above 0), got {cps:g}")
+    return replace(scenario, arrivals=tuple(replace(a, rate_cps=cps)
+                                            for a in scenario.arrivals))
+
+
 def event_needs(scenario: Scenario) -> dict[str, int]:
     """What the scenario's events need of the topology: the highest lbN / nfN they name among
     the initial hosts, and the spare hosts their add_* events take."""
@@ -163,6 +179,8 @@ def apply(scenario: Scenario, overrides: dict[str, str]) -> tuple[Scenario, Test
             raise ParamError(f"rate must be within 0..1000 Mbit/s (above 0), got {rate:g}")
         scenario = replace(scenario, batches=tuple(replace(b, rate_mbit=rate)
                                                    for b in scenario.batches))
+    if "cps" in overrides:
+        scenario = scale_arrivals(scenario, overrides["cps"])
     scenario = replace(scenario, params={f.name: getattr(params, f.name)
                                          for f in dataclasses.fields(TestbedParams)})
     return scenario, params

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from scenarios import workloads
+from scenarios.arrivals import ArrivalBatch
 from scenarios.workloads import AppBatch
 from topo.testbed import TestbedParams, ip_of
 
@@ -43,6 +44,7 @@ class Scenario:
     chain_loss_pct: int = 0               # chain frames dropped on LB hosts (nftables)
     params: dict = field(default_factory=dict)   # TestbedParams overrides
     apps: tuple[AppBatch, ...] = ()       # real applications (scenarios.workloads)
+    arrivals: tuple[ArrivalBatch, ...] = ()   # open-loop short connections (scenarios.arrivals)
 
     def scaled(self, factor: float) -> "Scenario":
         """The same scenario with every time and duration multiplied by ``factor``."""
@@ -54,13 +56,15 @@ class Scenario:
                                              duration_s=max(1.0, round(b.duration_s * factor)))
                                      for b in self.batches),
                        events=tuple(replace(e, at_s=e.at_s * factor) for e in self.events),
-                       apps=tuple(workloads.scaled(a, factor) for a in self.apps))
+                       apps=tuple(workloads.scaled(a, factor) for a in self.apps),
+                       arrivals=tuple(a.scaled(factor) for a in self.arrivals))
 
     @property
     def traffic_s(self) -> float:
         """When the last planned traffic should have ended."""
         return max([b.start_s + b.spread_s + b.duration_s for b in self.batches]
-                   + [a.start_s + a.spread_s + workloads.expected_s(a) for a in self.apps])
+                   + [a.start_s + a.spread_s + workloads.expected_s(a) for a in self.apps]
+                   + [a.end_s for a in self.arrivals])
 
 
 # the built-in scenarios are files of the scenario-file format (scenarios/builtin/*.toml)

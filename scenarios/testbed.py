@@ -237,7 +237,9 @@ class Testbed:
     def _pidfile(self, name: str, pid: int) -> None:
         (PID_DIR / f"{name}.pid").write_text(str(pid))
 
-    def _spawn(self, name: str, cmd: list[str], host=None, append: bool = False) -> subprocess.Popen:
+    def spawn(self, name: str, cmd: list[str], host=None, append: bool = False) -> subprocess.Popen:
+        """Start ``cmd`` (in Mininet host ``host``'s netns, or here), logging to
+        logs/NAME.log; the testbed ends it (by PID) when it closes, on every exit path."""
         out = open(self.logs / f"{name}.log", "a" if append else "w")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         if host is None:
@@ -260,7 +262,7 @@ class Testbed:
         }
         path = self.run_dir / "controller.json"
         path.write_text(json.dumps(cfg, indent=1))
-        proc = self._spawn("controller", [PY, "-m", "ryu_apps.launch", "--config", str(path)])
+        proc = self.spawn("controller", [PY, "-m", "ryu_apps.launch", "--config", str(path)])
         wait_for("the controller's REST API", lambda: proc.poll() is None and self.rest("GET", "/health"),
                  20)
         if proc.poll() is not None:
@@ -290,7 +292,7 @@ class Testbed:
                 "  }\n" for i, intf in enumerate((topo.intf_of(lb), topo.cluster_intf_of(lb))))
             rules.write_text(f"table netdev chainloss {{\n{chains}}}\n")
             host_checked(host, ["nft", "-f", str(rules)], f"installing chain-frame loss on {lb}")
-        self._spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
+        self.spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
                          "--cluster-intf", topo.cluster_intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs),
