@@ -316,7 +316,7 @@ def run(plan: List[dict], clock=time.monotonic) -> tuple[List[dict], Dict[str, A
             now = clock()
             for c in [c for c in open_.values() if now - c.t_open > c.plan["timeout"]]:
                 finish(c, "timeout: " + ("connect" if c.connected < 0 else
-                                         f"{c.got} of {c.plan['size']} bytes"))
+                                         f"read, {c.got} of {c.plan['size']} bytes"))
     except (Stop, KeyboardInterrupt):
         interrupted = True
         for c in list(open_.values()):
@@ -333,7 +333,8 @@ def run(plan: List[dict], clock=time.monotonic) -> tuple[List[dict], Dict[str, A
     errors: Dict[str, int] = {}
     for r in records:
         if r["error"]:
-            reason = r["error"].split(":")[0] if r["error"].startswith("short") else r["error"]
+            reason = r["error"].split(",")[0].split(": ")[0] \
+                if r["error"].startswith("short") else r["error"].split(",")[0]
             errors[reason] = errors.get(reason, 0) + 1
     summary = {"planned": len(plan), "completed": sum(r["completed"] for r in records),
                "errors": errors, "max_concurrent": peak,

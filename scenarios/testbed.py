@@ -27,7 +27,8 @@ PY = sys.executable
 RUN_DIR = Path("/run/chainlb")
 PID_DIR = RUN_DIR / "pids"
 REST = "http://127.0.0.1:8080"
-OUR_COMMANDS = ("agents.lb", "ryu_apps.launch", "iperf3", "mininet:", "agents.apps", "nginx")
+OUR_COMMANDS = ("agents.lb", "ryu_apps.launch", "iperf3", "mininet:", "agents.apps", "agents.loadgen",
+                "nginx")
 
 
 class TestbedFailure(RuntimeError):

@@ -217,3 +217,30 @@ def test_real_traffic_chain_moves_nothing_and_every_application_completes():
     assert sum(a["counts"]["icmp_errors"] for a in agents) > 0
     assert params["conntrack_timeouts"]["tcp_established"] == 432000
     _nothing_left_behind()
+
+
+@pytest.mark.parametrize("mode", ["chain", "maglev"])
+def test_arrivals_at_scale_keep_their_nf_only_in_chain_mode(mode):
+    """Poisson arrivals (200/s at half time scale: about 1,600 connections, each held idle
+    1.5 s, so hundreds are open at once) across an NF add and a drain: in chain mode every
+    connection completes on the NF it started on; Maglev moves live ones, which break."""
+    from scenarios.run import run_scenario
+    run_dir = run_scenario("arrivals", mode, seed=1, time_scale=0.5, log=lambda *_: None,
+                           overrides={"cps": "100"})
+    flows = pd.read_csv(run_dir / "flows.csv", keep_default_na=False)
+    summary = pd.read_csv(run_dir / "summary.csv").iloc[0]
+    gen = json.loads((run_dir / "arrivals.json").read_text())
+    conns = flows[flows["app"] == "arrivals"]
+    assert 1300 < len(conns) == gen["planned"] < 1900
+    assert gen["max_concurrent_per_client"] >= 40 and gen["max_late_ms"] < 500
+    assert (conns["nfs_seen"] != "").all(), "every connection was seen at an NF"
+    if mode == "chain":
+        assert int(summary["moved"]) == 0 and int(summary["broken"]) == 0, gen["errors"]
+        assert gen["completed"] == gen["planned"]
+        assert conns["bytes"].astype(float).sum() > 0
+    else:
+        moved = conns[conns["moved"].astype(str).eq("True")]
+        assert len(moved) >= 20, "Maglev re-maps live connections"
+        # a moved one breaks (but one moved only at its closing FIN/ACKs has its bytes)
+        assert moved["completed"].astype(str).eq("True").mean() < 0.1
+    _nothing_left_behind()
