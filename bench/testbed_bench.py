@@ -18,6 +18,12 @@ fresh, so that one measurement cannot spoil the next:
 - ``chain`` (the default scenario's cluster: 4 LBs, 3 NFs, L=3): paced and unpaced iperf3
   through the LBs and on the direct path; an NF add under new connections; an LB kill under
   sequence-numbered UDP probes; last, the new-connection rate ramp.
+- ``arrivals`` (the default scenario's cluster, chain mode): the scenarios' open-loop
+  generator (``agents.loadgen``, one per client host) ramps Poisson arrivals of 1 KB
+  connections until a step has a client error (``max_arrival_cps``: the highest rate with
+  none), then holds each connection open (idle) longer and longer at ``arrival_hold_cps``
+  until one fails (``max_concurrent``: the most connections open at once, summed over the
+  clients' peaks, in a step with none).
 - ``entries`` (4 LBs, L=3): one UDP packet per distinct 5-tuple until the cluster holds
   ``plan.entries`` keys; entries from the controller's view (the agents' heartbeats) and the
   agents' status, memory from their RSS.
@@ -39,6 +45,7 @@ from pathlib import Path
 from agents import lb as lb_agent
 from bench import Row
 from bench import measure as m
+from scenarios.arrivals import ARRIVAL_PORT, ArrivalBatch, plan_arrivals
 from scenarios.testbed import PY, RUN_DIR, Testbed, TestbedFailure, wait_for
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of
@@ -76,6 +83,10 @@ class Plan:
     lock_wait_s: float = 600.0
     lock_poll_s: float = 20.0
     profile: bool = False                # py-spy the agents during datapath and entries
+    arrival_steps: tuple = (100, 200, 300, 400, 600, 800, 1000, 1300, 1600, 2000, 2500, 3200)
+    arrival_step_s: float = 4.0
+    arrival_hold_cps: float = 250.0
+    arrival_holds: tuple = (2.0, 4.0, 8.0, 12.0, 16.0)  # x 250/s: about 500 .. 4000 open
 
     def asdict(self) -> dict:
         return asdict(self)
@@ -83,10 +94,11 @@ class Plan:
 
 QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapath_repeats=1,
              throughput_s=3.0, rate_steps=(100, 200), rate_step_s=1.5, entries=3000,
-             spray_chunk=1500)
+             spray_chunk=1500, arrival_steps=(100, 200), arrival_step_s=1.5,
+             arrival_hold_cps=100.0, arrival_holds=(1.0,))
 
 GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-N5", "chain-N8",
-          "chain", "entries")
+          "chain", "arrivals", "entries")
 CONNECT_GROUPS = {   # group -> (mode, LB nodes, chain length, connect label)
     "maglev": ("maglev", 3, 3, "maglev"),
     "chain-L1": ("chain", 3, 1, "L1_N3"), "chain-L2": ("chain", 3, 2, "L2_N3"),
@@ -634,6 +646,11 @@ def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log,
                                chain_len=3)
         with open_testbed(params, "chain", tb_dir, plan, log) as tb:
             chain_group(Session(tb, plan, log), res)
+    elif group == "arrivals":
+        params = TestbedParams(clients=4, servers=2, lbs=4, nfs=3, spare_nfs=0, spare_lbs=0,
+                               chain_len=3)
+        with open_testbed(params, "chain", tb_dir, plan, log) as tb:
+            res.rows += arrivals_group(Session(tb, plan, log))
     elif group == "entries":
         params = TestbedParams(clients=1, servers=1, lbs=4, nfs=2, spare_nfs=0, spare_lbs=0,
                                chain_len=3)
@@ -660,6 +677,80 @@ def chain_group(s: Session, res: Results) -> None:
     res.rows += setup_rate(s)          # last: it may overload the cluster
     for started in servers:
         s.stop(started)
+
+
+def arrival_step(s: Session, label: str, rate: float, duration: float, hold: float) -> dict:
+    """One step of open-loop arrivals (1 KB each, held ``hold`` s): the generators' summed
+    figures, and the clients' errors (an LB node lost counts as one)."""
+    clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
+    servers = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
+    batch = ArrivalBatch(rate, 0.0, duration, "fixed:1000", timeout_s=hold + 3.0, hold_s=hold)
+    planned = plan_arrivals((batch,), clients, servers, seed=s.n + 1)
+    started = []
+    for c in clients:
+        s.n += 1
+        name = f"bench-{s.n:03d}-{label}-{c}"
+        plan, summary = s.out / f"{name}.plan.jsonl", s.out / f"{name}.json"
+        plan.write_text("".join(json.dumps(a.plan_line()) + "\n" for a in planned
+                                if a.client == c))
+        started.append((s.tb.spawn(name, [PY, "-m", "agents.loadgen", "run", "--plan", str(plan),
+                                          "--out", str(s.out / f"{name}.jsonl"), "--summary",
+                                          str(summary)], host=s.tb.net[c]), summary, name))
+    docs = []
+    for proc, summary, name in started:
+        try:
+            proc.wait(timeout=duration + hold + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise BenchError(f"{name} did not finish (log: {s.tb.logs / name}.log)") from None
+        try:
+            docs.append(json.loads(summary.read_text()))
+        except (OSError, ValueError) as e:
+            raise BenchError(f"{name}: no summary ({e}); log: {s.tb.logs / name}.log") from None
+    errors: dict[str, int] = {}
+    for d in docs:
+        for k, v in d["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    lost = s.lost_members()
+    if lost:
+        errors[f"LB removed by the controller ({', '.join(lost)})"] = len(lost)
+    out = {"planned": len(planned), "completed": sum(d["completed"] for d in docs),
+           "concurrent": sum(d["max_concurrent"] for d in docs),
+           "late_ms": max(d["max_late_ms"] for d in docs), "errors": errors}
+    s.log(f"   arrivals {label}: {rate:g}/s, held {hold:g} s: {out['completed']}/"
+          f"{out['planned']} completed, {out['concurrent']} open at once, generators at most "
+          f"{out['late_ms']:.0f} ms late, errors {errors or 0}")
+    return out
+
+
+def arrivals_group(s: Session) -> list[Row]:
+    """max_arrival_cps, then max_concurrent (see the module's docstring)."""
+    p = s.plan
+    size_servers = [s.tb.spawn(f"loadgen-{h}", [PY, "-m", "agents.loadgen", "serve",
+                                                      "--port", str(ARRIVAL_PORT)],
+                               host=s.tb.net[h]) for h in ("s1", "s2")]
+    for h in ("s1", "s2"):
+        wait_for(f"the size server on {h}", lambda: _listening(s.tb.net[h], ARRIVAL_PORT), 10)
+    rows, best = [], 0.0
+    for rate in p.arrival_steps:
+        s.settle(30)
+        out = arrival_step(s, f"cps{rate}", rate, p.arrival_step_s, 0.0)
+        if out["errors"]:
+            break
+        best = rate
+    rows.append(Row("max_arrival_cps", best, "connections/s"))
+    most = 0
+    for hold in p.arrival_holds:
+        s.settle(30)
+        out = arrival_step(s, f"hold{hold:g}", p.arrival_hold_cps, p.arrival_step_s + hold, hold)
+        if out["errors"]:
+            break
+        most = max(most, out["concurrent"])
+    rows.append(Row("max_concurrent", most, "connections"))
+    for proc in size_servers:
+        proc.terminate()
+    return rows
 
 
 def connect_rows(samples: dict) -> list[Row]:
@@ -741,6 +832,8 @@ TARGETS = {   # metric -> (test on the row, text)
     "lb_kill_restore_s": (lambda r: r.value < 1.5, "< 1.5 s"),
     "entries_held": (lambda r: r.value >= 100_000, ">= 100,000"),
     "e2e_throughput": (lambda r: r.ratio is not None and r.ratio >= 0.9, "ratio >= 0.9"),
+    "max_arrival_cps": (lambda r: r.value >= 300, ">= 300/s"),
+    "max_concurrent": (lambda r: r.value >= 1000, ">= 1,000"),
 }
 
 
