@@ -47,6 +47,7 @@ from bench import Row
 from bench import measure as m
 from scenarios.arrivals import ARRIVAL_PORT, ArrivalBatch, plan_arrivals
 from scenarios.testbed import PY, RUN_DIR, Testbed, TestbedFailure, wait_for
+from scenarios.traffic import Flow, Traffic
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of
 
@@ -391,7 +392,6 @@ def pin(pid: int, cpu: int) -> None:
 
 def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> float:
     """Sum of received bits/s of ``plan.e2e_flows`` iperf3 TCP flows started together."""
-    from scenarios.run import Traffic
     clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
     servers = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
     s.iperf_runs += 1               # fresh server and client ports for every run
@@ -399,22 +399,15 @@ def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> flo
     flows = []
     for i in range(s.plan.e2e_flows):
         c, srv = clients[i % len(clients)], servers[i % len(servers)]
-        flows.append({"flow_id": f"{label}-{i + 1:02d}", "client": c, "server": srv,
-                      "client_ip": ip_of(c), "server_ip": ip_of(srv), "server_port": base + i,
-                      "client_port": 20000 + 100 * s.iperf_runs + i, "duration_s": duration,
-                      "rate_mbit": rate_mbit, "proto": "tcp"})
-    traffic = Traffic(s.tb, flows)
-    traffic.start_servers()
-    for f in flows:
-        wait_for(f"iperf3 server port {f['server_port']}", lambda f=f: _listening(
-            s.tb.net[f["server"]], f["server_port"]), 10, 0.05)
-    for f in flows:
-        traffic.start(f)
+        flows.append(Flow(f"{label}-{i + 1:02d}", c, srv, base + i,
+                          20000 + 100 * s.iperf_runs + i, 0.0, duration, rate_mbit))
+    traffic = Traffic(s.tb)
+    traffic.add(flows)
     wait_for(f"the iperf3 flows of {label}", lambda: traffic.running() == 0, duration + 20, 0.2)
     s.check_members(f"the iperf3 flows of {label}")
     results = traffic.results()
     try:
-        total = sum(m.iperf_bps(results[f["flow_id"]]) for f in flows)
+        total = sum(m.iperf_bps(results[f.flow_id]) for f in flows)
     except m.ParseError as e:
         raise BenchError(f"{label}: {e} (iperf3 JSON under {traffic.dir})") from None
     s.log(f"   throughput {label}: {total / 1e6:.1f} Mbit/s over {len(flows)} flows")

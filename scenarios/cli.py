@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mininet.cli import CLI
@@ -21,8 +22,9 @@ from mininet.cli import CLI
 from agents.conntrack import CtTimeouts
 from agents import lb as lb_agent
 from scenarios import report
-from scenarios.testbed import RUN_DIR, Testbed, TestbedFailure, wait_for
-from topo.testbed import TestbedError, TestbedParams, ip_of
+from scenarios.testbed import RUN_DIR, Testbed, TestbedFailure
+from scenarios.traffic import Flow, Traffic
+from topo.testbed import TestbedError, TestbedParams
 
 MAX_FLOWS = 50                      # per `flows` command: keeps the 2-core machine unsaturated
 FLOW_RATE_MBIT, FLOW_DURATION_S = 2.0, 20.0
@@ -87,7 +89,7 @@ class TestbedCommands:
         self.scenario_traffic = traffic
         self.stdout = stdout or sys.stdout
         self.t0 = time.monotonic()
-        self.flows: list[dict] = []         # started by `flows`, for `report`
+        self.flows: list[Flow] = []         # started by `flows`, for `report`
         self.events: list[tuple[float, str, str]] = []
         self._traffic = None
 
@@ -242,9 +244,9 @@ class TestbedCommands:
 
     def _used_ports(self) -> tuple[set, set]:
         flows = list(self.flows) + list(getattr(self.scenario_traffic, "flows", None) or [])
-        return ({int(f["server_port"]) for f in flows}, {int(f["client_port"]) for f in flows})
+        return ({f.server_port for f in flows}, {f.client_port for f in flows})
 
-    def plan(self, count: int) -> list[dict]:
+    def plan(self, count: int) -> list[Flow]:
         """``count`` new TCP flows on fresh ports, clients and servers taken in turn."""
         p = self.tb.params
         used_s, used_c = self._used_ports()
@@ -257,31 +259,18 @@ class TestbedCommands:
                 cport += 1
             i = len(self.flows) + len(out)
             client, server = f"c{i % p.clients + 1}", f"s{i % p.servers + 1}"
-            out.append({"flow_id": f"x{i + 1:03d}", "client": client, "server": server,
-                        "client_ip": ip_of(client), "server_ip": ip_of(server),
-                        "server_port": sport, "client_port": cport, "start_s": 0.0,
-                        "duration_s": FLOW_DURATION_S, "rate_mbit": FLOW_RATE_MBIT,
-                        "proto": "tcp"})
+            out.append(Flow(f"x{i + 1:03d}", client, server, sport, cport, 0.0,
+                            FLOW_DURATION_S, FLOW_RATE_MBIT))
             used_s.add(sport)
             used_c.add(cport)
         return out
 
-    def _start_flows(self, flows: list[dict]) -> None:
-        from scenarios.run import Traffic
+    def _start_flows(self, flows: list[Flow]) -> None:
         if self._traffic is None:
-            self._traffic = Traffic(self.tb, [])
+            self._traffic = Traffic(self.tb)
+        self._traffic.start_servers(flows, wait=True)
         for f in flows:
-            self.tb.spawn(f"iperf-s-{f['flow_id']}",
-                           ["iperf3", "-s", "-1", "-p", str(f["server_port"])],
-                           host=self.tb.net[f["server"]])
-        for f in flows:
-            host = self.tb.net[f["server"]]
-            wait_for(f"iperf3 server of {f['flow_id']} on {f['server']}:{f['server_port']}",
-                     lambda: host.pexec(["ss", "-Hltn", f"sport = :{f['server_port']}"])[0]
-                     .strip(), 10)
-        for f in flows:
-            f["start_s"] = self._now()
-            self._traffic.flows.append(f)
+            f = replace(f, start_s=self._now())
             self._traffic.start(f)
             self.flows.append(f)
 
@@ -294,7 +283,7 @@ class TestbedCommands:
             raise UsageError(f"usage: flows N  (N a whole number from 1 to {MAX_FLOWS})")
         flows = self.plan(int(args[0]))
         self._start_flows(flows)
-        self.say(f"started {len(flows)} flows ({flows[0]['flow_id']}..{flows[-1]['flow_id']}, "
+        self.say(f"started {len(flows)} flows ({flows[0].flow_id}..{flows[-1].flow_id}, "
                  f"{FLOW_RATE_MBIT:g} Mbit/s for {FLOW_DURATION_S:g} s); iperf3 JSON in "
                  f"{self.tb.logs / 'iperf'}")
 
@@ -316,8 +305,9 @@ class TestbedCommands:
         tb = self.tb
         dumps = {nf: tb.nf_dumps[nf] if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         meta = {"scenario": "cli", "mode": tb.mode, "run_id": self.run_dir.name}
-        flows_df = report.build_flows(meta, self.flows, self._traffic.results(), dumps)
-        summary = report.build_summary(flows_df, self.events, meta, dumps, self.flows)
+        planned = [f.record() for f in self.flows]
+        flows_df = report.build_flows(meta, planned, self._traffic.results(), dumps)
+        summary = report.build_summary(flows_df, self.events, meta, dumps, planned)
         paths = report.write_results(self.report_dir, flows_df, summary)
         self.say(report.format_summary(summary))
         self.say(f"wrote {paths[0]} and {paths[1]}")

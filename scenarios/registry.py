@@ -1,18 +1,16 @@
 """Named scenarios: which flows start when, and which pool changes fire when (read from the
 built-in scenario files, ``scenarios/builtin/*.toml``; see ``scenarios.files``).
 
-Times are seconds from the start of traffic. Flow plans are derived from the scenario
-and a seed only, so every LB mode replays the same flows.
+Times are seconds from the start of traffic; ``scenarios.traffic`` plans a scenario's flows
+from a seed.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field, replace
 
 from scenarios import workloads
 from scenarios.arrivals import ArrivalBatch
 from scenarios.workloads import AppBatch
-from topo.testbed import TestbedParams, ip_of
 
 ACTIONS = ("add_nf", "drain_nf", "remove_nf", "kill_nf", "kill_lb", "restart_lb", "readmit_lb",
            "add_lb")
@@ -79,27 +77,3 @@ def get(name: str) -> Scenario:
     except KeyError:
         raise ValueError(f"unknown scenario {name!r}; valid scenarios: "
                          f"{', '.join(SCENARIOS)}, all") from None
-
-
-def plan_flows(scenario: Scenario, params: TestbedParams, seed: int) -> list[dict]:
-    """The flows of a run (same seed -> same flows), in start order."""
-    rng = random.Random(seed)
-    clients = [f"c{i}" for i in range(1, params.clients + 1)]
-    servers = [f"s{i}" for i in range(1, params.servers + 1)]
-    flows = []
-    for batch in scenario.batches:
-        for j in range(batch.count):
-            i = len(flows)
-            start = batch.start_s + (batch.spread_s * j / max(1, batch.count - 1)
-                                     if batch.count > 1 else 0.0)
-            start += rng.uniform(0.0, 0.2)
-            client, server = rng.choice(clients), servers[i % len(servers)]
-            flows.append({
-                "flow_id": f"f{i + 1:03d}", "client": client, "server": server,
-                "client_ip": ip_of(client), "server_ip": ip_of(server),
-                "server_port": 5201 + i, "client_port": 20001 + i,
-                "start_s": round(start, 3), "duration_s": batch.duration_s,
-                "rate_mbit": batch.rate_mbit, "proto": batch.proto,
-            })
-    flows.sort(key=lambda f: f["start_s"])
-    return flows

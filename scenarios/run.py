@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 from scenarios import arrivals as arrivals_mod, registry, report, workloads
+from scenarios.traffic import Apps, Arrivals, Traffic, plan_flows
 from agents.lb import query
 from agents.conntrack import CtTimeouts
-from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedFailure, host_checked, wait_for
+from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedFailure
 from topo.testbed import TestbedParams
 
 RESULTS = ROOT / "results"
@@ -48,172 +48,6 @@ def new_run_dir(scenario: str, mode: str) -> tuple[str, Path]:
         latest.unlink()
     latest.symlink_to(path.relative_to(RESULTS))
     return run_id, path
-
-
-class Traffic:
-    """iperf3 servers (one per port) and paced clients, started on schedule."""
-
-    def __init__(self, tb: Testbed, flows: list[dict]):
-        self.tb, self.flows = tb, flows
-        self.dir = tb.logs / "iperf"
-        self.dir.mkdir(exist_ok=True)
-        self.clients: dict[str, object] = {}
-
-    def start_servers(self) -> None:
-        for f in self.flows:
-            self.tb.spawn(f"iperf-s-{f['flow_id']}",
-                           ["iperf3", "-s", "-1", "-p", str(f["server_port"])],
-                           host=self.tb.net[f["server"]])
-
-    def start(self, f: dict) -> None:
-        cmd = ["iperf3", "-c", f["server_ip"], "-p", str(f["server_port"]), "--cport",
-               str(f["client_port"]), "-t", str(f["duration_s"]), "-b", f"{f['rate_mbit']}M",
-               "-J", "--logfile", str(self.dir / f"{f['flow_id']}.json")]
-        if f["proto"] == "udp":
-            cmd.append("-u")
-        self.clients[f["flow_id"]] = self.tb.spawn(f"iperf-c-{f['flow_id']}", cmd,
-                                                    host=self.tb.net[f["client"]])
-
-    def running(self) -> int:
-        return sum(1 for p in self.clients.values() if p.poll() is None)
-
-    def results(self) -> dict:
-        return {f["flow_id"]: report.load_iperf_json(self.dir / f"{f['flow_id']}.json")
-                for f in self.flows}
-
-
-class Apps:
-    """Real applications (``scenarios.workloads``): servers on every server host, one client
-    process per planned connection, started on schedule; outcomes in logs/apps/."""
-
-    def __init__(self, tb: Testbed, planned: list[dict]):
-        self.tb, self.planned = tb, planned
-        self.dir = tb.logs / "apps"
-        self.dir.mkdir(exist_ok=True)
-        self.out = self.dir / "outcomes.jsonl"
-        self.clients: dict[str, object] = {}
-
-    def start_servers(self) -> None:
-        if not self.planned:
-            return
-        from agents.apps import make_files
-        www = self.dir / "www"
-        make_files(str(www))
-        servers = sorted({a["server"] for a in self.planned})
-        for s in servers:
-            host = self.tb.net[s]
-            # every ICMP error counts: the kernel's rate limit would drop some
-            host_checked(host, ["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"],
-                         "turning off the ICMP rate limit")
-            run = self.dir / s
-            run.mkdir(exist_ok=True)
-            for name, cmd in workloads.server_commands(str(www), str(run), self.planned).items():
-                self.tb.spawn(f"app-{s}-{name}", cmd, host=host)
-        for s in servers:
-            wait_for(f"the application servers on {s}",
-                     lambda: all(f":{p} " in self.tb.net[s].cmd(f"ss -Hln {kind} sport = :{p}")
-                                 for kind, p in (("-t", workloads.HTTP_PORT),
-                                                 ("-t", workloads.HALFCLOSE_PORT),
-                                                 ("-u", workloads.UDP_PORT))), 15)
-
-    def start(self, app: dict) -> None:
-        self.clients[app["conn_id"]] = self.tb.spawn(
-            f"app-{app['conn_id']}", workloads.client_command(app, str(self.out)),
-            host=self.tb.net[app["client"]])
-
-    def running(self) -> int:
-        return sum(1 for p in self.clients.values() if p.poll() is None)
-
-    def results(self) -> list[dict]:
-        if not self.planned:
-            return []
-        from scenarios.report import load_apps
-        records, _ = load_apps(self.out) if self.out.exists() else ([], 0)
-        return workloads.outcomes(self.planned, records)
-
-
-class Arrivals:
-    """Open-loop short connections (``scenarios.arrivals``): a size server on every server
-    host, one generator per client host and batch (``agents.loadgen``), started at the
-    batch's start; outcomes in logs/arrivals/."""
-
-    def __init__(self, tb: Testbed, planned: list, batches):
-        self.tb, self.planned, self.batches = tb, planned, batches
-        self.dir = tb.logs / "arrivals"
-        self.clients: dict[str, object] = {}
-
-    def start_servers(self) -> None:
-        if not self.planned:
-            return
-        self.dir.mkdir(exist_ok=True)
-        import pandas as pd
-        pd.DataFrame([vars(a) for a in self.planned]).to_csv(self.dir / "plan.csv", index=False)
-        servers = sorted({a.server for a in self.planned})
-        for s in servers:
-            self.tb.spawn(f"loadgen-{s}", [sys.executable, "-m", "agents.loadgen", "serve",
-                                           "--port", str(arrivals_mod.ARRIVAL_PORT)],
-                          host=self.tb.net[s])
-        port = arrivals_mod.ARRIVAL_PORT
-        for s in servers:
-            wait_for(f"the size server on {s}",
-                     lambda: f":{port} " in self.tb.net[s].cmd(f"ss -Hlnt sport = :{port}"), 15)
-
-    def start(self, batch: int) -> None:
-        start = self.batches[batch].start_s
-        by_client: dict[str, list] = {}
-        for a in self.planned:
-            if a.batch == batch:
-                by_client.setdefault(a.client, []).append(a)
-        for client, conns in sorted(by_client.items()):
-            tag = f"{client}-b{batch}"
-            plan = self.dir / f"plan-{tag}.jsonl"
-            plan.write_text("".join(json.dumps(a.plan_line(start)) + "\n" for a in conns))
-            self.clients[tag] = self.tb.spawn(
-                f"loadgen-{tag}", [sys.executable, "-m", "agents.loadgen", "run", "--plan",
-                                   str(plan), "--out", str(self.dir / f"out-{tag}.jsonl"),
-                                   "--summary", str(self.dir / f"summary-{tag}.json")],
-                host=self.tb.net[client])
-
-    def running(self) -> int:
-        return sum(1 for p in self.clients.values() if p.poll() is None)
-
-    def stop(self) -> None:
-        """Ask the generators still running to record what they have (SIGTERM)."""
-        for p in self.clients.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.clients.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def results(self) -> list[dict]:
-        if not self.planned:
-            return []
-        records = []
-        for path in sorted(self.dir.glob("out-*.jsonl")):
-            records += report.load_apps(path)[0]
-        return arrivals_mod.outcomes(self.planned, records)
-
-    def summary(self) -> dict:
-        """The generators' own figures: concurrency reached, lateness, errors."""
-        docs = []
-        for path in sorted(self.dir.glob("summary-*.json")):
-            try:
-                docs.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                pass
-        errors: dict[str, int] = {}
-        for d in docs:
-            for k, v in d.get("errors", {}).items():
-                errors[k] = errors.get(k, 0) + v
-        return {"generators": len(docs), "planned": len(self.planned),
-                "completed": sum(d.get("completed", 0) for d in docs),
-                "max_concurrent_per_client": max((d.get("max_concurrent", 0) for d in docs),
-                                                 default=0),
-                "max_late_ms": max((d.get("max_late_ms", 0) for d in docs), default=0),
-                "errors": errors}
 
 
 def _do_event(tb: Testbed, ev: registry.Event) -> str:
@@ -247,9 +81,9 @@ def run_scenario(name: "str | registry.Scenario", mode: str = "chain", seed: int
 def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
          overrides) -> Path:
     name = scenario.name
-    flows = registry.plan_flows(scenario, params, seed)
     clients = [f"c{i}" for i in range(1, params.clients + 1)]
     servers = [f"s{i}" for i in range(1, params.servers + 1)]
+    flows = plan_flows(scenario.batches, clients, servers, seed)
     apps = workloads.plan_apps(scenario.apps, clients, servers, seed)
     try:
         arrived = arrivals_mod.plan_arrivals(scenario.arrivals, clients, servers, seed)
@@ -262,7 +96,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
     meta = {"scenario": name, "mode": mode, "run_id": run_id}
     (run_dir / "params.json").write_text(json.dumps({
         **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(),
-        "chain_loss_pct": scenario.chain_loss_pct, "flows": flows, "apps": apps,
+        "chain_loss_pct": scenario.chain_loss_pct, "flows": [f.record() for f in flows], "apps": apps,
         "arrivals": [vars(b) for b in scenario.arrivals], "arrivals_planned": len(arrived),
         "events": [vars(e) for e in scenario.events], "overrides": dict(overrides or {}),
         "conntrack_timeouts": timeouts.asdict(), "lb_timeouts": timeouts.lb_timeouts_by_state(),
@@ -279,7 +113,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
         programs.start_servers()
         load = Arrivals(tb, arrived, scenario.arrivals)
         load.start_servers()
-        schedule = sorted([(f["start_s"], "flow", f) for f in flows]
+        schedule = sorted([(f.start_s, "flow", f) for f in flows]
                           + [(a["start_s"], "app", a) for a in apps]
                           + [(b.start_s, "arrivals", i) for i, b in enumerate(scenario.arrivals)
                              if any(a.batch == i for a in arrived)]
@@ -341,10 +175,11 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
         log(f"   arrivals: {gen['completed']}/{gen['planned']} completed, at most "
             f"{gen['max_concurrent_per_client']} open at once per client, generators at most "
             f"{gen['max_late_ms']:.0f} ms late, errors {gen['errors'] or 0}")
-    flows_df = report.build_flows(meta, flows, iperf, dumps, apps=outcomes)
+    flows_df = report.build_flows(meta, traffic.records(), iperf, dumps, apps=outcomes)
     status = (report.STATUS_OK if failure is None else "interrupted"
               if isinstance(failure, KeyboardInterrupt) else f"failed: {failure}")
-    summary = report.build_summary(flows_df, events_done, meta, dumps, flows, apps=outcomes,
+    summary = report.build_summary(flows_df, events_done, meta, dumps, traffic.records(),
+                                   apps=outcomes,
                                    status=status)
     report.write_results(run_dir, flows_df, summary)
     log("")

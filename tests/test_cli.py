@@ -229,21 +229,22 @@ def test_table_of_a_local_mode_agent_and_an_agent_error(shell, sock_dir):
 
 
 def test_plan_uses_fresh_ports_and_takes_hosts_in_turn(shell, tmp_path):
+    from scenarios.traffic import Flow
+
     class ScenarioTraffic:
-        flows = [{"server_port": 6201, "client_port": 30001},
-                 {"server_port": 6203, "client_port": 30002}]
+        flows = [Flow("f001", "c1", "s1", 6201, 30001, 0.0, 10.0),
+                 Flow("f002", "c2", "s2", 6203, 30002, 0.0, 10.0)]
     commands = cli.TestbedCommands(FakeTestbed(tmp_path), tmp_path, traffic=ScenarioTraffic())
     first = commands.plan(3)
-    assert [f["server_port"] for f in first] == [6202, 6204, 6205]
-    assert [f["client_port"] for f in first] == [30003, 30004, 30005]
-    assert [(f["client"], f["server"]) for f in first] == [("c1", "s1"), ("c2", "s2"),
-                                                           ("c3", "s1")]
-    assert first[0]["client_ip"] == "10.0.1.1" and first[1]["server_ip"] == "10.0.2.2"
-    assert {f["rate_mbit"] for f in first} == {2.0} and {f["duration_s"] for f in first} == {20.0}
+    assert [f.server_port for f in first] == [6202, 6204, 6205]
+    assert [f.client_port for f in first] == [30003, 30004, 30005]
+    assert [(f.client, f.server) for f in first] == [("c1", "s1"), ("c2", "s2"), ("c3", "s1")]
+    assert first[0].client_ip == "10.0.1.1" and first[1].server_ip == "10.0.2.2"
+    assert {f.rate_mbit for f in first} == {2.0} and {f.duration_s for f in first} == {20.0}
     commands.flows.extend(first)                 # as if started
     again = commands.plan(2)
-    assert [f["flow_id"] for f in first + again] == ["x001", "x002", "x003", "x004", "x005"]
-    assert [f["server_port"] for f in again] == [6206, 6207]
+    assert [f.flow_id for f in first + again] == ["x001", "x002", "x003", "x004", "x005"]
+    assert [f.server_port for f in again] == [6206, 6207]
 
 
 def test_every_command_has_help_and_dispatches_through_cmd(tmp_path):

@@ -88,8 +88,9 @@ def test_flows_spread_over_the_batches_in_proportion(total):
 
 def test_flows_and_rate_reach_the_planned_flows():
     s, p = apply(registry.get("scale-out"), {"flows": "30", "rate": "1.5"})
-    flows = registry.plan_flows(s, p, seed=3)
-    assert len(flows) == 30 and {f["rate_mbit"] for f in flows} == {1.5}
+    from scenarios.traffic import plan_flows
+    flows = plan_flows(s.batches, ["c1", "c2"], ["s1", "s2"], seed=3)
+    assert len(flows) == 30 and {f.rate_mbit for f in flows} == {1.5}
 
 
 @pytest.mark.parametrize("overrides, message", [
