@@ -46,13 +46,12 @@ from agents import lb as lb_agent
 from bench import Row
 from bench import measure as m
 from scenarios.arrivals import ARRIVAL_PORT, ArrivalBatch, plan_arrivals
-from scenarios.testbed import PY, RUN_DIR, Testbed, TestbedFailure, wait_for
+from scenarios.testbed import PY, RUN_DIR, Testbed, TestbedBusy, TestbedFailure, wait_for
 from scenarios.traffic import Flow, Traffic
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of
 
 COOKIE = "0xbe0c"            # every flow this benchmark installs at gw
-LOCKED = "another testbed run is in progress"
 SERVER_PORTS = (9000, 9001, 9002, 9003)
 
 
@@ -292,8 +291,8 @@ def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, lo
         try:
             tb.__enter__()
             break
-        except TestbedFailure as e:
-            if LOCKED not in str(e) or time.monotonic() + plan.lock_poll_s > deadline:
+        except TestbedBusy:
+            if time.monotonic() + plan.lock_poll_s > deadline:
                 raise
             log(f"   another testbed run holds the machine; retrying in {plan.lock_poll_s:.0f} s")
             time.sleep(plan.lock_poll_s)

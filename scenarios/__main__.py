@@ -145,8 +145,7 @@ def main(argv=None) -> int:
             from scenarios.cli import interactive
             interactive(modes[0], timeouts, topology(overrides))
         elif args.cmd == "matrix":
-            from scenarios.compare import matrix
-            from scenarios.run import run_scenario
+            from scenarios.run import matrix, run_scenario
             matrix(args.out, runner=lambda name, mode: run_scenario(
                 name, mode, time_scale=args.time_scale, overrides=overrides))
     except TestbedFailure as e:

@@ -11,15 +11,12 @@ recursively for them, and writes into ``out``:
 - ``throughput.png``: total throughput per second over time for the runs of that same
   scenario (newest per mode), from the iperf3 JSON, events marked.
 
-``matrix(out)`` runs every scenario in every mode, continuing past failures, then compares.
 """
 from __future__ import annotations
 
 import math
-import time
-from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -259,6 +256,48 @@ def plot_throughput(table: pd.DataFrame, chosen: pd.Series, path: Path) -> Path:
     return path
 
 
+def plot_run_throughput(run_dir: Path, path: Path) -> Path:
+    """One run's total iperf3 throughput per second, its events, and each event's dip
+    (summary.csv ``dips``: depth and seconds below 90 % of the running flows' rate)."""
+    plt = _plt()
+    run_dir = Path(run_dir)
+    series = throughput_series(run_dir)
+    summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False, dtype=str).iloc[0]
+    dips = [d.split(": ", 1)[1] if ": " in d else "" for d in
+            str(summary.get("dips", "")).split(" | ")] if summary.get("dips") else []
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    if len(series):
+        ax.plot(series.index, series.values / 1e6, marker=".", color="tab:blue")
+    else:
+        ax.text(0.5, 0.5, "no iperf3 interval data", ha="center", va="center",
+                transform=ax.transAxes)
+    events = _events(run_dir)
+    labelled = [(t, f"{label}\ndip {dips[i]}" if i < len(dips) and dips[i] not in ("", "-")
+                 else label) for i, (t, label) in enumerate(events)]
+    _mark_events(ax, labelled)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("total throughput (Mbit/s)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Throughput: {summary['scenario']} / {summary['mode']} / {summary['run_id']}"
+                 f" (iperf3 flows, 1 s intervals)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: Path, log=print) -> list[Path]:
+    """A run's own plots next to its results: nf_timeline.png and throughput.png. A plot that
+    cannot be drawn is reported, not raised: the results are written already."""
+    run_dir, out = Path(run_dir), []
+    for name, draw in (("nf_timeline.png", plot_timeline), ("throughput.png", plot_run_throughput)):
+        try:
+            out.append(draw(run_dir, run_dir / name))
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            log(f"warning: {name} not drawn: {e}")
+    return out
+
+
 # --- entry points ------------------------------------------------------------------------
 
 def compare(runs: list[str], out: str, log=print) -> pd.DataFrame:
@@ -286,64 +325,6 @@ def compare(runs: list[str], out: str, log=print) -> pd.DataFrame:
     log(f"\nwrote {out_dir / 'comparison.csv'} and {', '.join(p.name for p in plots)} "
         f"into {out_dir}")
     return table
-
-
-def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
-           modes: Sequence[str] | None = None, runner: Callable | None = None,
-           log=print) -> pd.DataFrame:
-    """Run every scenario in every mode (continuing past failures), then compare into ``out``.
-
-    Every run is listed in OUT/matrix.csv (scenario, mode, status ok / failed / skipped,
-    run_dir, error). When another testbed run holds the machine, the remaining runs are
-    skipped (they could not start either).
-    """
-    from agents.modes import MODES
-    from scenarios.registry import SCENARIOS
-    from scenarios.run import RESULTS
-    if runner is None:
-        from scenarios.run import run_scenario as runner
-    out_dir = Path(out) if out else RESULTS / f"matrix-{datetime.now():%Y%m%d-%H%M%S}"
-    scenarios = list(scenarios or SCENARIOS)
-    modes = list(modes or MODES)
-    done = []
-    t0 = time.monotonic()
-    busy = False
-    for name in scenarios:
-        for mode in modes:
-            if busy:
-                done.append({"scenario": name, "mode": mode, "status": "skipped",
-                             "run_dir": "", "error": "another testbed run held the lock"})
-                continue
-            latest = RESULTS / "latest"
-            before = latest.resolve() if latest.is_symlink() else None
-            try:
-                run_dir = runner(name, mode)
-                done.append({"scenario": name, "mode": mode, "status": "ok",
-                             "run_dir": str(run_dir), "error": ""})
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:          # noqa: BLE001 - record it and go on
-                after = latest.resolve() if latest.is_symlink() else None
-                run_dir = after if after is not None and after != before else None
-                done.append({"scenario": name, "mode": mode, "status": "failed",
-                             "run_dir": "" if run_dir is None else str(run_dir),
-                             "error": f"{type(e).__name__}: {e}"})
-                log(f"!! {name} / {mode} failed: {e}")
-                busy = "another testbed run is in progress" in str(e)
-                if busy:
-                    log("!! another testbed run holds the machine: the matrix stops here")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    status = pd.DataFrame(done, columns=["scenario", "mode", "status", "run_dir", "error"])
-    status.to_csv(out_dir / "matrix.csv", index=False)
-    failed = status[status["status"] != "ok"]
-    log(f"\nmatrix: {len(status) - len(failed)} of {len(status)} runs ok "
-        f"in {time.monotonic() - t0:.0f} s")
-    for r in failed.itertuples(index=False):
-        log(f"  {r.status}: {r.scenario} / {r.mode}: {r.error}")
-    dirs = [d for d in status["run_dir"] if d and (Path(d) / "summary.csv").is_file()]
-    if not dirs:
-        raise SystemExit(f"error: no run of the matrix produced results (see {out_dir / 'matrix.csv'})")
-    return compare(dirs, str(out_dir), log)
 
 
 def main(argv=None) -> int:

@@ -72,8 +72,8 @@ SUMMARY_COLUMNS = [
     "scenario", "mode", "run_id", "flows", "apps", "connections", "observed",
     "observed_unplanned", "moved", "moved_unexpected", "moved_flows",
     "broken", "completed_pct", "pcc_pct", "throughput_bps_mean", "invalid", "dropped",
-    "nf_flows", "nf_flows_by_phase", "events", "event_times", "missing_dumps",
-    "unmatched_entries", "status",
+    "nf_flows", "nf_flows_by_phase", "events", "event_times", "dip_depth_pct", "dip_s", "dips",
+    "missing_dumps", "unmatched_entries", "status",
 ]
 STATUS_OK = "ok"                  # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
 
@@ -207,6 +207,59 @@ def iperf_result(doc: Optional[Mapping[str, Any]], proto: str) -> IperfResult:
         elif proto == "tcp" and not (_num(received.get("bytes")) or 0) > 0:
             error = "no bytes received"
     return IperfResult(not error, error, elapsed, streams)
+
+
+DIP_BEFORE_S = 3.0        # the baseline: each running flow's rate over these seconds before
+DIP_WINDOW_S = 6          # seconds after an event that its dip is looked for in
+DIP_LEVEL = 0.9           # a second counts as dipped below this share of the baseline
+
+
+def flow_intervals(start_s: float, doc: Optional[Mapping[str, Any]]) -> List[Tuple[float, float, float]]:
+    """A flow's iperf3 intervals as (start, end, bits/s) in run time (its ``start_s`` on)."""
+    out = []
+    for iv in (doc or {}).get("intervals") or []:
+        sm = iv.get("sum") or {}
+        a, b, bps = _num(sm.get("start")), _num(sm.get("end")), _num(sm.get("bits_per_second"))
+        if a is not None and b is not None and bps is not None and b > a:
+            out.append((start_s + a, start_s + b, bps))
+    return out
+
+
+def event_dips(planned, iperf: Mapping[str, Any], events) -> List[Dict[str, Any]]:
+    """Per event, the dip in throughput of the iperf3 flows running across it (the patent's
+    "seamless"): each flow's rate relative to its own mean over the ``DIP_BEFORE_S`` before
+    the event, summed over the flows and divided by the sum of their baselines, per second
+    of the ``DIP_WINDOW_S`` after it (a flow that stopped counts 0). ``depth_pct``: 100 *
+    (1 - the lowest such second), at least 0; ``dip_s``: the seconds below ``DIP_LEVEL``;
+    ``flows``: how many flows ran across it (no dip is measured without any)."""
+    flows = _planned_list(planned)
+    series = {f["flow_id"]: flow_intervals(float(f["start_s"]), (iperf or {}).get(f["flow_id"]))
+              for f in flows}
+    ends = {f["flow_id"]: float(f["start_s"]) + float(f["duration_s"]) for f in flows}
+    out = []
+    for t, name, detail in normalize_events(events):
+        base, running = 0.0, []
+        for fid, ivs in series.items():
+            before = [bps for a, b, bps in ivs if t - DIP_BEFORE_S <= a and b <= t + 1e-6]
+            if len(before) < DIP_BEFORE_S - 1 or ends[fid] < t + DIP_WINDOW_S:
+                continue                      # not running across the whole window
+            running.append(fid)
+            base += sum(before) / len(before)
+        shares = []
+        for k in range(DIP_WINDOW_S):
+            mid = t + k + 0.5
+            got = sum(next((bps for a, b, bps in series[fid] if a <= mid < b), 0.0)
+                      for fid in running)
+            shares.append(got / base if base > 0 else math.nan)
+        label = f"{t:g}s {name}" + (f"({detail})" if detail else "")
+        if not running or base <= 0:
+            out.append({"event": label, "flows": len(running), "depth_pct": math.nan,
+                        "dip_s": math.nan})
+            continue
+        out.append({"event": label, "flows": len(running),
+                    "depth_pct": round(max(0.0, 100.0 * (1 - min(shares))), 1),
+                    "dip_s": sum(1 for x in shares if x < DIP_LEVEL)})
+    return out
 
 
 # --- app records ------------------------------------------------------------------------
@@ -626,7 +679,8 @@ def _unaccounted(flows_df: pd.DataFrame, nf_dumps) -> Any:
 
 def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str, Any]] = None,
                   nf_dumps: Optional[Mapping[str, Optional[Mapping]]] = None,
-                  planned=None, apps=None, status: str = STATUS_OK) -> pd.DataFrame:
+                  planned=None, apps=None, status: str = STATUS_OK,
+                  iperf: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
     """One row per run (columns SUMMARY_COLUMNS); ``status``: ``ok``, or how the run did not
     finish (``failed: ...``, ``interrupted``): such a run is left out of a set's statistics.
 
@@ -640,7 +694,9 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
     completed_pct = 100 * the completed share of those; pcc_pct = 100 * (observed - moved) /
     observed; nf_flows = data connections per nf_first; nf_flows_by_phase splits them by the
     flow's start time at each event time ("<10s: nf1:4;nf2:3 | >=10s: nf1:1;nf4:2").
-    Given the dumps, invalid / dropped are the NFs' counters, missing_dumps the NFs whose dump
+    Given ``iperf`` (flow id -> iperf3 document) and ``planned``, dip_depth_pct and dip_s are
+    the deepest and the longest dip of :func:`event_dips` over the events, dips each event's
+    ("8s add_nf(nf4): 12.5% 1s (11 flows)"). Given the dumps, invalid / dropped are the NFs' counters, missing_dumps the NFs whose dump
     is None and unmatched_entries the NF entries no row of flows_df accounts for (malformed
     entries, or rows missing: 0 for tables from :func:`build_flows`). ``planned`` and ``apps``,
     when given, are validated as :func:`build_flows` does; the counts come from the rows.
@@ -670,6 +726,9 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
         part = data[(data["start_s"] >= lo) & (data["start_s"] < hi)]
         phases.append(f"{label}: {_nf_counts(part) or '-'}")
     dumps = nf_dumps or {}
+    dips = event_dips(planned, iperf, events) if iperf is not None and planned is not None \
+        else []
+    measured = [d for d in dips if not math.isnan(d["depth_pct"])]
     row = {
         "scenario": meta["scenario"], "mode": meta["mode"], "run_id": meta["run_id"],
         "flows": claimed[~is_app]["flow_id"].nunique(),
@@ -693,6 +752,12 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
         "events": ";".join(f"{t:g}s {name}" + (f"({detail})" if detail else "")
                            for t, name, detail in evs),
         "event_times": ";".join(f"{t:g}" for t, _, _ in evs),
+        "dip_depth_pct": max((d["depth_pct"] for d in measured), default=math.nan),
+        "dip_s": max((d["dip_s"] for d in measured), default=math.nan),
+        "dips": " | ".join(f"{d['event']}: " + (f"{d['depth_pct']:g}% {d['dip_s']}s "
+                                                 f"({d['flows']} flows)" if d["flows"] and
+                                                 not math.isnan(d["depth_pct"]) else "-")
+                           for d in dips),
         "missing_dumps": ";".join(sorted((n for n, d in dumps.items() if not d),
                                          key=nf_sort_key)),
         "unmatched_entries": _unaccounted(flows_df, dumps) if nf_dumps is not None else pd.NA,

@@ -1,4 +1,5 @@
-"""Run one named scenario in one LB mode and write its results folder.
+"""Run one named scenario in one LB mode and write its results folder (``run_scenario``);
+``matrix`` runs every scenario in every mode, continuing past failures, then compares.
 
 results/<scenario>/<run-id>/: flows.csv, summary.csv, params.json, timeline.csv (table size
 and view per second), logs/ (controller, agents, decisions, iperf3 JSON, NF dumps);
@@ -12,12 +13,13 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, Sequence
 
 from scenarios import arrivals as arrivals_mod, registry, report, workloads
 from scenarios.traffic import Apps, Arrivals, Traffic, plan_flows
 from agents.lb import query
 from agents.conntrack import CtTimeouts
-from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedFailure
+from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedBusy, TestbedFailure
 from topo.testbed import TestbedParams
 
 RESULTS = ROOT / "results"
@@ -179,12 +181,15 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
     status = (report.STATUS_OK if failure is None else "interrupted"
               if isinstance(failure, KeyboardInterrupt) else f"failed: {failure}")
     summary = report.build_summary(flows_df, events_done, meta, dumps, traffic.records(),
-                                   apps=outcomes,
+                                   apps=outcomes, iperf=iperf,
                                    status=status)
     report.write_results(run_dir, flows_df, summary)
+    from scenarios.compare import plot_run
+    plot_run(run_dir, log)
     log("")
     log(report.format_summary(summary))
-    log(f"\nresults: {run_dir}  (flows.csv, summary.csv, params.json, timeline.csv, logs/)")
+    log(f"\nresults: {run_dir}  (flows.csv, summary.csv, params.json, timeline.csv, "
+        f"nf_timeline.png, throughput.png, logs/)")
     if failure is not None:
         failure.run_dir = run_dir         # its results are written: a set still lists it
         raise failure
@@ -214,3 +219,60 @@ def _write_timeline(run_dir: Path, rows: list[dict]) -> None:
     import pandas as pd
     pd.DataFrame(rows, columns=["t_s", "epoch", "entries", "deletes", "lbs", "nfs"]).to_csv(
         run_dir / "timeline.csv", index=False)
+
+
+def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
+           modes: Sequence[str] | None = None, runner: Callable | None = None,
+           log=print) -> pd.DataFrame:
+    """Run every scenario in every mode (continuing past failures), then compare into ``out``.
+
+    Every run is listed in OUT/matrix.csv (scenario, mode, status ok / failed / skipped,
+    run_dir, error). When another testbed run holds the machine, the remaining runs are
+    skipped (they could not start either).
+    """
+    import pandas as pd
+    from agents.modes import MODES
+    from scenarios.compare import compare
+    runner = runner or run_scenario
+    out_dir = Path(out) if out else RESULTS / f"matrix-{datetime.now():%Y%m%d-%H%M%S}"
+    scenarios = list(scenarios or registry.SCENARIOS)
+    modes = list(modes or MODES)
+    done = []
+    t0 = time.monotonic()
+    busy = False
+    for name in scenarios:
+        for mode in modes:
+            if busy:
+                done.append({"scenario": name, "mode": mode, "status": "skipped",
+                             "run_dir": "", "error": "another testbed run held the lock"})
+                continue
+            latest = RESULTS / "latest"
+            before = latest.resolve() if latest.is_symlink() else None
+            try:
+                run_dir = runner(name, mode)
+                done.append({"scenario": name, "mode": mode, "status": "ok",
+                             "run_dir": str(run_dir), "error": ""})
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:          # noqa: BLE001 - record it and go on
+                after = latest.resolve() if latest.is_symlink() else None
+                run_dir = after if after is not None and after != before else None
+                done.append({"scenario": name, "mode": mode, "status": "failed",
+                             "run_dir": "" if run_dir is None else str(run_dir),
+                             "error": f"{type(e).__name__}: {e}"})
+                log(f"!! {name} / {mode} failed: {e}")
+                busy = isinstance(e, TestbedBusy)
+                if busy:
+                    log("!! another testbed run holds the machine: the matrix stops here")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status = pd.DataFrame(done, columns=["scenario", "mode", "status", "run_dir", "error"])
+    status.to_csv(out_dir / "matrix.csv", index=False)
+    failed = status[status["status"] != "ok"]
+    log(f"\nmatrix: {len(status) - len(failed)} of {len(status)} runs ok "
+        f"in {time.monotonic() - t0:.0f} s")
+    for r in failed.itertuples(index=False):
+        log(f"  {r.status}: {r.scenario} / {r.mode}: {r.error}")
+    dirs = [d for d in status["run_dir"] if d and (Path(d) / "summary.csv").is_file()]
+    if not dirs:
+        raise SystemExit(f"error: no run of the matrix produced results (see {out_dir / 'matrix.csv'})")
+    return compare(dirs, str(out_dir), log)

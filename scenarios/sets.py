@@ -24,7 +24,7 @@ from scenarios.compare import _plt
 from scenarios.report import STATUS_OK
 
 METRICS = ("moved", "moved_unexpected", "broken", "pcc_pct", "completed_pct",
-           "throughput_bps_mean")
+           "throughput_bps_mean", "dip_depth_pct", "dip_s")
 GROUP = ("scenario", "mode", "params")
 
 

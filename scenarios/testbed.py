@@ -36,6 +36,10 @@ class TestbedFailure(RuntimeError):
     __test__ = False
 
 
+class TestbedBusy(TestbedFailure):
+    """Another testbed run holds this machine (only one network can run at a time)."""
+
+
 def wait_for(what: str, check, timeout: float, interval: float = 0.1):
     """Poll ``check()`` until it returns a truthy value; raise TestbedFailure on timeout."""
     deadline = time.monotonic() + timeout
@@ -84,7 +88,7 @@ class Lock:
             self.fd.seek(0)
             holder = self.fd.read().strip() or "unknown"
             self.fd.close()
-            raise TestbedFailure(
+            raise TestbedBusy(
                 f"another testbed run is in progress (pid {holder}); only one network can run "
                 f"on a machine at a time. Wait for it to finish.") from None
         self.fd.seek(0)

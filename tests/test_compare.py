@@ -10,6 +10,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from scenarios import compare as cmp
+from scenarios import run as run_mod
 from scenarios import report
 
 TAB10 = {"nf1": (31, 119, 180), "nf2": (255, 127, 14), "nf3": (44, 160, 44)}
@@ -193,7 +194,7 @@ def test_matrix_continues_past_a_failed_run(tmp_path):
                         [{"id": "f001", "start": 0.0, "nf": "nf1"}])
 
     out = tmp_path / "matrix"
-    table = cmp.matrix(str(out), ["scale-out", "lb-failure"], ["chain", "hash"], runner,
+    table = run_mod.matrix(str(out), ["scale-out", "lb-failure"], ["chain", "hash"], runner,
                        log=lambda *a: None)
     assert calls == [("scale-out", "chain"), ("scale-out", "hash"),
                      ("lb-failure", "chain"), ("lb-failure", "hash")]
@@ -209,12 +210,12 @@ def test_matrix_with_nothing_produced_is_an_error(tmp_path):
     def runner(name, mode):
         raise RuntimeError("no OVS")
     with pytest.raises(SystemExit, match="no run of the matrix produced results"):
-        cmp.matrix(str(tmp_path / "m"), ["scale-out"], ["chain"], runner, log=lambda *a: None)
+        run_mod.matrix(str(tmp_path / "m"), ["scale-out"], ["chain"], runner, log=lambda *a: None)
     assert (tmp_path / "m" / "matrix.csv").is_file()
 
 
 def test_matrix_stops_when_another_run_holds_the_machine(tmp_path):
-    from scenarios.testbed import TestbedFailure
+    from scenarios.testbed import TestbedBusy
     calls = []
 
     def runner(name, mode):
@@ -222,10 +223,32 @@ def test_matrix_stops_when_another_run_holds_the_machine(tmp_path):
         if len(calls) == 1:
             return make_run(tmp_path / "runs", name, mode, "r1",
                             [{"id": "f001", "start": 0.0, "nf": "nf1"}])
-        raise TestbedFailure("another testbed run is in progress (pid 1); only one network ...")
+        raise TestbedBusy("another testbed run is in progress (pid 1); only one network ...")
 
-    cmp.matrix(str(tmp_path / "m"), ["scale-out", "lb-join"], ["chain", "hash"], runner,
+    run_mod.matrix(str(tmp_path / "m"), ["scale-out", "lb-join"], ["chain", "hash"], runner,
                log=lambda *a: None)
     assert len(calls) == 2
     status = pd.read_csv(tmp_path / "m" / "matrix.csv", keep_default_na=False)
     assert status["status"].tolist() == ["ok", "failed", "skipped", "skipped"]
+
+
+def test_a_run_draws_its_own_timeline_and_throughput_with_the_dips(tmp_path):
+    run = make_run(tmp_path, "scale-out", "chain", "r1",
+                   [{"id": "f001", "start": 0.0, "nf": "nf1"},
+                    {"id": "f002", "start": 0.5, "nf": "nf2", "moved_to": "nf3"}],
+                   events=[(2.0, "add_nf", "nf3")])
+    summary = pd.read_csv(run / "summary.csv", keep_default_na=False)
+    summary["dips"] = "2s add_nf(nf3): 25% 1s (2 flows)"
+    summary.to_csv(run / "summary.csv", index=False)
+    paths = cmp.plot_run(run, log=lambda *a: None)
+    assert [p.name for p in paths] == ["nf_timeline.png", "throughput.png"]
+    for p in paths:
+        img = mpimg.imread(p)
+        assert img.shape[0] > 200 and img.shape[1] > 500 and img.std() > 0.01
+
+
+def test_a_plot_that_cannot_be_drawn_is_a_warning(tmp_path):
+    warned = []
+    (tmp_path / "r").mkdir()
+    assert cmp.plot_run(tmp_path / "r", log=warned.append) == []
+    assert len(warned) == 2 and all(w.startswith("warning:") for w in warned)

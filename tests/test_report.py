@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import math
+
 import pytest
 
 from scenarios import report as rp
@@ -564,3 +566,46 @@ def test_unmatched_entries_are_entries_no_row_holds():
     # rows dropped from the table: their entries are no longer accounted for
     assert rp.build_summary(df.iloc[0:0], [], META, dumps).iloc[0]["unmatched_entries"] == 4
     assert pd.isna(rp.build_summary(df, [], META).iloc[0]["unmatched_entries"])
+
+
+# --- the throughput dip of the flows running across an event ------------------------------
+
+def _iperf_doc(rates):
+    """An iperf3 document of 1 s intervals at ``rates`` (bits/s)."""
+    return {"intervals": [{"sum": {"start": float(i), "end": float(i + 1),
+                                   "bits_per_second": r}} for i, r in enumerate(rates)]}
+
+
+def _dip_flow(fid, start, duration, port):
+    return {"flow_id": fid, "client": "c1", "server": "s1", "client_ip": "10.0.1.1",
+            "server_ip": "10.0.2.1", "server_port": port, "start_s": start,
+            "duration_s": duration, "proto": "tcp"}
+
+
+def test_event_dips_measure_depth_and_length_against_the_flows_own_rates():
+    from scenarios.report import event_dips
+    planned = [_dip_flow("f1", 0.0, 20.0, 5201), _dip_flow("f2", 0.0, 20.0, 5202),
+               _dip_flow("late", 9.0, 10.0, 5203)]    # starts after the event: not counted
+    steady = [2e6] * 20
+    hit = [1e6] * 10 + [0.0, 0.0] + [1e6] * 8          # f2 stalls 2 s after the event at 10 s
+    iperf = {"f1": _iperf_doc(steady), "f2": _iperf_doc(hit), "late": _iperf_doc([9e9] * 10)}
+    (d,) = event_dips(planned, iperf, [(10.0, "add_nf", "nf4")])
+    assert d["flows"] == 2 and d["event"] == "10s add_nf(nf4)"
+    assert d["depth_pct"] == pytest.approx(100 * (1 - 2e6 / 3e6), abs=0.1)   # f2's third lost
+    assert d["dip_s"] == 2
+    (calm,) = event_dips(planned, iperf, [(3.0, "add_nf", "")])     # its window ends at 9 s
+    assert (calm["depth_pct"], calm["dip_s"]) == (0.0, 0)
+    (none,) = event_dips(planned[:1], {"f1": _iperf_doc([2e6] * 4)}, [(10.0, "x", "")])
+    assert none["flows"] == 0 and math.isnan(none["depth_pct"])
+
+
+def test_the_summary_carries_the_worst_dip():
+    from scenarios.report import build_flows, build_summary
+    planned = [_dip_flow("f1", 0.0, 20.0, 5201)]
+    iperf = {"f1": _iperf_doc([2e6] * 10 + [0.5e6] + [2e6] * 9)}
+    meta = {"scenario": "s", "mode": "chain", "run_id": "r"}
+    df = build_flows(meta, planned, iperf, {})
+    row = build_summary(df, [(10.0, "add_nf", "nf4"), (15.0, "drain_nf", "nf1")], meta,
+                        planned=planned, iperf=iperf).iloc[0]
+    assert row["dip_depth_pct"] == 75.0 and row["dip_s"] == 1
+    assert row["dips"] == "10s add_nf(nf4): 75% 1s (1 flows) | 15s drain_nf(nf1): -"
