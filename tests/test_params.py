@@ -76,7 +76,7 @@ def test_spare_hosts_default_to_what_the_events_add():
 
 @pytest.mark.parametrize("total", [1, 7, 20, 21, 60, 333])
 def test_flows_spread_over_the_batches_in_proportion(total):
-    base = registry.get("scale-out")                    # batches of 12 and 8
+    base = registry.get("scale-out")                    # batches of 24 and 12
     s = scale_flows(base, total)
     counts = [b.count for b in s.batches]
     assert sum(counts) == total
