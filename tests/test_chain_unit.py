@@ -1326,18 +1326,25 @@ def test_only_the_tail_tells_an_asker_of_a_deletion():
     assert k not in net.nodes[o].cache, "the tail's Gone followed its answer"
 
 
-def test_a_released_answer_in_flight_when_the_tail_moves_is_waited_for():
-    """Explorer class D: the tail forwards the head asker's packet and answers released; a
-    join moves the tail before that answer arrives. The new tail's answer (it forwarded
-    nothing) must not make the asker send the packet again: the asker holds it until the old
-    tail, still a member, has spoken (its answer, or its SyncDone of the new epoch)."""
+def tail_moves_on_join() -> tuple[Net, View, bytes, tuple[str, str, str]]:
+    """Nodes a, b, c (L=2) and a joiner j, not yet told: a key whose chain (h, t) becomes
+    (h, j) in view 2 (the tail moves), and o, the node outside it."""
     view1 = View(1, ("a", "b", "c"), 2)
     view2 = View(2, ("a", "b", "c", "j"), 2)
     k = find_key(lambda k: view2.chain(k) == (view1.chain(k)[0], "j"))
     net = Net(view1)
     net.start()
-    h, t, o = two_of_three(view1, k)
+    nodes = two_of_three(view1, k)
     net.add("j", view2)
+    return net, view2, k, nodes
+
+
+def test_a_released_answer_in_flight_when_the_tail_moves_is_waited_for():
+    """Explorer class D: the tail forwards the head asker's packet and answers released; a
+    join moves the tail before that answer arrives. The new tail's answer (it forwarded
+    nothing) must not make the asker send the packet again: the asker holds it until the old
+    tail, still a member, has spoken (its answer, or its SyncDone of the new epoch)."""
+    net, view2, k, (h, t, o) = tail_moves_on_join()
     net.lookup(h, k, "nf1", b"SYN")
     net.run(stop=lambda s, d, f: isinstance(f.body, Answer))
     assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
@@ -1382,13 +1389,7 @@ def test_a_lookup_whose_packet_went_out_inserts_again_where_it_went():
     of the deletion, the asker must not insert its own proposal nf2 (its first packet went to
     nf1): it asks without inserting until the old tail's answer says where the packet went,
     then inserts that NF, and decides it released."""
-    view1 = View(1, ("a", "b", "c"), 2)
-    view2 = View(2, ("a", "b", "c", "j"), 2)
-    k = find_key(lambda k: view2.chain(k) == (view1.chain(k)[0], "j"))
-    net = Net(view1)
-    net.start()
-    h, t, o = two_of_three(view1, k)
-    net.add("j", view2)
+    net, view2, k, (h, t, o) = tail_moves_on_join()
     net.lookup(h, k, "nf1")
     (write,) = net.take(lambda s, d, f: isinstance(f.body, Write))
     net.lookup(o, k, "nf2", b"SYN")              # its query waits at the tail t
