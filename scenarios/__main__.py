@@ -161,7 +161,8 @@ def _run_all(names, modes, seeds, args, timeouts, grid, sweep=None) -> int:
     """Every scenario x parameters (``grid``) x mode x seed; with more than one run, a set
     folder with their statistics (``scenarios.sets``). A failed run is listed (status in its
     summary.csv) and the others go on; Ctrl-C stops the set, and what ran is still written."""
-    from scenarios.run import RESULTS, run_scenario
+    from scenarios.results import RESULTS
+    from scenarios.run import run_scenario
     from scenarios.sets import format_table, write_set
     from scenarios.testbed import TestbedFailure
     done, failed, interrupted = [], 0, None

@@ -388,7 +388,7 @@ def run_cli(tb: Testbed, run_dir: Path, traffic=None, report_dir: Path | None = 
 def interactive(mode: str, timeouts: CtTimeouts = CtTimeouts(),
                 params: TestbedParams | None = None) -> Path:
     """``python -m scenarios cli --mode MODE``: a fresh testbed, the CLI, cleanup on exit."""
-    from scenarios.run import new_run_dir
+    from scenarios.results import new_run_dir
     params = (params or TestbedParams()).validate()
     run_id, run_dir = new_run_dir("cli", mode)
     (run_dir / "params.json").write_text(json.dumps(

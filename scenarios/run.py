@@ -8,49 +8,18 @@ results/latest points at the newest run.
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
 from scenarios import arrivals as arrivals_mod, registry, report, workloads
+from scenarios.results import RESULTS, new_run_dir, versions
 from scenarios.traffic import Apps, Arrivals, Traffic, plan_flows
 from agents.lb import query
 from agents.conntrack import CtTimeouts
-from scenarios.testbed import ROOT, RUN_DIR, Lock, Testbed, TestbedBusy, TestbedFailure
+from scenarios.testbed import RUN_DIR, Lock, Testbed, TestbedBusy, TestbedFailure
 from topo.testbed import TestbedParams
-
-RESULTS = ROOT / "results"
-
-
-def _versions() -> dict:
-    def out(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
-        except (OSError, IndexError):
-            return "unknown"
-    import os_ken
-    import pandas
-    import scapy
-    return {"python": platform.python_version(), "os_ken": getattr(os_ken, "__version__", "?"),
-            "scapy": scapy.VERSION, "pandas": pandas.__version__,
-            "ovs": out(["ovs-vsctl", "--version"]), "iperf3": out(["iperf3", "--version"]),
-            "kernel": platform.release(),
-            "git_commit": out(["git", "-C", str(ROOT), "rev-parse", "HEAD"])}
-
-
-def new_run_dir(scenario: str, mode: str) -> tuple[str, Path]:
-    run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{mode}"
-    path = RESULTS / scenario / run_id
-    path.mkdir(parents=True, exist_ok=False)
-    latest = RESULTS / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(path.relative_to(RESULTS))
-    return run_id, path
-
 
 def _do_event(tb: Testbed, ev: registry.Event) -> str:
     if ev.action == "add_nf":
@@ -102,7 +71,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
         "arrivals": [vars(b) for b in scenario.arrivals], "arrivals_planned": len(arrived),
         "events": [vars(e) for e in scenario.events], "overrides": dict(overrides or {}),
         "conntrack_timeouts": timeouts.asdict(), "lb_timeouts": timeouts.lb_timeouts_by_state(),
-        "versions": _versions(),
+        "versions": versions(),
     }, indent=1))
     events_done: list[tuple[float, str, str]] = []
     timeline: list[dict] = []

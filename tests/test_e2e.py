@@ -158,7 +158,7 @@ def test_a_custom_scenario_file_runs_with_two_seeds(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scenarios", "run", "--file", str(f), "--seeds",
                         "1-2", "--set", "flows=8"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    from scenarios.run import RESULTS
+    from scenarios.results import RESULTS
     runs = sorted((RESULTS / "e2e-custom").glob("*-chain"))[-2:]
     assert len(runs) == 2
     seeds = []
