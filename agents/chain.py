@@ -74,7 +74,10 @@ Contracts (checked by tests/test_chain_unit.py's regressions and the explorer):
 - a connection stays where its first packet went: until the tail its packet rode to has
   spoken (as above), an asker retrying its lookup (told of a deletion, or a view change)
   asks without inserting; once that tail's answer says it forwarded the packet (to an entry
-  deleted since), the asker inserts that NF, not its own proposal;
+  deleted since), the asker inserts that NF, not its own proposal. If another node's insert
+  of another NF committed first (the deletion raced the connection's first packet), the
+  decision names the table's NF, not ``released``: the agent sends the packet again, there
+  (at least once then; the connection is not split);
 - no committed entry names an NF that a view marked failed once every node has that view:
   ``purge_nf`` deletes what the node heads, the head refuses to insert a purged NF (the
   asker's agent proposes again through ``lookup``), and a tail deletes an insert of it that
@@ -253,7 +256,8 @@ class _Pending:
     rode: str = ""          # the tail the packet rode to ('' if it stayed here)
     rode_epoch: int = 0     # ... in the view of this epoch
     held: Answer | None = None  # an answer from another tail, decided once ``rode`` settles
-    heard: bool = False     # ``rode`` answered this lookup, or told of a deletion since
+    heard: bool = False     # ``rode`` answered this lookup
+    went: str = ""          # the NF ``rode`` forwarded the packet to (its released answer)
 
 
 @dataclass
@@ -1005,7 +1009,7 @@ class ChainNode:
             # FIFO link), so if it forwarded the packet, this node now knows to which NF
             p.heard = True
             if a.released and a.nf and a.nf not in self.failed:
-                p.nf = a.nf       # the connection stays where its first packet went
+                p.nf = p.went = a.nf  # the connection stays where its first packet went
         if a.nf and (a.ver < self._gone.get(a.key, 0) or a.nf in self.failed):
             # a version this node knows deleted, or an NF it purged: the lookup goes on (its
             # retry finds the entry that replaces it, or inserts ``p.nf``), but a packet the
@@ -1032,7 +1036,13 @@ class ChainNode:
             return
         self.cache[a.key] = (a.ver, a.nf)
         self.stats["decisions"] += 1
-        self._out.append(Decision(a.key, a.nf, a.released or p.released))
+        released = a.released or p.released
+        if released and p.went and a.nf != p.went:
+            # the packet went to p.went under an entry deleted since, and another node's
+            # insert now names another NF: the connection goes there, its first packet too
+            # (sent again by the agent: at least once then)
+            released = False
+        self._out.append(Decision(a.key, a.nf, released))
 
     def _rider_settled(self, p: _Pending) -> bool:
         """Nothing more can come from the tail ``p``'s packet rode to."""

@@ -71,8 +71,10 @@ Checked after every step (``World.check_step``):
   As ``Datapath`` does, a packet for an NF the sending node knows failed is dropped, not sent.
   A second send after the forwarding tail crashed, left the view (in a view made since it
   forwarded, even if a later one names it again) or restarted, or after the asker's life
-  ended (re-admitted, restarted), is reported as ``at-most-once/tail-left`` (the engine's
-  contract allows it: at least once then).
+  ended (re-admitted, restarted), is reported as ``at-most-once/tail-left``; one after the
+  entry it was forwarded under was deleted (a tombstone of a higher version seen: another
+  node's insert of another NF may then own the key) as ``at-most-once/deleted`` (the engine's
+  contract allows both: at least once then).
 - ``at-least-once``: a decision with ``released=True`` means a tail forwarded the rider of
   *that* lookup: its rider must have been Forwarded before (the tail forwards in the same step
   as it answers), to an NF not failed. At the end, every decided lookup's rider was sent
@@ -340,6 +342,7 @@ class World:
         self.fwd_life: dict[bytes, int] = {}             # rider -> its tail's incarnation then
         self.ask_life: dict[int, int] = {}               # lookup -> its asker's incarnation
         self.fwd_nf: dict[bytes, str] = {}               # rider -> the NF it was forwarded to
+        self.fwd_ver: dict[bytes, int | None] = {}       # rider -> the version forwarded under
         self.scanned: dict[tuple, int] = {}              # link -> newest seq scanned
         self.rider_of = {rider(n, self.keys[k], i): i for i, (n, k, _) in enumerate(cfg.lookups)}
         self.decided: dict[tuple[bytes, int], str] = {}  # (key, ver) -> nf decided
@@ -509,6 +512,7 @@ class World:
         self.fwd_life.setdefault(f.packet, self.nodes[name].inc)
         self.fwd_nf.setdefault(f.packet, f.nf)
         self.fwd_epoch.setdefault(f.packet, len(self.views))
+        self.fwd_ver.setdefault(f.packet, ver)
         if self.sends[f.packet] > 1:
             i = self.rider_of.get(f.packet)
             if prev is not None:
@@ -520,8 +524,9 @@ class World:
 
     def _twice(self, pkt: bytes) -> str:
         """A second send: ``at-most-once``, or ``at-most-once/tail-left`` when the tail that
-        forwarded it has crashed or left the view since (the engine's contract sends it at
-        least once then)."""
+        forwarded it has crashed or left the view since, ``at-most-once/deleted`` when the
+        entry it was forwarded under has been deleted since (the engine's contract sends it
+        at least once then)."""
         t = self.fwd_by.get(pkt)
         if t is not None and (t in self.crashed or self.nodes[t].inc != self.fwd_life.get(pkt)
                               or any(t not in v.members
@@ -530,6 +535,10 @@ class World:
         i = self.rider_of.get(pkt)
         if i is not None and self.nodes[self.cfg.lookups[i][0]].inc != self.ask_life.get(i):
             return "at-most-once/tail-left"        # (the asker's life ended: the same contract)
+        ver = self.fwd_ver.get(pkt)
+        if i is not None and ver is not None \
+                and any(t > ver for t in self.tombs.get(self._lk(i)[1], ())):
+            return "at-most-once/deleted"
         return "at-most-once"
 
     def _lk(self, i: int) -> tuple[str, bytes]:
@@ -1013,7 +1022,7 @@ class World:
             tuple(self.lk_state), tuple(self.del_done),
             frozenset(self.outstanding.items()),
             frozenset((k, v) for k, v in self.sends.items() if v), frozenset(self.lost),
-            frozenset(self.fwd_nf.items()),
+            frozenset(self.fwd_nf.items()), frozenset(self.fwd_ver.items()),
             frozenset(self.decided.items()), frozenset(self.committed.items()),
             frozenset((k, frozenset(v)) for k, v in self.tombs.items()),
             frozenset(self.ctombs.items()), frozenset(self.floor.items()),

@@ -1418,6 +1418,30 @@ def test_a_lookup_whose_packet_went_out_inserts_again_where_it_went():
     assert len(net.forwards) == 1
 
 
+def test_a_first_packet_that_went_under_a_deleted_entry_follows_the_table():
+    """Explorer class M: the tail forwards the asker's packet to nf2 (v1) and its released
+    answer is delayed; a join moves the tail; the key is deleted and another node inserts
+    nf3 before the answer arrives. The asker must not decide 'nf3 released' (its first packet
+    is at nf2: split): it decides nf3 unreleased, and its agent sends the packet there."""
+    net, view2, k, (h, t, o) = tail_moves_on_join()
+    net.lookup(o, k, "nf2", b"SYN")
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer) and d == o)
+    assert net.forwards == [(t, Forward(k, "nf2", b"SYN"))]
+    (answer,) = net.take(lambda s, d, f: isinstance(f.body, Answer) and d == o)  # slow
+    for name in ("j", h, t, o):
+        net.set_view(name, view2)
+    net.run()
+    net.delete(h, k)
+    net.run()
+    net.lookup(t, k, "nf3")                      # another connection's node inserts anew
+    net.run()
+    assert net.nodes["j"].replica().get(k) == "nf3" and net.decided(o) == []
+    net.receive(*answer)
+    net.settle(3.0)
+    assert [d for n, d, _ in net.decisions if n == o] == [Decision(k, "nf3", False)]
+    assert net.nodes["j"].replica().get(k) == "nf3" and len(net.forwards) == 1
+
+
 def test_an_answer_to_an_earlier_lookup_is_not_taken_for_a_new_one():
     """Issue 16 item 2: an answer that released the packet of an earlier lookup of the key must
     not make a new lookup's decision say released (the agent would drop its first packet);
