@@ -131,12 +131,16 @@ def main(argv=None) -> int:
         sys.exit(f"error: {e}")
     _need_root(f"`{args.cmd}`")
 
-    from scenarios.testbed import TestbedFailure, cleanup_leftovers, Lock
+    import signal
+    from scenarios.testbed import TestbedFailure, cleanup_leftovers, Lock, say, stop_on_signals
+    # SIGTERM and SIGHUP stop a run as Ctrl-C does (the CLI keeps Ctrl-C for its commands)
+    stop_on_signals((signal.SIGTERM, signal.SIGHUP) if args.cmd == "cli" else
+                    (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     try:
         if args.cmd == "cleanup":
             with Lock():
                 done = cleanup_leftovers()
-            print("nothing left behind" if not done else "cleaned")
+            say("nothing left behind" if not done else "cleaned")
         elif args.cmd == "run":
             return _run_all(names, modes, seeds, args, timeouts, [overrides])
         elif args.cmd == "sweep":
@@ -149,10 +153,11 @@ def main(argv=None) -> int:
             matrix(args.out, runner=lambda name, mode: run_scenario(
                 name, mode, time_scale=args.time_scale, overrides=overrides))
     except TestbedFailure as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: everything this run started was stopped", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        how = f" ({e})" if str(e) else ""
+        say(f"interrupted{how}: everything this run started was stopped", file=sys.stderr)
         return 130
     return 0
 
@@ -164,7 +169,7 @@ def _run_all(names, modes, seeds, args, timeouts, grid, sweep=None) -> int:
     from scenarios.results import RESULTS
     from scenarios.run import run_scenario
     from scenarios.sets import format_table, write_set
-    from scenarios.testbed import TestbedFailure
+    from scenarios.testbed import TestbedFailure, say
     done, failed, interrupted = [], 0, None
     plan = [(n, o, m, s) for n in names for o in grid for m in modes for s in seeds]
     for n, overrides, mode, seed in plan:
@@ -174,7 +179,7 @@ def _run_all(names, modes, seeds, args, timeouts, grid, sweep=None) -> int:
                                      overrides=overrides))
         except TestbedFailure as e:
             failed += 1
-            print(f"error: {e}", file=sys.stderr)
+            say(f"error: {e}", file=sys.stderr)
             if getattr(e, "run_dir", None) is not None:
                 done.append(e.run_dir)
             if len(plan) == 1:
@@ -187,8 +192,8 @@ def _run_all(names, modes, seeds, args, timeouts, grid, sweep=None) -> int:
     if len(plan) > 1 and done:
         out = write_set(done, RESULTS, sweep=sweep)
         import pandas as pd
-        print(f"\nset of {len(done)} run(s): {out}  (runs.txt, runs.csv, comparison.csv)")
-        print(format_table(pd.read_csv(out / "comparison.csv", dtype={sweep: str} if sweep
+        say(f"\nset of {len(done)} run(s): {out}  (runs.txt, runs.csv, comparison.csv)")
+        say(format_table(pd.read_csv(out / "comparison.csv", dtype={sweep: str} if sweep
                                        else None), sweep))
     if interrupted is not None:
         raise interrupted

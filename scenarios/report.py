@@ -75,7 +75,8 @@ SUMMARY_COLUMNS = [
     "nf_flows", "nf_flows_by_phase", "events", "event_times", "dip_depth_pct", "dip_s", "dips",
     "missing_dumps", "unmatched_entries", "status",
 ]
-STATUS_OK = "ok"                  # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
+STATUS_OK = "complete"            # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
+STATUS_OK_BEFORE = ("ok",)        # what earlier versions wrote for a run that completed
 
 PLANNED_FIELDS = ("flow_id", "client", "server", "client_ip", "server_ip", "server_port",
                   "start_s", "duration_s", "proto")

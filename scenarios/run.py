@@ -18,7 +18,7 @@ from scenarios.results import RESULTS, new_run_dir, versions
 from scenarios.traffic import Apps, Arrivals, Traffic, plan_flows
 from agents.lb import query
 from agents.conntrack import CtTimeouts
-from scenarios.testbed import RUN_DIR, Lock, Testbed, TestbedBusy, TestbedFailure
+from scenarios.testbed import RUN_DIR, Lock, Testbed, TestbedBusy, TestbedFailure, say
 from topo.testbed import TestbedParams
 
 def _do_event(tb: Testbed, ev: registry.Event) -> str:
@@ -32,7 +32,7 @@ def _do_event(tb: Testbed, ev: registry.Event) -> str:
 
 def run_scenario(name: "str | registry.Scenario", mode: str = "chain", seed: int = 1,
                  params: TestbedParams | None = None, cli: bool = False,
-                 time_scale: float = 1.0, log=print, timeouts: CtTimeouts | None = None,
+                 time_scale: float = 1.0, log=say, timeouts: CtTimeouts | None = None,
                  overrides: dict[str, str] | None = None) -> Path:
     """Run a scenario (a built-in's name, or a ``Scenario`` such as a file's) once;
     ``overrides``: sizes from the command line (``scenarios.params.parse_set``), which raise
@@ -192,7 +192,7 @@ def _write_timeline(run_dir: Path, rows: list[dict]) -> None:
 
 def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
            modes: Sequence[str] | None = None, runner: Callable | None = None,
-           log=print) -> pd.DataFrame:
+           log=say) -> pd.DataFrame:
     """Run every scenario in every mode (continuing past failures), then compare into ``out``.
 
     Every run is listed in OUT/matrix.csv (scenario, mode, status ok / failed / skipped,

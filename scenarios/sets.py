@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from scenarios.compare import _plt
-from scenarios.report import STATUS_OK
+from scenarios.report import STATUS_OK, STATUS_OK_BEFORE
 
 METRICS = ("moved", "moved_unexpected", "broken", "pcc_pct", "completed_pct",
            "throughput_bps_mean", "dip_depth_pct", "dip_s")
@@ -35,7 +35,9 @@ def run_row(run_dir: Path) -> dict:
     key = {"testbed": params.get("testbed", {}), "overrides": params.get("overrides", {}),
            "time_scale": params.get("time_scale", 1.0)}
     status = summary.get("status")
-    return {**summary, "status": STATUS_OK if pd.isna(status) else status,
+    if pd.isna(status) or status in STATUS_OK_BEFORE:
+        status = STATUS_OK
+    return {**summary, "status": status,
             "seed": params.get("seed"), "time_scale": key["time_scale"],
             "params": json.dumps(key, sort_keys=True), "run_dir": str(run_dir)}
 

@@ -31,6 +31,39 @@ OUR_COMMANDS = ("agents.lb", "ryu_apps.launch", "iperf3", "mininet:", "agents.ap
                 "nginx")
 
 
+def say(*args, **kw) -> None:
+    """print(), but a run goes on (and cleans up) when its output is gone: the reader of a
+    pipe died (``| tee log`` with Ctrl-C), or the terminal closed. Output then goes nowhere."""
+    to_stderr = kw.get("file") is sys.stderr
+    try:
+        print(*args, **kw, flush=True)
+    except OSError:                   # BrokenPipeError, EIO: stop writing to it
+        devnull = open(os.devnull, "w")
+        if to_stderr:
+            sys.stderr = devnull
+        else:
+            sys.stdout = devnull
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was told to stop: Ctrl-C (SIGINT), SIGTERM (timeout, systemd, CI) or SIGHUP
+    (the terminal closed). Handled as Ctrl-C is: cleanup, results written, ``interrupted``."""
+
+
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Each of ``signals`` raises ``Interrupted`` once; further ones while the run cleans up
+    are ignored (its cleanup is bounded and must finish)."""
+    state = {"raised": False}
+
+    def handler(signum, frame):
+        if state["raised"]:
+            return
+        state["raised"] = True
+        raise Interrupted(signal.Signals(signum).name)
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
 class TestbedFailure(RuntimeError):
     """A part of the testbed did not come up or misbehaved (message says which)."""
     __test__ = False
@@ -104,7 +137,7 @@ class Lock:
         self.fd.close()
 
 
-def cleanup_leftovers(log=print) -> list[str]:
+def cleanup_leftovers(log=say) -> list[str]:
     """Remove what an earlier run of this project left: its processes, bridge and links."""
     done = []
     PID_DIR.mkdir(parents=True, exist_ok=True)
@@ -150,7 +183,7 @@ class Testbed:
     __test__ = False
 
     def __init__(self, params: TestbedParams, mode: str, run_dir: Path, chain_loss_pct: int = 0,
-                 log=print, lock: "Lock | None" = None, timeouts: CtTimeouts = CtTimeouts()):
+                 log=say, lock: "Lock | None" = None, timeouts: CtTimeouts = CtTimeouts()):
         self.params = params.validate()
         self.timeouts = timeouts              # the NFs' conntrack and the LB nodes' alike
         self.mode = mode
