@@ -244,3 +244,19 @@ def test_arrivals_at_scale_keep_their_nf_only_in_chain_mode(mode):
         # a moved one breaks (but one moved only at its closing FIN/ACKs has its bytes)
         assert moved["completed"].astype(str).eq("True").mean() < 0.1
     _nothing_left_behind()
+
+
+def test_double_lb_failure_chain_loses_no_entry():
+    """Two of five LB agents SIGKILLed 100 ms apart at L=3, then an NF joins: every key had
+    a replica left, so no live connection is re-decided (none reaches the new NF), nothing
+    moves or breaks, and the view ends without the two."""
+    run_dir, flows, summary, params = _run("double-lb-failure", "chain")
+    data = _data_rows(flows)
+    assert int(summary["moved"]) == 0 and int(summary["broken"]) == 0
+    add_at = next(e["at_s"] for e in params["events"] if e["action"] == "add_nf")
+    early = data[data["start_s"].astype(float) < add_at]
+    assert len(early) and not (early["nf_first"] == "nf4").any() and \
+        not early["nfs_seen"].str.contains("nf4").any(), "an entry lost would re-decide"
+    timeline = pd.read_csv(run_dir / "timeline.csv", keep_default_na=False)
+    assert timeline["lbs"].iloc[-1] == "lb1:up;lb3:up;lb5:up"
+    _nothing_left_behind()
