@@ -114,6 +114,7 @@ def serve(port: int, idle: float = 60.0, ready=None) -> int:
                         if hold > 0:
                             seq += 1
                             heapq.heappush(held, (now + hold, seq, c))
+                            c.seen = now + hold       # held, not idle: the sweep waits
                     if ev & selectors.EVENT_WRITE and not _server_write(c, sel):
                         _drop(sel, conns, c)
                 except OSError:
@@ -142,7 +143,8 @@ def _accept(lsock, sel, conns, now) -> None:
             s, _ = lsock.accept()
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
+        except OSError:               # EMFILE and the like: let the loop breathe, not spin
+            time.sleep(0.05)
             return
         s.setblocking(False)
         c = _ServerConn(s, now)
@@ -269,7 +271,12 @@ def run(plan: List[dict], clock=time.monotonic) -> tuple[List[dict], Dict[str, A
                 p = plan[i]
                 i += 1
                 max_late = max(max_late, now - t0 - p["at"])
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                except OSError as e:          # EMFILE, ENFILE: this one is recorded, not fatal
+                    records.append({**_unopened(p), "start": wall0 + (now - t0),
+                                    "error": _error(e, "socket")})
+                    continue
                 c = _Conn(p, s, now, wall0 + (now - t0))
                 open_[id(c)] = c
                 try:
@@ -324,12 +331,7 @@ def run(plan: List[dict], clock=time.monotonic) -> tuple[List[dict], Dict[str, A
     done = {r["conn_id"] for r in records}
     for p in plan:                      # never opened (interrupted before its time)
         if p["conn_id"] not in done:
-            records.append({"app": APP, "conn_id": p["conn_id"], "client_ip": None,
-                            "client_port": p["cport"], "server_ip": p["server"],
-                            "server_port": p["port"], "proto": "tcp", "start": None,
-                            "end": None, "duration_s": None, "completed": False, "bytes": 0,
-                            "error": "interrupted before its start", "connect_ms": None,
-                            "late_ms": None})
+            records.append({**_unopened(p), "error": "interrupted before its start"})
     errors: Dict[str, int] = {}
     for r in records:
         if r["error"]:
@@ -341,6 +343,14 @@ def run(plan: List[dict], clock=time.monotonic) -> tuple[List[dict], Dict[str, A
                "max_late_ms": round(max_late * 1000, 3), "interrupted": interrupted,
                "duration_s": round(clock() - t0, 3)}
     return records, summary
+
+
+def _unopened(p: dict) -> dict:
+    """The record of a planned connection that never got a socket."""
+    return {"app": APP, "conn_id": p["conn_id"], "client_ip": None, "client_port": p["cport"],
+            "server_ip": p["server"], "server_port": p["port"], "proto": "tcp", "start": None,
+            "end": None, "duration_s": None, "completed": False, "bytes": 0, "error": "",
+            "connect_ms": None, "late_ms": None}
 
 
 def _write_records(path: str, records: List[dict]) -> None:
@@ -375,10 +385,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return serve(a.port, a.idle)
     try:
         plan = load_plan(a.plan)
-    except (OSError, ValueError) as e:
-        print(f"loadgen: {e}", file=sys.stderr)
+    except (OSError, ValueError, Stop) as e:
+        print(f"loadgen: {e or 'stopped before the plan was read'}", file=sys.stderr)
         return 2
     records, summary = run(plan)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # what it measured is written whole
     _write_records(a.out, records)
     if a.summary:
         with open(a.summary, "w") as f:

@@ -719,10 +719,11 @@ def arrival_step(s: Session, label: str, rate: float, duration: float, hold: flo
 def arrivals_group(s: Session) -> list[Row]:
     """max_arrival_cps, then max_concurrent (see the module's docstring)."""
     p = s.plan
+    hosts = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
     size_servers = [s.tb.spawn(f"loadgen-{h}", [PY, "-m", "agents.loadgen", "serve",
-                                                      "--port", str(ARRIVAL_PORT)],
-                               host=s.tb.net[h]) for h in ("s1", "s2")]
-    for h in ("s1", "s2"):
+                                                  "--port", str(ARRIVAL_PORT)],
+                               host=s.tb.net[h]) for h in hosts]
+    for h in hosts:
         wait_for(f"the size server on {h}", lambda: _listening(s.tb.net[h], ARRIVAL_PORT), 10)
     rows, best = [], 0.0
     for rate in p.arrival_steps:

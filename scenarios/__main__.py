@@ -123,8 +123,17 @@ def main(argv=None) -> int:
             names = list(registry.SCENARIOS) if args.cmd == "matrix" else []
         for n in names:
             for o in grid:
-                apply(registry.get(n) if isinstance(n, str) else n,
-                      o)[0].scaled(args.time_scale)
+                sized, p = apply(registry.get(n) if isinstance(n, str) else n, o)
+                sized = sized.scaled(args.time_scale)
+                if sized.arrivals:            # too many connections for the client ports?
+                    from scenarios.arrivals import plan_arrivals
+                    for s in (seeds or [1]):
+                        try:
+                            plan_arrivals(sized.arrivals,
+                                          [f"c{i}" for i in range(1, p.clients + 1)],
+                                          [f"s{i}" for i in range(1, p.servers + 1)], s)
+                        except ValueError as e:
+                            raise ParamError(f"scenario {sized.name}: {e}") from None
         if args.cmd == "cli":
             topology(overrides)
     except ValueError as e:           # ParamError included: a user's mistake, never a traceback

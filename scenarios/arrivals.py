@@ -24,6 +24,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.loadgen import APP as APP_NAME   # the ``app`` of their records in flows.csv
 from topo.testbed import ip_of
 
 CDF_DIR = Path(__file__).resolve().parent / "cdf"
@@ -34,7 +35,6 @@ MAX_RATE_CPS = 5000.0
 MAX_DURATION_S = 3600.0
 DEFAULT_MAX_BYTES = 1_000_000
 DEFAULT_TIMEOUT_S = 30.0
-APP_NAME = "arrivals"                    # the ``app`` of their records in flows.csv
 
 
 class SizeError(ValueError):

@@ -99,7 +99,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
                 while schedule and schedule[0][0] <= now:
                     _, kind, item = schedule.pop(0)
                     if kind == "flow":
-                        traffic.start(item)
+                        traffic.start(item, at=now)
                     elif kind == "app":
                         programs.start(item)
                     elif kind == "arrivals":
@@ -209,11 +209,13 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
     done = []
     t0 = time.monotonic()
     busy = False
+    interrupted = None
     for name in scenarios:
         for mode in modes:
-            if busy:
+            if busy or interrupted is not None:
                 done.append({"scenario": name, "mode": mode, "status": "skipped",
-                             "run_dir": "", "error": "another testbed run held the lock"})
+                             "run_dir": "", "error": "another testbed run held the lock"
+                             if busy else "the matrix was interrupted"})
                 continue
             latest = RESULTS / "latest"
             before = latest.resolve() if latest.is_symlink() else None
@@ -221,8 +223,11 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
                 run_dir = runner(name, mode)
                 done.append({"scenario": name, "mode": mode, "status": "ok",
                              "run_dir": str(run_dir), "error": ""})
-            except KeyboardInterrupt:
-                raise
+            except KeyboardInterrupt as e:   # recorded, then the matrix stops (below)
+                interrupted = e
+                run_dir = getattr(e, "run_dir", None)
+                done.append({"scenario": name, "mode": mode, "status": "interrupted",
+                             "run_dir": "" if run_dir is None else str(run_dir), "error": ""})
             except Exception as e:          # noqa: BLE001 - record it and go on
                 after = latest.resolve() if latest.is_symlink() else None
                 run_dir = after if after is not None and after != before else None
@@ -242,6 +247,10 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
     for r in failed.itertuples(index=False):
         log(f"  {r.status}: {r.scenario} / {r.mode}: {r.error}")
     dirs = [d for d in status["run_dir"] if d and (Path(d) / "summary.csv").is_file()]
+    if interrupted is not None:
+        if dirs:
+            compare(dirs, str(out_dir), log)   # what ran is compared, then it stops
+        raise interrupted
     if not dirs:
         raise SystemExit(f"error: no run of the matrix produced results (see {out_dir / 'matrix.csv'})")
     return compare(dirs, str(out_dir), log)

@@ -61,7 +61,8 @@ def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> N
         state["raised"] = True
         raise Interrupted(signal.Signals(signum).name)
     for sig in signals:
-        signal.signal(sig, handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:     # (nohup: SIGHUP stays ignored)
+            signal.signal(sig, handler)
 
 
 class TestbedFailure(RuntimeError):

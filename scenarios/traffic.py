@@ -12,7 +12,7 @@ import json
 import random
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from scenarios import arrivals as arrivals_mod, report, workloads
 from scenarios.testbed import Testbed, host_checked, wait_for
@@ -112,9 +112,14 @@ class Traffic:
                          lambda: host.pexec(["ss", "-Hltn", f"sport = :{f.server_port}"])[0]
                          .strip(), 10, 0.05)
 
-    def start(self, f: Flow) -> None:
-        if f not in self.flows:
-            self.flows.append(f)
+    def start(self, f: Flow, at: float | None = None) -> None:
+        """Start ``f``'s client; ``at``: when it really starts (seconds of the run), which
+        its record then says (the runner may start a flow late, after a slow event)."""
+        if f in self.flows:
+            self.flows.remove(f)
+        if at is not None:
+            f = replace(f, start_s=round(at, 3))
+        self.flows.append(f)
         self.clients[f.flow_id] = self.tb.spawn(
             f"iperf-c-{f.flow_id}", f.iperf_command(str(self.dir / f"{f.flow_id}.json")),
             host=self.tb.net[f.client])

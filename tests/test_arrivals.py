@@ -126,9 +126,9 @@ def test_bad_batches_say_what_is_wrong(kw, why):
 
 
 def test_a_scaled_batch_keeps_its_connections():
-    b = ArrivalBatch(100, 2.0, 10.0)
+    b = ArrivalBatch(100, 2.0, 10.0, timeout_s=8.0, hold_s=3.0)
     s = b.scaled(2.0)
-    assert (s.rate_cps, s.start_s, s.duration_s) == (50, 4.0, 20.0)
+    assert (s.rate_cps, s.start_s, s.duration_s, s.timeout_s, s.hold_s) == (50, 4, 20, 16, 6)
 
 
 def test_outcomes_join_the_generator_records_by_connection():
@@ -188,15 +188,23 @@ def test_the_generator_completes_every_connection_with_its_bytes(server, tmp_pat
 
 def test_the_generator_records_refused_and_timed_out_connections(tmp_path):
     closed = _free_port()
+    silent = socket.socket()                 # accepts (the kernel's backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
     plan = [{"conn_id": "r", "at": 0, "server": "127.0.0.1", "port": closed, "cport": 0,
              "size": 10, "timeout": 2.0},
-            {"conn_id": "t", "at": 0, "server": "192.0.2.1", "port": 9, "cport": 0,
-             "size": 10, "timeout": 0.3}]
-    records, summary = loadgen.run(plan)
+            {"conn_id": "t", "at": 0, "server": "127.0.0.1", "port": silent.getsockname()[1],
+             "cport": 0, "size": 10, "timeout": 0.3}]
+    try:
+        records, summary = loadgen.run(plan)
+    finally:
+        silent.close()
     by = {r["conn_id"]: r for r in records}
-    assert by["r"]["error"].startswith("connect") and not by["r"]["completed"]
-    assert by["t"]["error"].startswith(("timeout", "connect")) and not by["t"]["completed"]
-    assert summary["completed"] == 0 and sum(summary["errors"].values()) == 2
+    assert by["r"]["error"] == "connect: ECONNREFUSED" and not by["r"]["completed"]
+    assert by["t"]["error"] == "timeout: read, 0 of 10 bytes" and not by["t"]["completed"]
+    assert by["t"]["connect_ms"] is not None and 0.29 < by["t"]["duration_s"] < 1.0
+    assert summary["completed"] == 0
+    assert summary["errors"] == {"connect: ECONNREFUSED": 1, "timeout: read": 1}
 
 
 def test_a_bad_plan_is_exit_2(tmp_path):
@@ -205,6 +213,27 @@ def test_a_bad_plan_is_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "agents.loadgen", "run", "--plan", str(path),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert p.returncode == 2 and "plan.jsonl:1" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_hold_longer_than_the_servers_idle_limit_is_not_cut():
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "agents.loadgen", "serve", "--port", str(port),
+                          "--idle", "0.5"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        records, summary = loadgen.run([{"conn_id": "h", "at": 0, "server": "127.0.0.1",
+                                         "port": port, "cport": 0, "size": 5000, "hold": 2.0,
+                                         "timeout": 6.0}])
+    finally:
+        p.terminate()
+        p.wait(10)
+    assert summary["completed"] == 1, records
+    assert records[0]["bytes"] == 5000 and records[0]["duration_s"] >= 2.0
 
 
 def test_held_connections_stay_open_together(server, tmp_path):

@@ -252,3 +252,21 @@ def test_a_plot_that_cannot_be_drawn_is_a_warning(tmp_path):
     (tmp_path / "r").mkdir()
     assert cmp.plot_run(tmp_path / "r", log=warned.append) == []
     assert len(warned) == 2 and all(w.startswith("warning:") for w in warned)
+
+
+def test_an_interrupted_matrix_records_what_ran_and_stops(tmp_path):
+    calls = []
+
+    def runner(name, mode):
+        calls.append((name, mode))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("SIGTERM")
+        return make_run(tmp_path / "runs", name, mode, f"r{len(calls)}",
+                        [{"id": "f001", "start": 0.0, "nf": "nf1"}])
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.matrix(str(tmp_path / "m"), ["scale-out", "lb-join"], ["chain", "hash"], runner,
+                       log=lambda *a: None)
+    assert len(calls) == 2
+    status = pd.read_csv(tmp_path / "m" / "matrix.csv", keep_default_na=False)
+    assert status["status"].tolist() == ["ok", "interrupted", "skipped", "skipped"]
+    assert (tmp_path / "m" / "comparison.csv").is_file(), "what ran is compared"

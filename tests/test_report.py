@@ -585,7 +585,7 @@ def _dip_flow(fid, start, duration, port):
 def test_event_dips_measure_depth_and_length_against_the_flows_own_rates():
     from scenarios.report import event_dips
     planned = [_dip_flow("f1", 0.0, 20.0, 5201), _dip_flow("f2", 0.0, 20.0, 5202),
-               _dip_flow("late", 9.0, 10.0, 5203)]    # starts after the event: not counted
+               _dip_flow("late", 9.0, 10.0, 5203)]    # 1 s before the event: no baseline
     steady = [2e6] * 20
     hit = [1e6] * 10 + [0.0, 0.0] + [1e6] * 8          # f2 stalls 2 s after the event at 10 s
     iperf = {"f1": _iperf_doc(steady), "f2": _iperf_doc(hit), "late": _iperf_doc([9e9] * 10)}

@@ -39,7 +39,7 @@ def test_say_goes_on_when_its_reader_is_gone():
     cleanup (print would raise BrokenPipeError)."""
     code = ("import sys, time\nfrom scenarios.testbed import say\n"
             "say('first')\ntime.sleep(0.5)\n"
-            "for i in range(1000): say('line', i)\n"
+            "for i in range(20000): say('line', i, 'x' * 100)\n"       # > a pipe's buffer
             "say('to stderr', file=sys.stderr)\n"
             "open(sys.argv[1], 'w').write('cleanup ran')\n")
     marker = f"/tmp/chainlb-say-{os.getpid()}"
