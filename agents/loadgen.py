@@ -2,7 +2,7 @@
 
 Runs inside a Mininet host's network namespace::
 
-    python -m agents.loadgen serve --port P
+    python -m agents.loadgen serve --port P [--port P2 ...]
     python -m agents.loadgen run --plan PLAN.jsonl --out OUT.jsonl [--summary SUMMARY.json]
 
 ``serve`` (until SIGTERM, then exit 0): every connection sends a 12-byte request, a
@@ -79,19 +79,23 @@ class _ServerConn:
         self.fin_sent = self.eof = False
 
 
-def serve(port: int, idle: float = 60.0, ready=None) -> int:
-    """Serve until SIGTERM (or ``Stop``); ``ready(port)`` is called once listening."""
+def serve(ports: Sequence[int], idle: float = 60.0, ready=None) -> int:
+    """Serve on every port of ``ports`` until SIGTERM (or ``Stop``); ``ready(ports)`` is
+    called once listening."""
     raise_nofile()
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("0.0.0.0", port))
-    lsock.listen(4096)
-    lsock.setblocking(False)
     sel = selectors.DefaultSelector()
-    sel.register(lsock, selectors.EVENT_READ, None)
+    listeners = []
+    for port in ports:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(("0.0.0.0", port))
+        lsock.listen(4096)
+        lsock.setblocking(False)
+        sel.register(lsock, selectors.EVENT_READ, None)
+        listeners.append(lsock)
     conns: Dict[int, _ServerConn] = {}
     if ready:
-        ready(lsock.getsockname()[1])
+        ready([s.getsockname()[1] for s in listeners])
     next_sweep = time.monotonic() + 1.0
     held: list = []                       # (due, seq, conn): replies that wait for their hold
     seq = 0
@@ -101,7 +105,7 @@ def serve(port: int, idle: float = 60.0, ready=None) -> int:
             for key, ev in sel.select(timeout=wait):
                 now = time.monotonic()
                 if key.data is None:
-                    _accept(lsock, sel, conns, now)
+                    _accept(key.fileobj, sel, conns, now)
                     continue
                 c = key.data
                 c.seen = now
@@ -134,7 +138,8 @@ def serve(port: int, idle: float = 60.0, ready=None) -> int:
     finally:
         for c in list(conns.values()):
             c.sock.close()
-        lsock.close()
+        for lsock in listeners:
+            lsock.close()
 
 
 def _accept(lsock, sel, conns, now) -> None:
@@ -366,7 +371,8 @@ def _parser() -> argparse.ArgumentParser:
                                  description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="the size server")
-    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--port", type=int, required=True, action="append",
+                   help="a port to serve on (several: one listener each)")
     s.add_argument("--idle", type=float, default=60.0)
     r = sub.add_parser("run", help="open the planned connections")
     r.add_argument("--plan", required=True)
@@ -379,10 +385,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_term)
     if a.cmd == "serve":
-        if not 0 < a.port < 65536:
-            print(f"loadgen: --port must be 1..65535, got {a.port}", file=sys.stderr)
+        bad = [p for p in a.port if not 0 < p < 65536]
+        if bad:
+            print(f"loadgen: --port must be 1..65535, got {bad[0]}", file=sys.stderr)
             return 2
-        return serve(a.port, a.idle)
+        try:
+            return serve(a.port, a.idle)
+        except OSError as e:          # a port taken: say which, no traceback
+            print(f"loadgen: cannot serve on {', '.join(map(str, a.port))}: {e}",
+                  file=sys.stderr)
+            return 1
     try:
         plan = load_plan(a.plan)
     except (OSError, ValueError, Stop) as e:

@@ -671,13 +671,16 @@ def chain_group(s: Session, res: Results) -> None:
         s.stop(started)
 
 
-def arrival_step(s: Session, label: str, rate: float, duration: float, hold: float) -> dict:
-    """One step of open-loop arrivals (1 KB each, held ``hold`` s): the generators' summed
-    figures, and the clients' errors (an LB node lost counts as one)."""
+def arrival_step(s: Session, label: str, rate: float, duration: float, hold: float,
+                 port: int) -> dict:
+    """One step of open-loop arrivals (1 KB each, held ``hold`` s) to the size servers'
+    ``port`` (one per step: the client ports repeat from step to step, so without it a step
+    would reuse the earlier steps' 5-tuples, whose entries the LB nodes still hold): the
+    generators' summed figures, and the clients' errors (an LB node lost counts as one)."""
     clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
     servers = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
     batch = ArrivalBatch(rate, 0.0, duration, "fixed:1000", timeout_s=hold + 3.0, hold_s=hold)
-    planned = plan_arrivals((batch,), clients, servers, seed=s.n + 1)
+    planned = plan_arrivals((batch,), clients, servers, seed=s.n + 1, server_port=port)
     started = []
     for c in clients:
         s.n += 1
@@ -720,15 +723,17 @@ def arrivals_group(s: Session) -> list[Row]:
     """max_arrival_cps, then max_concurrent (see the module's docstring)."""
     p = s.plan
     hosts = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
-    size_servers = [s.tb.spawn(f"loadgen-{h}", [PY, "-m", "agents.loadgen", "serve",
-                                                  "--port", str(ARRIVAL_PORT)],
-                               host=s.tb.net[h]) for h in hosts]
+    ports = [ARRIVAL_PORT + i for i in range(len(p.arrival_steps) + len(p.arrival_holds))]
+    serve = [PY, "-m", "agents.loadgen", "serve"] + [a for q in ports for a in ("--port", str(q))]
+    size_servers = [s.tb.spawn(f"loadgen-{h}", serve, host=s.tb.net[h]) for h in hosts]
     for h in hosts:
-        wait_for(f"the size server on {h}", lambda: _listening(s.tb.net[h], ARRIVAL_PORT), 10)
+        wait_for(f"the size server on {h}",
+                 lambda: all(_listening(s.tb.net[h], q) for q in (ports[0], ports[-1])), 10)
     rows, best = [], 0.0
+    ports = iter(ports)
     for rate in p.arrival_steps:
         s.settle(30)
-        out = arrival_step(s, f"cps{rate}", rate, p.arrival_step_s, 0.0)
+        out = arrival_step(s, f"cps{rate}", rate, p.arrival_step_s, 0.0, next(ports))
         if out["errors"]:
             break
         best = rate
@@ -736,7 +741,8 @@ def arrivals_group(s: Session) -> list[Row]:
     most = 0
     for hold in p.arrival_holds:
         s.settle(30)
-        out = arrival_step(s, f"hold{hold:g}", p.arrival_hold_cps, p.arrival_step_s + hold, hold)
+        out = arrival_step(s, f"hold{hold:g}", p.arrival_hold_cps, p.arrival_step_s + hold, hold,
+                           next(ports))
         if out["errors"]:
             break
         most = max(most, out["concurrent"])

@@ -234,9 +234,11 @@ def poisson_times(rate: float, duration: float, rng: random.Random) -> list[floa
     return out
 
 
-def plan_arrivals(batches, clients: list[str], servers: list[str], seed: int) -> list[Arrival]:
-    """Every batch's connections (same seed -> same plan), in start order. Raises
-    ``ValueError`` when a client host would run out of planned ports."""
+def plan_arrivals(batches, clients: list[str], servers: list[str], seed: int,
+                  server_port: int = ARRIVAL_PORT) -> list[Arrival]:
+    """Every batch's connections (same seed -> same plan), in start order, to the size
+    servers' ``server_port``. Raises ``ValueError`` when a client host would run out of
+    planned ports."""
     rng = random.Random(f"arrivals-{seed}")
     out: list[Arrival] = []
     next_port = {c: FIRST_PORT for c in clients}
@@ -251,7 +253,7 @@ def plan_arrivals(batches, clients: list[str], servers: list[str], seed: int) ->
                                  f"or add clients")
             next_port[client] = port + 1
             out.append(Arrival(f"n{len(out) + 1:05d}", b, client, server, ip_of(client), port,
-                               ip_of(server), ARRIVAL_PORT, round(batch.start_s + t, 6),
+                               ip_of(server), server_port, round(batch.start_s + t, 6),
                                dist.sample(rng.random()), batch.timeout_s, batch.hold_s))
     out.sort(key=lambda a: a.start_s)
     return out
