@@ -150,19 +150,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server():
+def _size_server(*extra: str) -> tuple[subprocess.Popen, int]:
+    """A size server on loopback, once it listens: (process, port)."""
     port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "agents.loadgen", "serve", "--port", str(port)])
+    p = subprocess.Popen([sys.executable, "-m", "agents.loadgen", "serve", "--port", str(port),
+                          *extra])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
+                return p, port
         time.sleep(0.05)
-    else:
-        p.kill()
-        pytest.fail("the size server did not listen")
+    p.kill()
+    pytest.fail("the size server did not listen")
+
+
+@pytest.fixture
+def server():
+    p, port = _size_server()
     yield port
     p.terminate()
     assert p.wait(10) == 0, "SIGTERM ends the server with 0"
@@ -216,16 +221,8 @@ def test_a_bad_plan_is_exit_2(tmp_path):
 
 
 def test_a_hold_longer_than_the_servers_idle_limit_is_not_cut():
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "agents.loadgen", "serve", "--port", str(port),
-                          "--idle", "0.5"])
+    p, port = _size_server("--idle", "0.5")
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
         records, summary = loadgen.run([{"conn_id": "h", "at": 0, "server": "127.0.0.1",
                                          "port": port, "cport": 0, "size": 5000, "hold": 2.0,
                                          "timeout": 6.0}])

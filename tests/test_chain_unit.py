@@ -1383,6 +1383,21 @@ def test_a_held_answer_is_decided_once_the_old_tail_has_spoken():
     assert [d for n, d, _ in net.decisions if n == o] == [Decision(k, "nf2", False)]
 
 
+def released_then_deleted(net, view2, k, nodes, nf: str):
+    """The tail t forwards o's packet to ``nf`` and answers released; that answer is held
+    back (returned), the view moves the tail to j, and the head deletes the key."""
+    h, t, o = nodes
+    net.run(stop=lambda s, d, f: isinstance(f.body, Answer) and d == o)
+    assert net.forwards == [(t, Forward(k, nf, b"SYN"))]
+    (answer,) = net.take(lambda s, d, f: isinstance(f.body, Answer) and d == o)  # slow
+    for name in ("j", h, t, o):
+        net.set_view(name, view2)
+    net.run()
+    net.delete(h, k)
+    net.run()
+    return answer
+
+
 def test_a_lookup_whose_packet_went_out_inserts_again_where_it_went():
     """Explorer class K: the tail forwards an asker's packet to nf1 (the committed entry) and
     its released answer is delayed; a join moves the tail, and the head deletes the key. Told
@@ -1395,14 +1410,7 @@ def test_a_lookup_whose_packet_went_out_inserts_again_where_it_went():
     net.lookup(o, k, "nf2", b"SYN")              # its query waits at the tail t
     net.run()
     net.receive(*write)                          # nf1 commits: t forwards o's packet there
-    net.run(stop=lambda s, d, f: isinstance(f.body, Answer) and d == o)
-    assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
-    (answer,) = net.take(lambda s, d, f: isinstance(f.body, Answer) and d == o)  # slow
-    for name in ("j", h, t, o):
-        net.set_view(name, view2)
-    net.run()
-    net.delete(h, k)
-    net.run()
+    answer = released_then_deleted(net, view2, k, (h, t, o), "nf1")
     assert net.nodes["j"].version(k) == 2 and net.nodes["j"].replica().get(k) is None
     since = len(net.sent)
     net.now += RETRY
@@ -1425,14 +1433,7 @@ def test_a_first_packet_that_went_under_a_deleted_entry_follows_the_table():
     is at nf2: split): it decides nf3 unreleased, and its agent sends the packet there."""
     net, view2, k, (h, t, o) = tail_moves_on_join()
     net.lookup(o, k, "nf2", b"SYN")
-    net.run(stop=lambda s, d, f: isinstance(f.body, Answer) and d == o)
-    assert net.forwards == [(t, Forward(k, "nf2", b"SYN"))]
-    (answer,) = net.take(lambda s, d, f: isinstance(f.body, Answer) and d == o)  # slow
-    for name in ("j", h, t, o):
-        net.set_view(name, view2)
-    net.run()
-    net.delete(h, k)
-    net.run()
+    answer = released_then_deleted(net, view2, k, (h, t, o), "nf2")
     net.lookup(t, k, "nf3")                      # another connection's node inserts anew
     net.run()
     assert net.nodes["j"].replica().get(k) == "nf3" and net.decided(o) == []
