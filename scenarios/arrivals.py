@@ -259,17 +259,23 @@ def plan_arrivals(batches, clients: list[str], servers: list[str], seed: int,
     return out
 
 
-def outcomes(planned: list[Arrival], records: list[dict]) -> list[dict]:
+def outcomes(planned: list[Arrival], records: list[dict],
+             t0_wall: float | None = None) -> list[dict]:
     """Every planned connection with its client-side outcome, as app records
-    (``scenarios.report.APP_FIELDS``); one the generator did not report is not completed."""
+    (``scenarios.report.APP_FIELDS``); one the generator did not report is not completed.
+    Given ``t0_wall`` (the run's start, unix time), ``start_s`` is when the connection really
+    opened (the generator's record), else its planned time."""
     by_id = {r.get("conn_id"): r for r in records}
     out = []
     for a in planned:
         r = by_id.get(a.conn_id, {})
+        start = a.start_s
+        if t0_wall is not None and isinstance(r.get("start"), (int, float)):
+            start = round(r["start"] - t0_wall, 6)
         out.append({"app": APP_NAME, "conn_id": a.conn_id, "client": a.client,
                     "server": a.server, "client_ip": a.client_ip, "client_port": a.client_port,
                     "server_ip": a.server_ip, "server_port": a.server_port, "proto": "tcp",
-                    "start_s": a.start_s, "duration_s": r.get("duration_s"),
+                    "start_s": start, "duration_s": r.get("duration_s"),
                     "completed": bool(r.get("completed")), "bytes": r.get("bytes"),
                     "error": r.get("error", "") if r else "no outcome (generator did not "
                                                           "report it)"})

@@ -91,6 +91,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
                           + [(e.at_s, "event", e) for e in scenario.events],
                           key=lambda x: (x[0], x[1] != "event"))
         t0 = time.monotonic()
+        load.t0_wall = time.time()
         next_sample = 0.0
         end = scenario.traffic_s + 15.0
         try:

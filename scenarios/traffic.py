@@ -198,6 +198,7 @@ class Arrivals:
 
     def __init__(self, tb: Testbed, planned: list, batches):
         self.tb, self.planned, self.batches = tb, planned, batches
+        self.t0_wall: float | None = None     # the run's start (unix time), set by the runner
         self.dir = tb.logs / "arrivals"
         self.clients: dict[str, object] = {}
 
@@ -253,7 +254,7 @@ class Arrivals:
         records = []
         for path in sorted(self.dir.glob("out-*.jsonl")):
             records += report.load_apps(path)[0]
-        return arrivals_mod.outcomes(self.planned, records)
+        return arrivals_mod.outcomes(self.planned, records, self.t0_wall)
 
     def summary(self) -> dict:
         """The generators' own figures: concurrency reached, lateness, errors."""

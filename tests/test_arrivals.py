@@ -137,6 +137,9 @@ def test_outcomes_join_the_generator_records_by_connection():
              "error": ""}]
     out = arrivals.outcomes(planned, recs)
     assert out[0]["completed"] and out[0]["bytes"] == 10
+    assert out[0]["start_s"] == planned[0].start_s       # no run start given: as planned
+    late = arrivals.outcomes(planned, [dict(recs[0], start=1000.25)], t0_wall=1000.0)
+    assert late[0]["start_s"] == 0.25 and late[1]["start_s"] == planned[1].start_s
     assert all(not o["completed"] and "no outcome" in o["error"] for o in out[1:])
     from scenarios.report import _app_list
     assert len(_app_list(out)) == len(planned)       # valid app records for the report
