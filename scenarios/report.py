@@ -682,7 +682,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
                   nf_dumps: Optional[Mapping[str, Optional[Mapping]]] = None,
                   planned=None, apps=None, status: str = STATUS_OK,
                   iperf: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
-    """One row per run (columns SUMMARY_COLUMNS); ``status``: ``ok``, or how the run did not
+    """One row per run (columns SUMMARY_COLUMNS); ``status``: ``complete``, or how the run did not
     finish (``failed: ...``, ``interrupted``): such a run is left out of a set's statistics.
 
     flows = planned flows (iperf3 runs); apps = app connections; connections = rows;

@@ -196,7 +196,7 @@ def matrix(out: str | None = None, scenarios: Sequence[str] | None = None,
            log=say) -> pd.DataFrame:
     """Run every scenario in every mode (continuing past failures), then compare into ``out``.
 
-    Every run is listed in OUT/matrix.csv (scenario, mode, status ok / failed / skipped,
+    Every run is listed in OUT/matrix.csv (scenario, mode, status ok / failed / interrupted / skipped,
     run_dir, error). When another testbed run holds the machine, the remaining runs are
     skipped (they could not start either).
     """

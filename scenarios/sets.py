@@ -7,7 +7,7 @@ line), ``runs.csv`` (one row per run: its summary, seed, time scale and paramete
 ``aggregate`` groups runs by scenario, mode and parameters (testbed sizes, overrides, time
 scale: runs of different parameters are never averaged together) and gives ``n_runs`` and,
 per metric, ``<metric>_mean``, ``_std``, ``_ci95_lo``, ``_ci95_hi`` (Student's t over the
-runs, scipy). Runs whose ``status`` is not ``ok`` are left out, and counted in
+runs, scipy). Runs whose ``status`` is not ``complete`` are left out, and counted in
 ``n_excluded``.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def ci95(values: Sequence[float]) -> tuple[float, float, float, float]:
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (scenario, mode, params): n_runs, n_excluded, and each metric's mean, std
-    and 95 % confidence interval over the runs with status ok."""
+    and 95 % confidence interval over the runs with status complete."""
     rows = []
     for (scenario, mode, params), g in runs.groupby(list(GROUP), sort=False):
         ok = g[g["status"] == STATUS_OK]
