@@ -47,7 +47,7 @@ from bench import Row
 from bench import measure as m
 from scenarios.arrivals import ARRIVAL_PORT, ArrivalBatch, plan_arrivals
 from scenarios.testbed import PY, RUN_DIR, Testbed, TestbedBusy, TestbedFailure, wait_for
-from scenarios.traffic import Flow, Traffic
+from scenarios.traffic import Arrivals, Flow, Traffic, listening, start_size_servers
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of
 
@@ -413,13 +413,6 @@ def throughput(s: Session, label: str, rate_mbit: float, duration: float) -> flo
     return total
 
 
-def _listening(host, port: int, proto: str = "tcp") -> bool:
-    """A socket in ``host`` listens on (tcp) or is bound to (udp) ``port``."""
-    flags = "-Hltn" if proto == "tcp" else "-Hlun"
-    out, _, code = host.pexec(["ss", flags, f"sport = :{port}"])
-    return code == 0 and bool(out.strip())
-
-
 def setup_rate(s: Session) -> list[Row]:
     """The ramp of new-connection rates, 4 clients to 8 server ports, each step
     ``rate_step_s`` long; it stops at the first step with an error (a connect that failed
@@ -495,7 +488,7 @@ def lb_kill(s: Session, victim: str) -> list[Row]:
                                   *[f"--port={7100 + j}" for j in range(k)]], f"probe-recv-{srv}"))
     for srv in servers:
         wait_for(f"the probe receivers on {srv}", lambda srv=srv: all(
-            _listening(s.tb.net[srv], 7100 + j, "udp") for j in range(k)), 10)
+            listening(s.tb.net[srv], 7100 + j, "udp") for j in range(k)), 10)
     send = [s.start(c, ["bench.traffic", "probe-send", "--duration", str(duration),
                         "--interval", str(p.probe_interval_s),
                         *[f"--flow={ip_of(servers[j % 2])}:{7000 + j}:{7100 + j}"
@@ -676,46 +669,28 @@ def arrival_step(s: Session, label: str, rate: float, duration: float, hold: flo
     """One step of open-loop arrivals (1 KB each, held ``hold`` s) to the size servers'
     ``port`` (one per step: the client ports repeat from step to step, so without it a step
     would reuse the earlier steps' 5-tuples, whose entries the LB nodes still hold): the
-    generators' summed figures, and the clients' errors (an LB node lost counts as one)."""
+    generators' summed figures (``Arrivals.summary``), and the clients' errors (an LB node
+    lost counts as one)."""
     clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
     servers = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
     batch = ArrivalBatch(rate, 0.0, duration, "fixed:1000", timeout_s=hold + 3.0, hold_s=hold)
-    planned = plan_arrivals((batch,), clients, servers, seed=s.n + 1, server_port=port)
-    started = []
-    for c in clients:
-        s.n += 1
-        name = f"bench-{s.n:03d}-{label}-{c}"
-        plan, summary = s.out / f"{name}.plan.jsonl", s.out / f"{name}.json"
-        plan.write_text("".join(json.dumps(a.plan_line()) + "\n" for a in planned
-                                if a.client == c))
-        started.append((s.tb.spawn(name, [PY, "-m", "agents.loadgen", "run", "--plan", str(plan),
-                                          "--out", str(s.out / f"{name}.jsonl"), "--summary",
-                                          str(summary)], host=s.tb.net[c]), summary, name))
-    docs = []
-    for proc, summary, name in started:
-        try:
-            proc.wait(timeout=duration + hold + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise BenchError(f"{name} did not finish (log: {s.tb.logs / name}.log)") from None
-        try:
-            docs.append(json.loads(summary.read_text()))
-        except (OSError, ValueError) as e:
-            raise BenchError(f"{name}: no summary ({e}); log: {s.tb.logs / name}.log") from None
-    errors: dict[str, int] = {}
-    for d in docs:
-        for k, v in d["errors"].items():
-            errors[k] = errors.get(k, 0) + v
+    s.n += 1
+    load = Arrivals(s.tb, plan_arrivals((batch,), clients, servers, seed=s.n, server_port=port),
+                    (batch,), out=s.out / f"bench-{s.n:03d}-{label}")
+    load.start(0)
+    if not load.wait(duration + hold + 30):
+        load.stop()
+        raise BenchError(f"arrivals {label}: a generator did not finish (logs: {load.dir})")
+    out = load.summary()
+    if out["generators"] != len(load.clients):
+        raise BenchError(f"arrivals {label}: {len(load.clients) - out['generators']} "
+                         f"generator(s) wrote no summary (logs: {s.tb.logs})")
     lost = s.lost_members()
     if lost:
-        errors[f"LB removed by the controller ({', '.join(lost)})"] = len(lost)
-    out = {"planned": len(planned), "completed": sum(d["completed"] for d in docs),
-           "concurrent": sum(d["max_concurrent"] for d in docs),
-           "late_ms": max(d["max_late_ms"] for d in docs), "errors": errors}
+        out["errors"][f"LB removed by the controller ({', '.join(lost)})"] = len(lost)
     s.log(f"   arrivals {label}: {rate:g}/s, held {hold:g} s: {out['completed']}/"
-          f"{out['planned']} completed, {out['concurrent']} open at once, generators at most "
-          f"{out['late_ms']:.0f} ms late, errors {errors or 0}")
+          f"{out['planned']} completed, {out['max_concurrent']} open at once, generators at "
+          f"most {out['max_late_ms']:.0f} ms late, errors {out['errors'] or 0}")
     return out
 
 
@@ -724,11 +699,7 @@ def arrivals_group(s: Session) -> list[Row]:
     p = s.plan
     hosts = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "server"]
     ports = [ARRIVAL_PORT + i for i in range(len(p.arrival_steps) + len(p.arrival_holds))]
-    serve = [PY, "-m", "agents.loadgen", "serve"] + [a for q in ports for a in ("--port", str(q))]
-    size_servers = [s.tb.spawn(f"loadgen-{h}", serve, host=s.tb.net[h]) for h in hosts]
-    for h in hosts:
-        wait_for(f"the size server on {h}",
-                 lambda: all(_listening(s.tb.net[h], q) for q in (ports[0], ports[-1])), 10)
+    size_servers = start_size_servers(s.tb, hosts, ports)
     rows, best = [], 0.0
     ports = iter(ports)
     for rate in p.arrival_steps:
@@ -745,7 +716,7 @@ def arrivals_group(s: Session) -> list[Row]:
                            next(ports))
         if out["errors"]:
             break
-        most = max(most, out["concurrent"])
+        most = max(most, out["max_concurrent"])
     rows.append(Row("max_concurrent", most, "connections"))
     for proc in size_servers:
         proc.terminate()

@@ -127,11 +127,11 @@ def main(argv=None) -> int:
                 sized = sized.scaled(args.time_scale)
                 if sized.arrivals:            # too many connections for the client ports?
                     from scenarios.arrivals import plan_arrivals
+                    from topo.testbed import hosts_of
                     for s in (seeds or [1]):
                         try:
-                            plan_arrivals(sized.arrivals,
-                                          [f"c{i}" for i in range(1, p.clients + 1)],
-                                          [f"s{i}" for i in range(1, p.servers + 1)], s)
+                            plan_arrivals(sized.arrivals, hosts_of(p, "client"),
+                                          hosts_of(p, "server"), s)
                         except ValueError as e:
                             raise ParamError(f"scenario {sized.name}: {e}") from None
         if args.cmd == "cli":

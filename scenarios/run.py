@@ -19,7 +19,7 @@ from scenarios.traffic import Apps, Arrivals, Traffic, plan_flows
 from agents.lb import query
 from agents.conntrack import CtTimeouts
 from scenarios.testbed import RUN_DIR, Lock, Testbed, TestbedBusy, TestbedFailure, say
-from topo.testbed import TestbedParams
+from topo.testbed import TestbedParams, hosts_of
 
 def _do_event(tb: Testbed, ev: registry.Event) -> str:
     if ev.action == "add_nf":
@@ -52,8 +52,7 @@ def run_scenario(name: "str | registry.Scenario", mode: str = "chain", seed: int
 def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
          overrides) -> Path:
     name = scenario.name
-    clients = [f"c{i}" for i in range(1, params.clients + 1)]
-    servers = [f"s{i}" for i in range(1, params.servers + 1)]
+    clients, servers = hosts_of(params, "client"), hosts_of(params, "server")
     flows = plan_flows(scenario.batches, clients, servers, seed)
     apps = workloads.plan_apps(scenario.apps, clients, servers, seed)
     try:

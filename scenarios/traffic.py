@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 
 from scenarios import arrivals as arrivals_mod, report, workloads
-from scenarios.testbed import Testbed, host_checked, wait_for
+from scenarios.testbed import Testbed, TestbedFailure, host_checked, wait_for
 from topo.testbed import ip_of
 
 IPERF_SERVER_PORT0, IPERF_CLIENT_PORT0 = 5201, 20001    # a scenario's flow i: 5201+i, 20001+i
@@ -107,10 +107,8 @@ class Traffic:
                           host=self.tb.net[f.server])
         if wait:
             for f in flows:
-                host = self.tb.net[f.server]
                 wait_for(f"iperf3 server of {f.flow_id} on {f.server}:{f.server_port}",
-                         lambda: host.pexec(["ss", "-Hltn", f"sport = :{f.server_port}"])[0]
-                         .strip(), 10, 0.05)
+                         lambda: listening(self.tb.net[f.server], f.server_port), 10, 0.05)
 
     def start(self, f: Flow, at: float | None = None) -> None:
         """Start ``f``'s client; ``at``: when it really starts (seconds of the run), which
@@ -191,32 +189,43 @@ class Apps:
         return workloads.outcomes(self.planned, records)
 
 
-class Arrivals:
-    """Open-loop short connections (``scenarios.arrivals``): a size server on every server
-    host, one generator per client host and batch (``agents.loadgen``), started at the
-    batch's start; outcomes in logs/arrivals/."""
+def listening(host, port: int, proto: str = "tcp") -> bool:
+    """A socket in Mininet host ``host`` listens on (tcp) or is bound to (udp) ``port``."""
+    out, _, code = host.pexec(["ss", "-Hltn" if proto == "tcp" else "-Hlun", f"sport = :{port}"])
+    return code == 0 and bool(out.strip())
 
-    def __init__(self, tb: Testbed, planned: list, batches):
+
+def start_size_servers(tb: Testbed, hosts, ports=(arrivals_mod.ARRIVAL_PORT,)) -> list:
+    """A size server (``agents.loadgen serve``) on every host of ``hosts``, on ``ports``;
+    returns once each listens."""
+    cmd = [sys.executable, "-m", "agents.loadgen", "serve"]
+    cmd += [a for p in ports for a in ("--port", str(p))]
+    procs = [tb.spawn(f"loadgen-{h}", cmd, host=tb.net[h]) for h in hosts]
+    for h in hosts:
+        wait_for(f"the size server on {h}",
+                 lambda: all(listening(tb.net[h], p) for p in (ports[0], ports[-1])), 15, 0.05)
+    return procs
+
+
+class Arrivals:
+    """Open-loop short connections (``scenarios.arrivals``): one generator per client host
+    and batch (``agents.loadgen``), started at the batch's start; plans, outcomes and the
+    generators' summaries in ``out`` (default logs/arrivals/)."""
+
+    def __init__(self, tb: Testbed, planned: list, batches, out=None):
         self.tb, self.planned, self.batches = tb, planned, batches
         self.t0_wall: float | None = None     # the run's start (unix time), set by the runner
-        self.dir = tb.logs / "arrivals"
+        self.dir = out if out is not None else tb.logs / "arrivals"
         self.clients: dict[str, object] = {}
 
     def start_servers(self) -> None:
+        """The size servers of the planned connections' server hosts."""
         if not self.planned:
             return
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         import pandas as pd
         pd.DataFrame([vars(a) for a in self.planned]).to_csv(self.dir / "plan.csv", index=False)
-        servers = sorted({a.server for a in self.planned})
-        for s in servers:
-            self.tb.spawn(f"loadgen-{s}", [sys.executable, "-m", "agents.loadgen", "serve",
-                                           "--port", str(arrivals_mod.ARRIVAL_PORT)],
-                          host=self.tb.net[s])
-        port = arrivals_mod.ARRIVAL_PORT
-        for s in servers:
-            wait_for(f"the size server on {s}",
-                     lambda: f":{port} " in self.tb.net[s].cmd(f"ss -Hlnt sport = :{port}"), 15)
+        start_size_servers(self.tb, sorted({a.server for a in self.planned}))
 
     def start(self, batch: int) -> None:
         start = self.batches[batch].start_s
@@ -224,6 +233,7 @@ class Arrivals:
         for a in self.planned:
             if a.batch == batch:
                 by_client.setdefault(a.client, []).append(a)
+        self.dir.mkdir(parents=True, exist_ok=True)
         for client, conns in sorted(by_client.items()):
             tag = f"{client}-b{batch}"
             plan = self.dir / f"plan-{tag}.jsonl"
@@ -236,6 +246,14 @@ class Arrivals:
 
     def running(self) -> int:
         return sum(1 for p in self.clients.values() if p.poll() is None)
+
+    def wait(self, timeout: float) -> bool:
+        """Until every generator started has finished (False: some did not in time)."""
+        try:
+            wait_for("the generators", lambda: self.running() == 0, timeout, 0.1)
+        except TestbedFailure:
+            return False
+        return True
 
     def stop(self) -> None:
         """Ask the generators still running to record what they have (SIGTERM)."""
@@ -272,5 +290,6 @@ class Arrivals:
                 "completed": sum(d.get("completed", 0) for d in docs),
                 "max_concurrent_per_client": max((d.get("max_concurrent", 0) for d in docs),
                                                  default=0),
+                "max_concurrent": sum(d.get("max_concurrent", 0) for d in docs),  # peaks summed
                 "max_late_ms": max((d.get("max_late_ms", 0) for d in docs), default=0),
                 "errors": errors}

@@ -3,7 +3,7 @@ import pytest
 
 from scenarios import registry
 from scenarios.traffic import plan_flows
-from topo.testbed import TestbedParams, initial_hosts
+from topo.testbed import TestbedParams, hosts_of, initial_hosts
 
 
 def test_every_scenario_has_valid_events_within_its_traffic():
@@ -20,8 +20,7 @@ def test_every_scenario_has_valid_events_within_its_traffic():
 
 def _plan(s, seed):
     p = TestbedParams()
-    return plan_flows(s.batches, [f"c{i}" for i in range(1, p.clients + 1)],
-                      [f"s{i}" for i in range(1, p.servers + 1)], seed)
+    return plan_flows(s.batches, hosts_of(p, "client"), hosts_of(p, "server"), seed)
 
 
 def test_flow_plan_is_seeded_and_unique_per_port():

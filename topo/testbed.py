@@ -238,6 +238,11 @@ def initial_hosts(params: TestbedParams) -> List[str]:
             + [f"nf{i}" for i in range(1, params.nfs + 1)])
 
 
+def hosts_of(params: TestbedParams, kind: str) -> List[str]:
+    """The initial hosts of one kind ('client', 'server', 'lb', 'nf'), in port order."""
+    return [h for h in initial_hosts(params) if kind_of(h) == kind]
+
+
 def spare_hosts(params: TestbedParams) -> List[str]:
     """Hosts that may be added live (after the initial LBs and NFs)."""
     return ([f"lb{i}" for i in range(params.lbs + 1, params.lbs + params.spare_lbs + 1)]
