@@ -9,8 +9,10 @@ CT_TIMEOUTS ?=
 CLI_ARG := $(if $(filter 1 yes true,$(CLI)),--cli,)
 CT_ARG  := $(if $(CT_TIMEOUTS),--ct-timeouts $(CT_TIMEOUTS),)
 # sizes (scenarios.params): LBS NFS L CLIENTS SERVERS SPARE_LBS SPARE_NFS FLOWS RATE CPS
+# and the chain protocol's VARIANT (steered | patent)
 SIZES   := lbs=$(LBS) nfs=$(NFS) l=$(L) clients=$(CLIENTS) servers=$(SERVERS) \
-           spare_lbs=$(SPARE_LBS) spare_nfs=$(SPARE_NFS) flows=$(FLOWS) rate=$(RATE) cps=$(CPS)
+           spare_lbs=$(SPARE_LBS) spare_nfs=$(SPARE_NFS) flows=$(FLOWS) rate=$(RATE) cps=$(CPS) \
+           variant=$(VARIANT)
 SET_ARG := $(foreach kv,$(SIZES),$(if $(word 2,$(subst =, ,$(kv))),--set $(kv),))
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
@@ -23,6 +25,7 @@ help:
 	@echo "  sudo make scenario NAME=scale-out MODE=chain [CLI=1]"
 	@echo "                                       run one scenario (MODE: chain|maglev|local|hash; NAME=all for every one)"
 	@echo "      sizes: LBS=6 NFS=4 L=2 CLIENTS=4 SERVERS=3 SPARE_LBS= SPARE_NFS= FLOWS=60 RATE=1 (Mbit/s) CPS=300 (arrivals)"
+	@echo "      VARIANT=patent runs the patent's chain protocol (default steered; see README)"
 	@echo "      repetitions: SEEDS=1-5 (or 1,2,5) MODE=chain,maglev (or all): one run each"
 	@echo "      FILE=my.toml runs a scenario file instead of NAME (format: scenarios/files.py)"
 	@echo "      SCALE=0.5 halves every time and duration"

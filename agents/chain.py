@@ -4,6 +4,21 @@ Each LB node runs one ``ChainNode``. Events go in (``lookup``, ``receive``, ``ti
 ``set_view``, ``delete``, ``forget``, ``purge_nf``), actions come out (``Send``, ``Decision``, ``Forward``); time is
 passed in. No clock, no randomness, no sockets, no threads: the LB agent translates I/O.
 
+Two variants (``View.variant``, ``VARIANTS``) place keys and start inserts differently; the
+rest of the protocol (chain writes, commit and answer at the tail, tombstones, synchronization
+on view changes, links) is the same code.
+
+``patent`` is the protocol as the patent describes it. The LB nodes sit on a consistent-hash
+ring (``RING_VNODES`` virtual nodes per member, by name); a key's tail is the member owning
+the first ring point at or after the key's hash, its head the tail's L-1'th distinct
+predecessor, the chain the nodes between them. The node a packet arrives at (any node, since
+the gateway's steering knows nothing of the ring) sends ``Query`` with its proposed NF and
+the first packet to the tail; the tail answers a committed entry, or starts the insert
+itself through the head (``InsertReq``), which writes it down the chain; the tail commits,
+answers the asker and forwards the packet. A new key costs L+1 hops before its first packet
+leaves (L when the asker is the tail).
+
+``steered`` (the default) is this testbed's optimization of it.
 Placement: a key's chain is the L LB nodes that score highest for it under the gateway's
 steering hash (``agents.steering``: rendezvous hashing over the gateway's ``bundle`` slots,
 ``View.steering``), highest first: the node the gateway steers a new connection to heads its
@@ -100,6 +115,7 @@ its chains before it answers for them; the new tail then commits what it holds.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -109,8 +125,10 @@ from agents.messages import (Ack, Answer, Body, DeleteReq, Frame, Gone, InsertRe
                              Sync, SyncDone, SyncEntry, Write)
 from agents.steering import flow_hash, scores, seed
 
-__all__ = ["View", "Send", "Decision", "Forward", "Action", "ChainNode", "Frame"]
+__all__ = ["VARIANTS", "View", "Send", "Decision", "Forward", "Action", "ChainNode", "Frame"]
 
+VARIANTS = ("steered", "patent")   # placements and insert paths (see above); first: default
+RING_VNODES = 16     # patent: points per member on the consistent-hash ring
 SYNC_BATCH = 16      # entries per Sync frame (keeps frames well under 1500 bytes)
 RETRANSMIT_BURST = 32  # frames resent per link per tick
 MAX_RTO = 1.0        # seconds: cap of the per-link retransmission timeout backoff
@@ -126,14 +144,16 @@ def _h64(data: bytes) -> int:
 class View:
     """A membership view: epoch, LB node ids, chain length, the gateway's ``bundle`` slots
     (``steering``: the member the gateway lists i-th at index i, '' for an empty slot; empty:
-    not known), and per member the epoch it was admitted in (``since``, in the order of
-    ``members``; empty: not known). A member named again after a removal is admitted anew:
-    a later ``since`` is a new life of that name."""
+    not known), per member the epoch it was admitted in (``since``, in the order of
+    ``members``; empty: not known), and the protocol variant (``VARIANTS``; ``patent``
+    places keys on a ring of the members' names and ignores ``steering``). A member named
+    again after a removal is admitted anew: a later ``since`` is a new life of that name."""
     epoch: int
     members: tuple[str, ...]
     chain_len: int
     steering: tuple[str, ...] = ()
     since: tuple[int, ...] = ()
+    variant: str = VARIANTS[0]
 
     def __post_init__(self):
         for name in ("members", "steering", "since"):
@@ -151,6 +171,20 @@ class View:
             raise ValueError(f"chain_len must be >= 1, got {self.chain_len}")
         if self.epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {self.epoch}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+
+    @property
+    def steered(self) -> bool:
+        """Chains follow the gateway's steering, and a head asker writes at once."""
+        return self.variant == "steered"
+
+    @cached_property
+    def _ring(self) -> tuple[list[int], list[str]]:
+        """patent: the ring's points (sorted) and the member owning each."""
+        points = sorted((_h64(f"{m}#{i}".encode()), m)
+                        for m in self.members for i in range(RING_VNODES))
+        return [p for p, _ in points], [m for _, m in points]
 
     @cached_property
     def _seeds(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
@@ -185,16 +219,39 @@ class View:
         c = memo.get(key)
         if c is not None:
             return c
+        if not self.steered:
+            c = self._ring_chain(key)
+        else:
+            c = self._steered_chain(key)
+        if len(memo) >= 200_000:
+            memo.clear()
+        memo[key] = c
+        return c
+
+    def _ring_chain(self, key: bytes) -> tuple[str, ...]:
+        """patent: the tail owns the first ring point at or after the key's hash; the chain
+        runs from its L-1'th distinct predecessor (the head) to it."""
+        points, owners = self._ring
+        if not points:
+            return ()
+        i = bisect_left(points, _h64(key)) % len(points)
+        want = min(self.chain_len, len(self.members))
+        picked: list[str] = []
+        for j in range(len(points)):
+            m = owners[(i - j) % len(points)]
+            if m not in picked:
+                picked.append(m)
+                if len(picked) == want:
+                    break
+        return tuple(reversed(picked))
+
+    def _steered_chain(self, key: bytes) -> tuple[str, ...]:
         seeds, ties, names = self._seeds
         fh = flow_hash(key)
         if fh is None:                         # a key the gateway does not hash (not IPv4)
             fh = _h64(key) & 0xFFFFFFFF
         ranked = sorted(zip(scores(fh, seeds), ties, names), reverse=True)
-        c = tuple(m for _, _, m in ranked[:self.chain_len])
-        if len(memo) >= 200_000:
-            memo.clear()
-        memo[key] = c
-        return c
+        return tuple(m for _, _, m in ranked[:self.chain_len])
 
 
 @dataclass(frozen=True)
@@ -816,11 +873,11 @@ class ChainNode:
         if ins is None and q.nf in self.failed:
             pass           # nothing to insert: the asker's agent proposes anew (``lookup``)
         elif ins is None:
-            # an asker other than this node sent the head InsertReq(key, nf, q.seen) along
-            # with its query: when that request is the one this tail would send, it counts
+            # steered: an asker other than this node sent the head InsertReq(key, nf, q.seen)
+            # along with its query: when that request is the one this tail would send, it counts
             # as sent (the retry timer covers its loss)
             base = rec.ver if rec else 0
-            asked = src != self.id and q.seen == base
+            asked = self.view.steered and src != self.id and q.seen == base
             self._inserting[q.key] = _Insert(q.nf, base if asked else -1, now)
         self._serve(q.key, now)
 
@@ -1097,6 +1154,10 @@ class ChainNode:
         if chain[-1] != self.id and p.packet:
             packet, p.packet = p.packet, b""
             p.rode, p.rode_epoch = chain[-1], self.view.epoch
+        if not self.view.steered:
+            # patent: the tail answers, or starts the insert through the head (``_on_query``)
+            self._send(chain[-1], Query(key, p.nf, seen, packet, p.lookup), now)
+            return
         # the head inserts a new key right away, in parallel with the query (see ``_on_query``)
         if chain[0] == self.id:
             # this node is the head: a write it starts carries the packet and stands for

@@ -40,7 +40,7 @@ import struct
 from dataclasses import dataclass
 
 from agents import wire
-from agents.chain import ChainNode, Decision, Forward, Send, View
+from agents.chain import VARIANTS, ChainNode, Decision, Forward, Send, View
 from agents.conntrack import (CLOSE, CLOSING, ESTABLISHED, ICMP_ERRORS, OTHER, RELATED, STATES,
                               Conn, CtTimeouts)
 from agents.keys import flow_key_raw, key_str
@@ -80,9 +80,11 @@ class Datapath:
 
     def __init__(self, name: str, mode: str, mac: bytes,
                  timeouts: CtTimeouts = CtTimeouts(), *, frag_timeout: float = FRAG_TIMEOUT,
-                 max_buffered: int = MAX_BUFFERED, incarnation: int = 0):
+                 max_buffered: int = MAX_BUFFERED, incarnation: int = 0,
+                 variant: str = VARIANTS[0]):
         self.name, self.mode, self.mac = name, mode, mac
         self.incarnation = incarnation     # of this process's chain node (ChainNode)
+        self.variant = variant             # of the chain protocol (View.variant)
         self.picker = Picker(mode)
         self.timeouts = timeouts
         self._lb_timeouts = timeouts.lb_timeouts()
@@ -323,7 +325,7 @@ class Datapath:
         members = tuple(lb.name for lb in view.lbs)
         since = tuple(lb.since for lb in view.lbs)
         chain_view = View(view.epoch, members, view.chain_len, steering_slots(view.lbs),
-                          since if all(since) else ())
+                          since if all(since) else (), variant=self.variant)
         if self.node is None:
             if self.name not in members:
                 return []
@@ -432,7 +434,8 @@ class Datapath:
     def status(self) -> dict:
         node = self.node
         out = {"name": self.name, "mode": self.mode, "epoch": self.epoch,
-               "active_nfs": list(self.picker.active), "counts": dict(self.counts),
+               "variant": self.variant, "active_nfs": list(self.picker.active),
+               "counts": dict(self.counts),
                "pending": len(self.buffered), "connections": len(self.conns),
                "conn_states": self.states(), "timeouts": self.timeouts.asdict()}
         if node is not None:

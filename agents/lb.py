@@ -25,7 +25,7 @@ import sys
 import time
 
 from agents import wire
-from agents.chain import Send
+from agents.chain import VARIANTS, Send
 from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.datapath import IPV4, Datapath, Decided
 from agents.keys import key_str
@@ -44,7 +44,8 @@ HOUSEKEEPING = 0.5     # connection expiry
 
 class Agent:
     def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
-                 log_dir: str, timeouts: CtTimeouts = CtTimeouts(), cluster_intf: str = ""):
+                 log_dir: str, timeouts: CtTimeouts = CtTimeouts(), cluster_intf: str = "",
+                 variant: str = VARIANTS[0]):
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
         self.lb_route: dict[str, tuple[socket.socket, bytes, bytes]] = {}  # sock, dst, src
         self.counts = {"forwarded": 0, "chain_rx": 0, "bad_frames": 0, "cluster_rx": 0,
@@ -56,7 +57,8 @@ class Agent:
         self.sock.setblocking(False)
         self.mac = self.sock.getsockname()[4][:6]
         # a restarted agent's chain node is a new life of its name: a larger incarnation
-        self.dp = Datapath(name, mode, self.mac, timeouts, incarnation=time.time_ns())
+        self.dp = Datapath(name, mode, self.mac, timeouts, incarnation=time.time_ns(),
+                           variant=variant)
         self.cluster_intf = cluster_intf
         self.csock: socket.socket | None = None     # the LB cluster network: chain frames only
         if cluster_intf:
@@ -273,6 +275,8 @@ def main(argv=None) -> int:
                    help="the interface to the LB cluster network (chain frames), if any")
     p.add_argument("--secret-file", required=True)
     p.add_argument("--mode", choices=MODES, default="chain")
+    p.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0],
+                   help="the chain protocol's variant (agents.chain)")
     p.add_argument("--run-dir", default="/run/chainlb")
     p.add_argument("--log-dir", required=True)
     p.add_argument("--ct-timeouts", default="",
@@ -287,7 +291,7 @@ def main(argv=None) -> int:
         with open(args.secret_file, "rb") as f:
             secret = f.read()
         agent = Agent(args.name, args.intf, secret, args.mode, args.run_dir, args.log_dir,
-                      timeouts, args.cluster_intf)
+                      timeouts, args.cluster_intf, args.variant)
     except OSError as e:
         print(f"agents.lb: error: {e}", file=sys.stderr)
         return 1

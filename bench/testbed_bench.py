@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from agents import lb as lb_agent
+from agents.chain import VARIANTS
 from bench import Row
 from bench import measure as m
 from scenarios.arrivals import ARRIVAL_PORT, ArrivalBatch, plan_arrivals
@@ -97,13 +98,14 @@ QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapa
              spray_chunk=1500, arrival_steps=(100, 200), arrival_step_s=1.5,
              arrival_hold_cps=100.0, arrival_holds=(1.0,))
 
-GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-N5", "chain-N8",
-          "chain", "arrivals", "entries")
-CONNECT_GROUPS = {   # group -> (mode, LB nodes, chain length, connect label)
-    "maglev": ("maglev", 3, 3, "maglev"),
-    "chain-L1": ("chain", 3, 1, "L1_N3"), "chain-L2": ("chain", 3, 2, "L2_N3"),
-    "chain-L3": ("chain", 3, 3, "L3_N3"),
-    "chain-N5": ("chain", 5, 3, "L3_N5"), "chain-N8": ("chain", 8, 3, "L3_N8"),
+GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-L3-patent",
+          "chain-N5", "chain-N8", "chain", "arrivals", "entries")
+CONNECT_GROUPS = {   # group -> (mode, LB nodes, chain length, connect label, chain variant)
+    "maglev": ("maglev", 3, 3, "maglev", VARIANTS[0]),
+    "chain-L1": ("chain", 3, 1, "L1_N3", "steered"), "chain-L2": ("chain", 3, 2, "L2_N3", "steered"),
+    "chain-L3": ("chain", 3, 3, "L3_N3", "steered"),
+    "chain-L3-patent": ("chain", 3, 3, "L3_N3_patent", "patent"),
+    "chain-N5": ("chain", 5, 3, "L3_N5", "steered"), "chain-N8": ("chain", 8, 3, "L3_N8", "steered"),
 }
 
 
@@ -196,6 +198,11 @@ class Session:
             return lb_agent.query(str(RUN_DIR), lb, "status")
         except (OSError, ValueError) as e:
             raise BenchError(f"cannot read the status of agent {lb}: {e}") from None
+
+    def chain_frames(self) -> int:
+        """Chain frames the running agents' engines sent so far."""
+        return sum((self.status(lb).get("engine") or {}).get("frames_out", 0)
+                   for lb in self.tb.lbs)
 
     def cluster(self) -> dict:
         """Sum of entries and pending lookups over the running agents."""
@@ -304,26 +311,36 @@ def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, lo
 
 # --- phases -----------------------------------------------------------------------------
 
-def connect_ms(s: Session, label: str, samples: int | None = None) -> dict:
-    """Sequential TCP connects c1 -> s1 (each a new connection): times (ms), errors."""
+def connect_ms(s: Session, label: str, samples: int | None = None,
+               frames: bool = False) -> dict:
+    """Sequential TCP connects c1 -> s1 (each a new connection): times (ms), errors, and
+    (``frames``) the chain frames the LB nodes sent meanwhile (writes, queries, insert
+    requests, answers, acks; not the entries' deletes, which follow the connections'
+    TIME_WAIT)."""
     n = samples or s.plan.connect_samples
     args = ["bench.traffic", "connect", "--dst-ip", ip_of("s1"), "--port", str(SERVER_PORTS[0]),
             "--interval", str(s.plan.connect_interval_s)]
     s.run("c1", args + ["--count", "5"], f"warmup-{label}", 30)
+    before = s.chain_frames() if frames else 0
     doc = s.run("c1", args + ["--count", str(n)], f"connect-{label}", 30 + n * 3.1)
+    if frames:
+        s.settle()
+    sent = s.chain_frames() - before if frames else 0
     s.check_members(f"the connects of {label}")
     ms, errors = m.connect_times(doc)
     s.log(f"   connect {label}: p50 {m.percentile(ms, 50):.3f} ms, "
-          f"p99 {m.percentile(ms, 99):.3f} ms, {errors} errors of {n}")
-    return {"ms": ms, "errors": errors, "n": n}
+          f"p99 {m.percentile(ms, 99):.3f} ms, {errors} errors of {n}"
+          + (f", {sent / n:.1f} chain frames each" if frames else ""))
+    return {"ms": ms, "errors": errors, "n": n, "frames": sent}
 
 
 def pool(connect: dict, label: str, measured: dict) -> None:
     """Add one testbed's connect samples to those of ``label``."""
-    have = connect.setdefault(label, {"ms": [], "errors": 0, "n": 0})
+    have = connect.setdefault(label, {"ms": [], "errors": 0, "n": 0, "frames": 0})
     have["ms"] += measured["ms"]
     have["errors"] += measured["errors"]
     have["n"] += measured["n"]
+    have["frames"] += measured.get("frames", 0)
 
 
 def datapath(s: Session) -> list[Row]:
@@ -616,11 +633,12 @@ def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log,
         with open_testbed(params, "chain", tb_dir, plan, log) as tb:
             res.rows += datapath(Session(tb, plan, log))
     elif group in CONNECT_GROUPS:
-        mode, lbs, L, label = CONNECT_GROUPS[group]
-        with open_testbed(base_params(lbs=lbs, chain_len=L), mode, tb_dir, plan, log) as tb:
+        mode, lbs, L, label, variant = CONNECT_GROUPS[group]
+        with open_testbed(base_params(lbs=lbs, chain_len=L, variant=variant), mode, tb_dir,
+                          plan, log) as tb:
             s = Session(tb, plan, log)
             servers = s.servers(("s1",))
-            pool(res.connect, label, connect_ms(s, group, samples))
+            pool(res.connect, label, connect_ms(s, group, samples, frames=mode == "chain"))
             if mode == "maglev":
                 with s.direct_path():
                     pool(res.connect, "direct", connect_ms(s, "direct", samples))
@@ -727,7 +745,8 @@ def connect_rows(samples: dict) -> list[Row]:
     """connect_ms_* rows and the first-packet overhead, from the pooled connect samples."""
     rows = []
     connect = {label: {"p50": m.percentile(c["ms"], 50), "p99": m.percentile(c["ms"], 99),
-                       "errors": c["errors"], "n": c["n"]} for label, c in samples.items()}
+                       "errors": c["errors"], "n": c["n"], "frames": c.get("frames", 0)}
+               for label, c in samples.items()}
     maglev = connect.get("maglev")
     base, base_name = (maglev["p50"], "maglev, N=3") if maglev else (None, "")
     chain = connect.get("L3_N3")
@@ -736,17 +755,24 @@ def connect_rows(samples: dict) -> list[Row]:
                         "maglev connect p50", maglev["p50"]))
         rows.append(Row("first_packet_overhead_ms_p99", chain["p99"] - maglev["p99"], "ms",
                         "maglev connect p99", maglev["p99"]))
+    patent = connect.get("L3_N3_patent")
+    if patent and maglev:
+        rows.append(Row("first_packet_overhead_ms_p50_patent", patent["p50"] - maglev["p50"],
+                        "ms", "maglev connect p50", maglev["p50"]))
     if maglev:
         rows.append(Row("connect_ms_p50_maglev", maglev["p50"], "ms"))
     if connect.get("direct"):
         d = connect["direct"]
         rows.append(Row("connect_ms_p50_direct", d["p50"], "ms"))
         rows.append(Row("connect_ms_p99_direct", d["p99"], "ms"))
-    for label in ("L1_N3", "L2_N3", "L3_N3", "L3_N5", "L3_N8"):
+    for label in ("L1_N3", "L2_N3", "L3_N3", "L3_N3_patent", "L3_N5", "L3_N8"):
         c = connect.get(label)
         if c:
             rows.append(Row(f"connect_ms_p50_{label}", c["p50"], "ms", base_name, base))
             rows.append(Row(f"connect_ms_p99_{label}", c["p99"], "ms"))
+            if c["frames"]:
+                rows.append(Row(f"chain_frames_per_conn_{label}", c["frames"] / c["n"],
+                                "frames"))
     errors = sum(c["errors"] for c in connect.values())
     if connect:
         rows.append(Row("connect_errors", errors, "connections", "connects tried",
@@ -755,15 +781,16 @@ def connect_rows(samples: dict) -> list[Row]:
 
 
 ORDER = ("datapath_pps", "datapath_pps_seen_at_gw", "datapath_offered_pps",
-         "first_packet_overhead_ms_p50", "first_packet_overhead_ms_p99")
+         "first_packet_overhead_ms_p50", "first_packet_overhead_ms_p50_patent",
+         "first_packet_overhead_ms_p99")
 
 
-FIRST_PACKET_PAIR = ("maglev", "chain-L3")
+FIRST_PACKET_PAIR = ("maglev", "chain-L3", "chain-L3-patent")
 
 
 def schedule(groups, rounds: int) -> list[tuple[str, int]]:
-    """(group, round) in running order: the first-packet pair in turn, ``rounds`` times each
-    (round 0: a group run once)."""
+    """(group, round) in running order: the first-packet groups (maglev, the chain in each
+    variant) in turn, ``rounds`` times each (round 0: a group run once)."""
     groups = list(groups)
     pair = [g for g in FIRST_PACKET_PAIR if g in groups]
     if len(pair) < 2 or rounds < 2:

@@ -115,7 +115,8 @@ class TestbedCommands:
         (status, table entries, epoch they report) and NFs (active / draining / failed)."""
         _no_args(line, "view")
         v = self.tb.rest("GET", "/view")
-        self.say(f"epoch {v['epoch']}  chain_len {v['chain_len']}  mode {v['mode']}  "
+        variant = f" ({self.tb.params.variant})" if v["mode"] == "chain" else ""
+        self.say(f"epoch {v['epoch']}  chain_len {v['chain_len']}  mode {v['mode']}{variant}  "
                  f"steering ports {_slots(v.get('steering', []))}")
         self.say("LB nodes:")
         for m in v["lbs"]:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # command-line key -> TestbedParams field (short names as the Makefile's variables)
 TOPOLOGY = {"lbs": "lbs", "nfs": "nfs", "l": "chain_len", "chain_len": "chain_len",
             "clients": "clients", "servers": "servers", "spare_lbs": "spare_lbs",
-            "spare_nfs": "spare_nfs", "bw_mbit": "bw_mbit"}
+            "spare_nfs": "spare_nfs", "bw_mbit": "bw_mbit", "variant": "variant"}
 WORKLOAD = ("flows", "rate", "cps")
 KEYS = tuple(TOPOLOGY) + WORKLOAD
 MAX_FLOWS = 900           # planned iperf3 flows per run (each is two processes; their

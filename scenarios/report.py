@@ -732,6 +732,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
     measured = [d for d in dips if not math.isnan(d["depth_pct"])]
     row = {
         "scenario": meta["scenario"], "mode": meta["mode"], "run_id": meta["run_id"],
+        "variant": meta.get("variant", ""),
         "flows": claimed[~is_app]["flow_id"].nunique(),
         "apps": claimed[is_app]["flow_id"].nunique(),
         "connections": len(df), "observed": len(observed),

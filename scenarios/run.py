@@ -63,7 +63,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
     run_id, run_dir = new_run_dir(name, mode)
     log(f"== scenario {name} ({scenario.description}), mode {mode}, seed {seed}")
     log(f"   results: {run_dir}")
-    meta = {"scenario": name, "mode": mode, "run_id": run_id}
+    meta = {"scenario": name, "mode": mode, "run_id": run_id, "variant": params.variant}
     (run_dir / "params.json").write_text(json.dumps({
         **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(),
         "chain_loss_pct": scenario.chain_loss_pct, "flows": [f.record() for f in flows], "apps": apps,

@@ -225,7 +225,8 @@ class Testbed:
         self.nfs = [f"nf{i}" for i in range(1, p.nfs + 1)]
         self.lbs = [f"lb{i}" for i in range(1, p.lbs + 1)]
         self.log(f"building the net: {p.clients} clients, {p.servers} servers, {p.lbs} LB nodes, "
-                 f"{p.nfs} NFs, L={p.chain_len}, mode {self.mode}")
+                 f"{p.nfs} NFs, L={p.chain_len}, mode {self.mode}"
+                 + (f" ({p.variant})" if self.mode == "chain" else ""))
         self._start_controller()          # first, so that Mininet finds it listening
         self.net = topo.build_net(p)
         self.net.start()
@@ -334,6 +335,7 @@ class Testbed:
         self.spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
                          "--cluster-intf", topo.cluster_intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
+                         "--variant", self.params.variant,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs),
                          "--ct-timeouts", self.timeouts.spec()], host=host, append=restart)
 

@@ -37,6 +37,7 @@ class Sim:
     fault: Fault = field(default_factory=Fault)
     tick_every: float = 0.05
     tombstone_ttl: float = 1e9
+    variant: str = "steered"   # agents.chain.VARIANTS
 
     def __post_init__(self):
         self.rng = random.Random(self.seed)
@@ -67,7 +68,7 @@ class Sim:
         for m in members:
             if m not in self._slots:
                 take_slot(self._slots, m)
-        return View(epoch, members, self.chain_len, tuple(self._slots))
+        return View(epoch, members, self.chain_len, tuple(self._slots), variant=self.variant)
 
     # ---------------------------------------------------------------- scheduling
 

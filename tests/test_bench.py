@@ -189,7 +189,7 @@ def test_pooled_rounds_give_the_percentiles_of_all_samples():
     c = {}
     tbb.pool(c, "maglev", {"ms": [1.0, 2.0], "errors": 0, "n": 2})
     tbb.pool(c, "maglev", {"ms": [3.0], "errors": 1, "n": 2})
-    assert c["maglev"] == {"ms": [1.0, 2.0, 3.0], "errors": 1, "n": 4}
+    assert c["maglev"] == {"ms": [1.0, 2.0, 3.0], "errors": 1, "n": 4, "frames": 0}
     rows = {r.metric: r for r in tbb.connect_rows(c)}
     assert rows["connect_ms_p50_maglev"].value == 2.0
 
@@ -201,6 +201,19 @@ def test_the_first_packet_pair_runs_in_turn():
         ("maglev", 3), ("chain-L3", 3), ("chain-L1", 0), ("chain", 0)]
     assert tbb.schedule(groups, 1) == [(g, 0) for g in groups]
     assert tbb.schedule(["maglev", "chain"], 3) == [("maglev", 0), ("chain", 0)]
+    assert tbb.schedule(["maglev", "chain-L3", "chain-L3-patent"], 2) == [
+        ("maglev", 1), ("chain-L3", 1), ("chain-L3-patent", 1),
+        ("maglev", 2), ("chain-L3", 2), ("chain-L3-patent", 2)]
+
+
+def test_the_patent_variant_has_its_own_first_packet_overhead_and_frame_counts():
+    c = {"maglev": samples(1.2, 3.0), "L3_N3": samples(2.0, 5.0),
+         "L3_N3_patent": {**samples(2.6, 6.0), "frames": 606}}
+    rows = {r.metric: r for r in tbb.connect_rows(c)}
+    assert rows["first_packet_overhead_ms_p50"].value == pytest.approx(0.8)
+    assert rows["first_packet_overhead_ms_p50_patent"].value == pytest.approx(1.4)
+    assert rows["chain_frames_per_conn_L3_N3_patent"].value == pytest.approx(6.0)
+    assert "chain_frames_per_conn_L3_N3" not in rows      # not measured: no row
 
 
 def test_target_lines():

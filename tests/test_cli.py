@@ -147,7 +147,7 @@ def test_view_lists_epoch_lbs_and_nfs(shell):
     _, tb, run = shell
     text = run("view")
     assert tb.calls == [("rest", "GET", "/view")]
-    assert "epoch 3  chain_len 3  mode chain  steering ports 3001,empty,3002" in text
+    assert "epoch 3  chain_len 3  mode chain (steered)  steering ports 3001,empty,3002" in text
     assert re.search(r"lb1\s+up\s+entries\s+7\s+reported epoch 3", text)
     assert re.search(r"lb2\s+joining\s+entries\s+-\s+reported epoch 2", text)
     assert re.search(r"nf2\s+draining", text)

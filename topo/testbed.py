@@ -46,6 +46,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from agents.chain import VARIANTS
+
 SWITCH = "gw"
 CLUSTER_BRIDGE = "chainlb0"    # the LB cluster network (a Linux bridge)
 DPID = "0000000000000001"
@@ -79,10 +81,12 @@ class TestbedParams:
     spare_lbs: int = 1
     chain_len: int = 3
     bw_mbit: Optional[float] = None
+    variant: str = VARIANTS[0]      # the chain protocol's variant (agents.chain.VARIANTS)
 
     LIMITS = (f"limits: clients, servers, lbs, nfs 1..{MAX_INDEX}; spare_nfs, spare_lbs "
               f"0..{MAX_INDEX} with nfs+spare_nfs and lbs+spare_lbs <= {MAX_INDEX}; "
-              f"chain_len 1..lbs; bw_mbit empty or 0 < bw_mbit <= 10000")
+              f"chain_len 1..lbs; bw_mbit empty or 0 < bw_mbit <= 10000; "
+              f"variant {' or '.join(VARIANTS)}")
 
     def validate(self) -> "TestbedParams":
         """Raise ValueError naming every bad field and the limits; return self when valid."""
@@ -108,6 +112,8 @@ class TestbedParams:
                 not isinstance(self.bw_mbit, (int, float)) or isinstance(self.bw_mbit, bool)
                 or not 0 < self.bw_mbit <= 10000):
             bad.append(f"bw_mbit={self.bw_mbit!r}")
+        if self.variant not in VARIANTS:
+            bad.append(f"variant={self.variant!r}")
         if bad:
             raise ValueError(f"bad testbed parameter(s): {', '.join(bad)} ({self.LIMITS})")
         return self
@@ -123,7 +129,9 @@ class TestbedParams:
         kwargs: Dict[str, Any] = {}
         for key, raw in values.items():
             try:
-                if key == "bw_mbit":
+                if key == "variant":
+                    kwargs[key] = str(raw).strip()
+                elif key == "bw_mbit":
                     kwargs[key] = None if raw in (None, "", "none", "None") else float(raw)
                 else:
                     kwargs[key] = int(raw)
