@@ -10,7 +10,8 @@ and dropped, which is the real break the testbed measures. Conntrack's timeouts 
 owner the LB nodes' idle timeouts are derived from too; ``start`` writes every one of them.
 
 Forward chain of table ``inet chainlb_nf`` (see :func:`ruleset`), counting before any verdict
-(that is the per-connection ground truth, accepted or not):
+(that is the per-connection ground truth, accepted or not), after the controller's health
+probes (``ryu_apps.probe``), which pass uncounted:
 
 1. every forwarded IPv4 packet but an ICMP error updates the in-kernel dynamic set ``@flows``
    (per-element counter) keyed on ``saddr . daddr . l4proto . sport . dport`` (ports 0 for
@@ -58,6 +59,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from agents.conntrack import ICMP_ERRORS, CtTimeouts, parse_timeouts
+from ryu_apps.probe import PROBE_DST, PROBE_PORT, PROBE_SRC
 
 TABLE = "chainlb_nf"
 FAMILY = "inet"
@@ -121,6 +123,7 @@ table {FAMILY} {TABLE} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
+        ip saddr {PROBE_SRC} ip daddr {PROBE_DST} udp dport {PROBE_PORT} accept
         {v4} meta l4proto {{ tcp, udp }} update @flows {{ {_KEY_PORTS} }}
         {v4} {err} {_INNER_PROTO} {{ 6, 17 }} update @related_flows {{ {_RELATED_PORTS} }}
         {v4} {err} {_INNER_PROTO} != {{ 6, 17 }} update @related_flows {{ {_RELATED_NOPORTS} }}

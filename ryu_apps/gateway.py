@@ -9,6 +9,8 @@ Started by ``python -m ryu_apps.launch`` (which calls ``configure`` first). It
 - delivers frames from LB and NF ports (chain frames, LB->NF, NF->host) by destination MAC;
 - receives agents' heartbeats (Ethertype 0x88B5 to 02:00:00:00:ff:01) as packet-ins and
   sends views to the agents as packet-outs, both authenticated by ``agents.wire``;
+- sends every NF health probes that cross it, as packet-outs, and takes them back as
+  packet-ins (``ryu_apps.probe``; the policy judges them);
 - serves a small JSON REST API (os-ken's eventlet WSGI server)::
 
     GET    /health              {"status": "ok", "switch_connected": bool, "epoch": n}
@@ -22,7 +24,8 @@ Started by ``python -m ryu_apps.launch`` (which calls ``configure`` first). It
   Mutations answer 200 with the new state; bad input 400, unknown names/paths 404, wrong
   method 405, always as ``{"error": "..."}``.
 
-Flow table (table 0): 300 heartbeats -> controller; 210 IPv4 fragments (first and later,
+Flow table (table 0): 300 heartbeats and returned NF health probes (``ryu_apps.probe``: UDP
+to the controller's MAC) -> controller; 210 IPv4 fragments (first and later,
 ``nw_frag=yes``) from an edge port -> bundle over LB ports hashing the two addresses only
 (``symmetric_l3``), so every fragment of a datagram, in either direction, reaches one LB node
 (OVS 3.1's ``symmetric_l3l4+udp`` also leaves the ports out of any fragment's hash, in either
@@ -47,7 +50,8 @@ from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
 from agents import messages, wire
 from ryu_apps.policy import (CONTROLLER_MAC, EMPTY_SLOT_PORT, AddHostRoute, DelHostRoute, Note,
-                             Policy, PolicyError, PushView, SetSteering, UnknownName)
+                             Policy, PolicyError, PushView, SendProbe, SetSteering, UnknownName)
+from ryu_apps.probe import PROBE_PORT, parse_probe, probe_frame
 
 ETH_CHAINLB = wire.ETHERTYPE
 ETH_IPV4 = 0x0800
@@ -136,12 +140,16 @@ class Gateway(app_manager.OSKenApp):
         self._flow(PRIO_MISS, parser.OFPMatch(), [])
         self._flow(PRIO_HEARTBEAT, parser.OFPMatch(eth_type=ETH_CHAINLB, eth_dst=CONTROLLER_MAC),
                    [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])
+        self._flow(PRIO_HEARTBEAT, parser.OFPMatch(eth_type=ETH_IPV4, eth_dst=CONTROLLER_MAC,
+                                                   ip_proto=17, udp_dst=PROBE_PORT),
+                   [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])
         self.apply(self.policy.start(time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _on_disconnect(self, ev):
         if ev.datapath is self.dp:
             self.dp = None
+            self.policy.switch_lost()
             self.logger.warning("switch disconnected")
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
@@ -149,6 +157,12 @@ class Gateway(app_manager.OSKenApp):
         msg = ev.msg
         data = bytes(msg.data)
         self.counters["packet_in"] += 1
+        probe = parse_probe(data)
+        if probe is not None:
+            self.counters["probes_back"] += 1
+            self.apply(self.policy.probe_reply(*probe, msg.match.get("in_port"),
+                                               time.monotonic()))
+            return
         if len(data) < 14 or int.from_bytes(data[12:14], "big") != ETH_CHAINLB:
             self.counters["dropped_other"] += 1
             return
@@ -202,6 +216,14 @@ class Gateway(app_manager.OSKenApp):
                 self._delete(PRIO_ROUTE, self.dp.ofproto_parser.OFPMatch(eth_dst=act.mac))
             elif isinstance(act, SetSteering):
                 self._set_steering(act)
+            elif isinstance(act, SendProbe):
+                ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+                frame = probe_frame(wire.mac_bytes(act.mac), wire.mac_bytes(CONTROLLER_MAC),
+                                    act.nf, act.seq)
+                self.dp.send_msg(parser.OFPPacketOut(
+                    self.dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                    actions=[parser.OFPActionOutput(act.port)], data=frame))
+                self.counters["probes_sent"] += 1
             else:
                 raise TypeError(f"unknown policy action {act!r}")
 

@@ -17,6 +17,16 @@ the connections of a member that leaves or comes up. A member whose heartbeats s
 steering and from the view; the last member is never removed that way. Every membership change bumps the epoch and
 pushes the new view to every member; the view is also re-pushed every
 ``repush_interval`` and to any agent that heartbeats an older epoch.
+
+NF health: while the switch is connected (from ``start`` until ``switch_lost``), every
+``probe_interval`` each NF that is not failed gets a probe that crosses it
+(``SendProbe``, ``ryu_apps.probe``); ``probe_reply`` records the send time of the newest
+probe it returned. An NF none of whose probes sent in the last ``nf_detect_timeout``
+returned is marked failed, as ``remove_nf`` does, and the view says so (agents purge its
+entries). The window of an NF starts when probing does (its admission, the switch's
+connection, or the end of a stall of this process: ticks ``STALL`` apart or more restart
+every window, since the replies of that time may still be queued); ``nf_detect_timeout`` 0
+turns detection off.
 """
 from __future__ import annotations
 
@@ -32,6 +42,9 @@ CONTROLLER_MAC = "02:00:00:00:ff:01"
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_PORT = 0xFFFFFF00  # OpenFlow 1.3 OFPP_MAX
+PROBE_INTERVAL = 0.1     # seconds between probes of an NF
+NF_DETECT_TIMEOUT = 0.5  # seconds without a returned probe before an NF is failed
+STALL = 0.3              # ticks this far apart: this process stalled, probe windows restart
 EMPTY_SLOT_PORT = 0xFEFF  # a steering slot with no member up (no LB may use this port)
 
 
@@ -94,12 +107,21 @@ class PushView:
 
 
 @dataclass(frozen=True)
+class SendProbe:
+    """Send health probe ``seq`` through NF ``nf`` (MAC ``mac``, switch port ``port``)."""
+    nf: str
+    mac: str
+    port: int
+    seq: int
+
+
+@dataclass(frozen=True)
 class Note:
     """Something worth logging (a timeout, a refused heartbeat, ...)."""
     text: str
 
 
-Action = Union[AddHostRoute, DelHostRoute, SetSteering, PushView, Note]
+Action = Union[AddHostRoute, DelHostRoute, SetSteering, PushView, SendProbe, Note]
 
 
 # --- members ---------------------------------------------------------------------------
@@ -124,6 +146,10 @@ class NFMember:
     mac: str
     port: int
     state: str = "active"
+    probe_from: float | None = None   # start of its probe window (None: not probing)
+    last_ok: float | None = None      # send time of the newest probe it returned
+    failed_at: float | None = None
+    detected: bool = False            # failed by its probes (not told: remove_nf)
 
 
 @dataclass(frozen=True)
@@ -170,6 +196,8 @@ class Policy:
     heartbeat_timeout: float = 0.5
     join_timeout: float = 20.0
     repush_interval: float = 1.0
+    probe_interval: float = PROBE_INTERVAL
+    nf_detect_timeout: float = NF_DETECT_TIMEOUT
     epoch: int = 1
     edges: dict[str, Edge] = field(default_factory=dict)
     lbs: dict[str, LBMember] = field(default_factory=dict)
@@ -177,6 +205,11 @@ class Policy:
     _last_push: float | None = field(default=None, init=False, repr=False)
     _steering: tuple[int, ...] | None = field(default=None, init=False, repr=False)
     _slots: list[str] = field(default_factory=list, init=False, repr=False)  # '' = free
+    _probing: bool = field(default=False, init=False, repr=False)
+    _probe_seq: int = field(default=0, init=False, repr=False)
+    _probes: dict[int, tuple[str, float]] = field(default_factory=dict, init=False, repr=False)
+    _last_probe: float | None = field(default=None, init=False, repr=False)
+    _last_tick: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.chain_len, bool) or not isinstance(self.chain_len, int) or self.chain_len < 1:
@@ -185,9 +218,17 @@ class Policy:
             raise PolicyError(f"bad mode {self.mode!r}: expected one of {', '.join(MODES)}")
         for what, value in (("heartbeat_timeout", self.heartbeat_timeout),
                             ("join_timeout", self.join_timeout),
-                            ("repush_interval", self.repush_interval)):
+                            ("repush_interval", self.repush_interval),
+                            ("probe_interval", self.probe_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise PolicyError(f"bad {what} {value!r}: expected a positive number of seconds")
+        if isinstance(self.nf_detect_timeout, bool) or \
+                not isinstance(self.nf_detect_timeout, (int, float)) or \
+                not (self.nf_detect_timeout == 0
+                     or self.nf_detect_timeout >= 2 * self.probe_interval):
+            raise PolicyError(f"bad nf_detect_timeout {self.nf_detect_timeout!r}: expected 0 "
+                              f"(off) or at least two probe intervals "
+                              f"({2 * self.probe_interval:g} s)")
 
     # -- set-up (no epoch bump: this is the initial view) --
 
@@ -196,15 +237,15 @@ class Policy:
         """Build from the gateway's config dict (see ``ryu_apps.gateway``)."""
         if not isinstance(cfg, dict):
             raise PolicyError("config must be a JSON object")
-        known = {"secret_file", "chain_len", "mode", "heartbeat_timeout", "join_timeout",
-                 "repush_interval", "edge_ports", "lbs", "nfs"}
+        tunables = ("mode", "heartbeat_timeout", "join_timeout", "repush_interval",
+                    "probe_interval", "nf_detect_timeout")
+        known = {"secret_file", "chain_len", "edge_ports", "lbs", "nfs", *tunables}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise PolicyError(f"unknown config keys {unknown}: valid keys are {sorted(known)}")
         if "chain_len" not in cfg:
             raise PolicyError("config lacks 'chain_len'")
-        kwargs = {k: cfg[k] for k in ("mode", "heartbeat_timeout", "join_timeout", "repush_interval")
-                  if k in cfg}
+        kwargs = {k: cfg[k] for k in tunables if k in cfg}
         pol = cls(chain_len=cfg["chain_len"], **kwargs)
         edges = cfg.get("edge_ports", {})
         if not isinstance(edges, dict):
@@ -241,7 +282,13 @@ class Policy:
         self._steering = None
         acts += self._steering_actions()
         acts.append(self._push_all(now))
+        self._probing = True
+        self._restart_probe_windows(now)
         return acts
+
+    def switch_lost(self) -> None:
+        """The switch disconnected: no probes cross it, so none is judged until ``start``."""
+        self._probing = False
 
     # -- NF pool --
 
@@ -264,8 +311,54 @@ class Policy:
         if nf.state == "failed":
             raise PolicyError(f"cannot remove {name}: it is already removed (failed)")
         nf.state = "failed"
+        nf.failed_at = now
         self.epoch += 1
         return [self._push_all(now)]
+
+    def probe_reply(self, nf: str, seq: int, port: int, now: float) -> list[Action]:
+        """Probe ``seq`` came back from switch port ``port``: it crossed NF ``nf``."""
+        sent = self._probes.get(seq)
+        m = self.nfs.get(nf)
+        if sent is None or sent[0] != nf or m is None or m.port != port:
+            return []                   # not a probe of ours (or of another NF, or too old)
+        if m.last_ok is None or sent[1] > m.last_ok:
+            m.last_ok = sent[1]
+        return []
+
+    def _probe_tick(self, now: float) -> list[Action]:
+        """Probes due now, and the NFs whose probes stopped returning."""
+        if not self._probing or not self.nf_detect_timeout:
+            return []
+        stalled = self._last_tick is not None and now - self._last_tick >= STALL
+        self._last_tick = now
+        if stalled:
+            self._restart_probe_windows(now)
+        acts: list[Action] = []
+        for m in self.nfs.values():
+            if m.state == "failed" or m.probe_from is None:
+                continue
+            since = max(m.probe_from, m.last_ok if m.last_ok is not None else m.probe_from)
+            if now - since > self.nf_detect_timeout:
+                m.state, m.failed_at, m.detected = "failed", now, True
+                self.epoch += 1
+                acts += [Note(f"{m.name} failed: none of its probes sent in the last "
+                              f"{now - since:.3f} s came back (limit {self.nf_detect_timeout} s)"),
+                         self._push_all(now)]
+        if self._last_probe is None or now - self._last_probe >= self.probe_interval * 0.9:
+            self._last_probe = now
+            horizon = now - 2 * self.nf_detect_timeout
+            for seq in [s for s, (_, t) in self._probes.items() if t < horizon]:
+                del self._probes[seq]
+            for m in self.nfs.values():
+                if m.state != "failed":
+                    self._probe_seq += 1
+                    self._probes[self._probe_seq] = (m.name, now)
+                    acts.append(SendProbe(m.name, m.mac, m.port, self._probe_seq))
+        return acts
+
+    def _restart_probe_windows(self, now: float) -> None:
+        for m in self.nfs.values():
+            m.probe_from = now
 
     # -- LB members --
 
@@ -316,6 +409,7 @@ class Policy:
             acts.append(Note(f"{m.name} removed: no heartbeat for {silent:.3f} s "
                              f"({m.status}, limit {limit} s)"))
             acts += self._drop_lb(m, now, tell_it=False)
+        acts += self._probe_tick(now)
         if self._last_push is None or now - self._last_push >= self.repush_interval:
             acts.append(self._push_all(now))
         return acts
@@ -352,8 +446,11 @@ class Policy:
                      "admitted_epoch": m.admitted_epoch, "reported_epoch": m.reported_epoch,
                      "entries": m.entries, "last_heartbeat_age": age(m.last_heartbeat)}
                     for m in self.lbs.values()],
-            "nfs": [{"name": n.name, "mac": n.mac, "port": n.port, "state": n.state}
+            "nfs": [{"name": n.name, "mac": n.mac, "port": n.port, "state": n.state,
+                     "failed_age": age(n.failed_at), "detected": n.detected,
+                     "last_probe_ok_age": age(n.last_ok)}
                     for n in self.nfs.values()],
+            "probe_interval": self.probe_interval, "nf_detect_timeout": self.nf_detect_timeout,
             "edges": [{"name": e.name, "mac": e.mac, "port": e.port} for e in self.edges.values()],
         }
 
@@ -377,7 +474,7 @@ class Policy:
         check_name(name, "NF")
         mac, port = check_mac(mac), check_port(port)
         self._check_free(name, mac, port)
-        self.nfs[name] = NFMember(name, mac, port)
+        self.nfs[name] = NFMember(name, mac, port, probe_from=now if self._probing else None)
 
     def _drop_lb(self, m: LBMember, now: float, tell_it: bool) -> list[Action]:
         del self.lbs[m.name]

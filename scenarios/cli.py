@@ -127,7 +127,11 @@ class TestbedCommands:
             self.say("  (none)")
         self.say("NFs:")
         for n in v["nfs"]:
-            self.say(f"  {n['name']:6s} {n['state']}")
+            how = ""
+            if n["state"] == "failed" and n.get("failed_age") is not None:
+                how = (f" ({'its probes stopped returning' if n.get('detected') else 'removed'}"
+                       f" {n['failed_age']:.1f} s ago)")
+            self.say(f"  {n['name']:6s} {n['state']}{how}")
         if not v["nfs"]:
             self.say("  (none)")
 
@@ -197,12 +201,12 @@ class TestbedCommands:
 
     @_guarded
     def do_killnf(self, line):
-        """killnf nfN: the NF stops forwarding at once (its service dies), then the
-        controller is told; its connections break."""
+        """killnf nfN: the NF stops forwarding at once (its service dies) and nobody is
+        told: the controller's probes mark it failed (see `view`); its connections break."""
         name = _one_name(line, _NF_RE, "killnf nfN", list(self.tb.nfs), "an NF")
         self.tb.kill_nf(name)
         self._event("kill_nf", name)
-        self.say(f"killed {name}")
+        self.say(f"killed {name} (silently: the controller's probes will notice)")
 
     @_guarded
     def do_killlb(self, line):

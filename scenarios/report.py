@@ -69,11 +69,11 @@ FLOW_COLUMNS = [
 ]
 
 SUMMARY_COLUMNS = [
-    "scenario", "mode", "run_id", "flows", "apps", "connections", "observed",
+    "scenario", "mode", "run_id", "variant", "flows", "apps", "connections", "observed",
     "observed_unplanned", "moved", "moved_unexpected", "moved_flows",
     "broken", "completed_pct", "pcc_pct", "throughput_bps_mean", "invalid", "dropped",
     "nf_flows", "nf_flows_by_phase", "events", "event_times", "dip_depth_pct", "dip_s", "dips",
-    "missing_dumps", "unmatched_entries", "status",
+    "nf_detect_s", "nf_detections", "missing_dumps", "unmatched_entries", "status",
 ]
 STATUS_OK = "complete"            # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
 STATUS_OK_BEFORE = ("ok",)        # what earlier versions wrote for a run that completed
@@ -681,7 +681,8 @@ def _unaccounted(flows_df: pd.DataFrame, nf_dumps) -> Any:
 def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str, Any]] = None,
                   nf_dumps: Optional[Mapping[str, Optional[Mapping]]] = None,
                   planned=None, apps=None, status: str = STATUS_OK,
-                  iperf: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+                  iperf: Optional[Mapping[str, Any]] = None,
+                  detections: Optional[Mapping[str, Optional[float]]] = None) -> pd.DataFrame:
     """One row per run (columns SUMMARY_COLUMNS); ``status``: ``complete``, or how the run did not
     finish (``failed: ...``, ``interrupted``): such a run is left out of a set's statistics.
 
@@ -760,6 +761,11 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
                                                  f"({d['flows']} flows)" if d["flows"] and
                                                  not math.isnan(d["depth_pct"]) else "-")
                            for d in dips),
+        "nf_detect_s": max((s for s in (detections or {}).values() if s is not None),
+                           default=math.nan),
+        "nf_detections": ";".join(f"{nf}:" + (f"{s:g}" if s is not None else "not detected")
+                                  for nf, s in sorted((detections or {}).items(),
+                                                      key=lambda kv: nf_sort_key(kv[0]))),
         "missing_dumps": ";".join(sorted((n for n, d in dumps.items() if not d),
                                          key=nf_sort_key)),
         "unmatched_entries": _unaccounted(flows_df, dumps) if nf_dumps is not None else pd.NA,
@@ -824,6 +830,9 @@ def format_summary(summary_df: pd.DataFrame) -> str:
             lines.append(f"  connections: {r.connections}, {r.observed} seen at an NF, "
                          f"{int(unplanned)} of no planned flow or app"
                          + (f"; app connections: {int(apps)}" if _num(apps) else ""))
+        detected = getattr(r, "nf_detections", None)
+        if isinstance(detected, str) and detected:
+            lines.append(f"  NFs killed, detected failed after (s): {detected}")
         if isinstance(r.missing_dumps, str) and r.missing_dumps:
             lines.append(f"  missing NF dumps: {r.missing_dumps}")
     return "\n".join(lines)

@@ -136,6 +136,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
                 log(f"scenario failed: {e}; opening the CLI")
                 run_cli(tb, run_dir, traffic)
         load.stop()                       # generators past the end record what they have
+        detections = _detections(tb, log)
         dumps = {nf: tb.nf_dumps[nf] if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         _write_timeline(run_dir, timeline)
     iperf = traffic.results()
@@ -151,7 +152,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
               if isinstance(failure, KeyboardInterrupt) else f"failed: {failure}")
     summary = report.build_summary(flows_df, events_done, meta, dumps, traffic.records(),
                                    apps=outcomes, iperf=iperf,
-                                   status=status)
+                                   status=status, detections=detections)
     report.write_results(run_dir, flows_df, summary)
     from scenarios.compare import plot_run
     plot_run(run_dir, log)
@@ -163,6 +164,21 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
         failure.run_dir = run_dir         # its results are written: a set still lists it
         raise failure
     return run_dir
+
+
+def _detections(tb: Testbed, log) -> dict:
+    """Per NF killed, how long the controller took to mark it failed (None: it did not)."""
+    if not tb.killed_nfs:
+        return {}
+    try:
+        found = tb.nf_detections()
+    except TestbedFailure as e:
+        log(f"   warning: cannot read the NFs' detection times: {e}")
+        return dict.fromkeys(tb.killed_nfs)
+    for nf, s in found.items():
+        log(f"   {nf}: " + (f"detected failed {s:.3f} s after it stopped forwarding"
+                            if s is not None else "NOT detected failed"))
+    return found
 
 
 def _sample(tb: Testbed, now: float) -> dict:

@@ -197,6 +197,7 @@ class Testbed:
         self.nfs: list[str] = []
         self.lbs: list[str] = []
         self.nf_dumps: dict[str, dict | None] = {}    # taken before an NF is killed
+        self.killed_nfs: dict[str, float] = {}        # NF -> when it stopped forwarding
         self.own_lock = lock is None          # a caller holding the lock passes it in
         self.lock = lock or Lock()
         self.t0 = time.monotonic()
@@ -397,10 +398,27 @@ class Testbed:
         self.rest("DELETE", f"/nfs/{name}")
 
     def kill_nf(self, name: str) -> None:
-        """The NF stops forwarding at once (its service dies), then the controller is told."""
+        """The NF stops forwarding at once (its service dies), and nobody is told: the
+        controller's probes find out (``ryu_apps.policy``)."""
+        if name not in self.nfs:
+            raise TestbedFailure(f"no NF {name!r} (NFs: {', '.join(self.nfs)})")
         self.nf_dumps[name] = self.dump_nf(name)
+        killed = time.time()
+        host_checked(self.net[name], ["sysctl", "-qw", "net.ipv4.ip_forward=0"],
+                     f"stopping NF {name}")
+        self.killed_nfs[name] = killed
         host_checked(self.net[name], [PY, "-m", "agents.nf", "stop"], f"stopping NF {name}")
-        self.rest("DELETE", f"/nfs/{name}")
+
+    def nf_detections(self) -> dict[str, float | None]:
+        """Per NF killed: seconds from its death to the controller's marking it failed
+        (None: not marked yet)."""
+        now = time.time()
+        nfs = {n["name"]: n for n in self.rest("GET", "/view")["nfs"]}
+        out = {}
+        for name, killed in self.killed_nfs.items():
+            age = (nfs.get(name) or {}).get("failed_age")
+            out[name] = None if age is None else round(now - age - killed, 3)
+        return out
 
     def kill_lb(self, name: str) -> None:
         """SIGKILL the agent; the controller notices by missed heartbeats."""

@@ -294,13 +294,13 @@ def _command(child, line: str, timeout: float = 60) -> str:
     return _prompt(child, timeout)
 
 
-def _poll_command(child, line: str, pattern: str, timeout: float) -> str:
+def _poll_command(child, line: str, pattern: str, timeout: float, every: float = 1.0) -> str:
     deadline = time.monotonic() + timeout
     while True:
         out = _command(child, line)
         if re.search(pattern, out) or time.monotonic() > deadline:
             return out
-        time.sleep(1)
+        time.sleep(every)
 
 
 def _our_processes(run_dir: Path) -> list[str]:
@@ -403,6 +403,17 @@ def test_make_cli_session_and_nothing_left_behind(tmp_path):
         summary = pd.read_csv(run_dir / "summary.csv").iloc[0]
         assert (summary["scenario"], summary["flows"], summary["moved"]) == ("cli", 3, 0)
         assert "add_nf(nf4)" in summary["events"]
+
+        # an NF host turns its forwarding off, telling nobody: the controller's probes mark
+        # it failed within the bound (0.5 s, and the CLI's round trips), and only it
+        started = time.monotonic()
+        _command(child, "nf2 sysctl -qw net.ipv4.ip_forward=0")
+        out = _poll_command(child, "view", r"nf2\s+failed", 10, every=0.05)
+        took = time.monotonic() - started
+        assert re.search(r"nf2\s+failed \(its probes stopped returning", out), out
+        assert took < 1.5, (took, out)
+        assert re.search(r"nf1\s+active", out) and re.search(r"nf3\s+active", out), out
+        assert re.search(r"nf4\s+active", out), out
 
         child.sendline("exit")
         child.expect(pexpect.EOF, timeout=90)

@@ -217,7 +217,7 @@ def test_rest_api_without_switch(tmp_path):
             ("lb1", "joining", None), ("lb2", "joining", None)]
         nf = {"name": "nf2", "mac": "02:00:00:00:04:02", "port": 12}
         st, v = rest("POST", "/nfs", nf, port=port)
-        assert st == 200 and v["epoch"] == 2 and v["nfs"][1] == dict(nf, state="active")
+        assert st == 200 and v["epoch"] == 2 and {k: v["nfs"][1][k] for k in (*nf, "state")} == dict(nf, state="active")
         assert rest("POST", "/nfs/nf2/drain", port=port)[1]["nfs"][1]["state"] == "draining"
         assert rest("DELETE", "/nfs/nf2", port=port)[1]["nfs"][1]["state"] == "failed"
         lb = {"name": "lb3", "mac": "02:00:00:00:03:03", "port": 13,
@@ -277,6 +277,7 @@ def testbed(tmp_path_factory):
     secret = tmp / "secret"
     write_secret(secret)
     cfg = {"secret_file": str(secret), "chain_len": 2, "mode": "chain", "heartbeat_timeout": 0.5,
+           "nf_detect_timeout": 0,         # nf1 here is a bare host: it forwards nothing
            "edge_ports": {h: {"mac": HOSTS[h][0], "port": HOSTS[h][2]} for h in ("c1", "c2", "s1")},
            "lbs": [{"name": h, "mac": HOSTS[h][0], "port": HOSTS[h][2]} for h in ("lb1", "lb2")],
            "nfs": [{"name": "nf1", "mac": HOSTS["nf1"][0], "port": HOSTS["nf1"][2]}]}

@@ -85,7 +85,7 @@ def test_ruleset_has_the_required_rules():
                    'counter name "dropped" drop', "size 1000", "update @flows"):
         assert needle in text
     # counting comes before any verdict
-    assert text.index("update @flows") < text.index("accept")
+    assert text.index("update @flows") < text.index("ct state established,related accept")
     with pytest.raises(nf.NFError):
         nf.ruleset(0)
 
@@ -148,7 +148,7 @@ def test_ruleset_counts_icmp_errors_by_inner_header_not_in_flows():
         "meta nfproto ipv4 icmp type != { destination-unreachable, source-quench, redirect, "
         "time-exceeded, parameter-problem } update @flows "
         "{ ip saddr . ip daddr . meta l4proto . 0 . 0 }"]
-    assert text.index("update @related_flows") < text.index("accept")
+    assert text.index("update @related_flows") < text.index("ct state established,related accept")
     assert "update @invalid_flows" not in text.split(errors + " @th,136,8 != { 6, 17 }")[0]
 
 

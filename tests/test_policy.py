@@ -15,6 +15,7 @@ def config(n_lb=3, n_nf=2, **over):
     cfg = {
         "secret_file": "/run/chainlb/secret", "chain_len": 2, "mode": "chain",
         "heartbeat_timeout": 0.5,
+        "nf_detect_timeout": 0,        # NF probes: tested on their own (below)
         "edge_ports": {"c1": {"mac": mac(1, 1), "port": 1}, "c2": {"mac": mac(1, 2), "port": 2},
                        "s1": {"mac": mac(2, 1), "port": 3}},
         "lbs": [{"name": f"lb{i}", "mac": mac(3, i), "port": 10 + i} for i in range(1, n_lb + 1)],
@@ -254,7 +255,8 @@ def test_heartbeat_records_state_for_the_view(pol):
                    "last_heartbeat_age": 0.3}
     assert st_["lbs"][1]["last_heartbeat_age"] is None
     assert st_["steering"] == [11]
-    assert st_["nfs"][0] == {"name": "nf1", "mac": mac(4, 1), "port": 21, "state": "active"}
+    assert st_["nfs"][0] == {"name": "nf1", "mac": mac(4, 1), "port": 21, "state": "active",
+                             "failed_age": None, "detected": False, "last_probe_ok_age": None}
     assert {e["name"] for e in st_["edges"]} == {"c1", "c2", "s1"}
 
 
@@ -416,3 +418,166 @@ def test_a_node_admitted_again_under_its_name_has_a_later_since(pol):
     again = {i.name: i.since for i in pol.view().lbs}
     assert again["lb3"] > first["lb3"]
     assert again["lb1"] == first["lb1"] and again["lb2"] == first["lb2"]
+
+
+# --- NF health probes ---------------------------------------------------------------------
+
+from ryu_apps.policy import NF_DETECT_TIMEOUT, PROBE_INTERVAL, SendProbe  # noqa: E402
+
+
+def probing(**over):
+    pol = Policy.from_config(config(nf_detect_timeout=NF_DETECT_TIMEOUT, **over), now=0.0)
+    pol.start(0.0)
+    up_all(pol)
+    return pol
+
+
+def run_probes(pol, until, answers, t=0.0, step=PROBE_INTERVAL, delay=0.01):
+    """Tick every ``step`` to ``until``; NF n returns a probe when ``answers(n, sent)``, after
+    ``delay``. Returns (t, every action)."""
+    acts, due = [], []
+    while t < until - 1e-9:
+        t = round(t + step, 6)
+        for when, probe in [d for d in due if d[0] <= t]:
+            due.remove((when, probe))
+            pol.probe_reply(probe.nf, probe.seq, probe.port, when)
+        up_all(pol, t)
+        out = pol.tick(t)
+        acts += out
+        due += [(t + delay, p) for p in of(out, SendProbe) if answers(p.nf, t)]
+    return t, acts
+
+
+def test_no_probes_before_the_switch_connects():
+    pol = Policy.from_config(config(nf_detect_timeout=NF_DETECT_TIMEOUT), now=0.0)
+    assert not of(pol.tick(5.0), SendProbe)
+    assert all(n.state == "active" for n in pol.nfs.values())
+
+
+def test_every_nf_is_probed_every_interval_and_answering_ones_stay_active():
+    pol = probing()
+    _, acts = run_probes(pol, 10.0, lambda nf, t: True)
+    sent = of(acts, SendProbe)
+    assert {p.nf for p in sent} == {"nf1", "nf2"}
+    assert 95 <= sum(p.nf == "nf1" for p in sent) <= 101
+    assert len({p.seq for p in sent}) == len(sent)
+    assert (sent[0].mac, sent[0].port) == (mac(4, 1), 21)
+    assert all(n.state == "active" for n in pol.nfs.values()) and pol.epoch == 1
+
+
+def test_an_nf_that_stops_forwarding_is_failed_within_the_bound():
+    pol = probing()
+    stop = 3.0
+    t, acts = run_probes(pol, 6.0, lambda nf, t: nf != "nf2" or t < stop)
+    nf2 = pol.nfs["nf2"]
+    assert nf2.state == "failed" and nf2.detected and pol.nfs["nf1"].state == "active"
+    # the last probe that came back was sent just before the stop, and the NF failed one
+    # timeout later (to the next tick)
+    assert stop - PROBE_INTERVAL <= nf2.last_ok < stop
+    assert NF_DETECT_TIMEOUT < nf2.failed_at - nf2.last_ok <= NF_DETECT_TIMEOUT + PROBE_INTERVAL + 1e-6
+    pushes = [a for a in acts if isinstance(a, PushView)
+              and any(n.name == "nf2" and n.state == "failed" for n in a.view.nfs)]
+    assert pushes and pushes[0].view.epoch == 2
+    assert any("nf2 failed" in a.text for a in of(acts, Note))
+    # a failed NF is not probed any more
+    assert not [p for p in of(run_probes(pol, 7.0, lambda nf, t: True, t=t)[1], SendProbe)
+                if p.nf == "nf2"]
+    st_ = pol.state(7.0)["nfs"][1]
+    assert st_["detected"] and st_["failed_age"] == pytest.approx(7.0 - nf2.failed_at)
+
+
+def test_late_replies_within_the_timeout_never_fail_an_nf():
+    pol = probing()
+    run_probes(pol, 20.0, lambda nf, t: True, delay=NF_DETECT_TIMEOUT - 2 * PROBE_INTERVAL)
+    assert all(n.state == "active" for n in pol.nfs.values())
+
+
+def test_replies_of_another_port_or_nf_or_unknown_seq_do_not_count():
+    pol = probing()
+    t, acts = 0.0, []
+    while t < 2.0:
+        t = round(t + PROBE_INTERVAL, 6)
+        for p in of(pol.tick(t), SendProbe):
+            if p.nf == "nf2":
+                pol.probe_reply("nf2", p.seq, 99, t)          # wrong port
+                pol.probe_reply("nf1", p.seq, 21, t)          # another NF's probe
+                pol.probe_reply("nf2", p.seq + 1000, 22, t)   # never sent
+            else:
+                pol.probe_reply(p.nf, p.seq, p.port, t)
+    assert pol.nfs["nf2"].state == "failed" and pol.nfs["nf1"].state == "active"
+
+
+def test_a_stall_of_the_controller_restarts_the_windows_instead_of_failing():
+    pol = probing()
+    t, _ = run_probes(pol, 1.0, lambda nf, t: True)
+    pol.tick(t + 2.0)                    # nothing ticked for 2 s (replies may be queued)
+    assert all(n.state == "active" for n in pol.nfs.values())
+    run_probes(pol, t + 4.0, lambda nf, t: True, t=t + 2.0)
+    assert all(n.state == "active" for n in pol.nfs.values())
+
+
+def test_no_judgement_while_the_switch_is_disconnected():
+    pol = probing()
+    t, _ = run_probes(pol, 1.0, lambda nf, t: True)
+    pol.switch_lost()
+    _, acts = run_probes(pol, 5.0, lambda nf, t: False, t=t)
+    assert not of(acts, SendProbe) and all(n.state == "active" for n in pol.nfs.values())
+    pol.start(5.0)                       # reconnected: a fresh window, then judged again
+    _, acts = run_probes(pol, 5.0 + NF_DETECT_TIMEOUT - PROBE_INTERVAL, lambda nf, t: False, t=5.0)
+    assert all(n.state == "active" for n in pol.nfs.values())
+    run_probes(pol, 7.0, lambda nf, t: False, t=5.0 + NF_DETECT_TIMEOUT - PROBE_INTERVAL)
+    assert all(n.state == "failed" for n in pol.nfs.values())
+
+
+def test_an_nf_added_later_is_probed_from_its_admission():
+    pol = probing()
+    t, _ = run_probes(pol, 2.0, lambda nf, t: True)
+    pol.add_nf("nf3", mac(4, 3), 23, now=t)
+    _, acts = run_probes(pol, t + NF_DETECT_TIMEOUT - PROBE_INTERVAL,
+                         lambda nf, t: nf != "nf3", t=t)
+    assert pol.nfs["nf3"].state == "active" and any(p.nf == "nf3" for p in of(acts, SendProbe))
+    run_probes(pol, t + 2.0, lambda nf, t: nf != "nf3", t=t + NF_DETECT_TIMEOUT - PROBE_INTERVAL)
+    assert pol.nfs["nf3"].state == "failed"
+
+
+def test_detection_can_be_turned_off_and_bad_timeouts_are_refused():
+    pol = Policy.from_config(config(nf_detect_timeout=0), now=0.0)
+    pol.start(0.0)
+    assert not of(pol.tick(1.0), SendProbe)
+    with pytest.raises(PolicyError, match="nf_detect_timeout"):
+        Policy.from_config(config(nf_detect_timeout=0.1), now=0.0)
+    with pytest.raises(PolicyError, match="probe_interval"):
+        Policy.from_config(config(probe_interval=0), now=0.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.floats(0.02, 0.25), min_size=10, max_size=80),
+       delays=st.lists(st.floats(0.0, 0.6), min_size=1, max_size=80),
+       stop=st.one_of(st.none(), st.floats(0.0, 8.0)))
+def test_probe_detection_is_exact(steps, delays, stop):
+    """Whatever the tick spacing and reply delays: nf1 (whose probes sent before ``stop``
+    return, each after its delay) is failed exactly when none of its probes sent in the last
+    timeout has returned in a window with no stall; never while one has."""
+    pol = probing(n_nf=1)
+    t, due, returned, window = 0.0, [], [], 0.0
+    last_tick = 0.0
+    for i, step in enumerate(steps):
+        t = round(t + step, 6)
+        for d in [d for d in due if d[0] <= t]:
+            due.remove(d)
+            when, p, sent = d
+            pol.probe_reply(p.nf, p.seq, p.port, when)
+            if sent >= t - 2 * NF_DETECT_TIMEOUT:       # (older ones the policy forgot)
+                returned.append(sent)
+        if t - last_tick >= 0.3:
+            window = t
+        last_tick = t
+        was = pol.nfs["nf1"].state
+        newest = max([s for s in returned], default=None)
+        expect_fail = was != "failed" and t - max(window, newest if newest is not None
+                                                  else window) > NF_DETECT_TIMEOUT
+        out = pol.tick(t)
+        assert (pol.nfs["nf1"].state == "failed") == (was == "failed" or expect_fail)
+        for p in of(out, SendProbe):
+            if stop is None or t < stop:
+                due.append((t + delays[i % len(delays)], p, t))

@@ -112,6 +112,14 @@ def test_arp_entries_skip_self():
         ("10.0.4.1", "02:00:00:00:04:01"), ("10.0.2.2", "02:00:00:00:02:02")]
 
 
+def test_nf_hosts_send_health_probes_back_to_the_controller():
+    from ryu_apps.policy import CONTROLLER_MAC
+    from ryu_apps.probe import PROBE_DST
+    assert tb.arp_entries("nf2", ["c1"]) == [("10.0.1.1", "02:00:00:00:01:01"),
+                                             (PROBE_DST, CONTROLLER_MAC)]
+    assert (PROBE_DST, CONTROLLER_MAC) not in tb.arp_entries("lb1", ["c1"])
+
+
 # --- the Mininet Topo (graph only) -------------------------------------------------------
 
 def test_topo_has_initial_hosts_one_switch_and_fixed_ports():

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from agents.chain import VARIANTS
+from ryu_apps.policy import CONTROLLER_MAC
+from ryu_apps.probe import PROBE_DST
 
 SWITCH = "gw"
 CLUSTER_BRIDGE = "chainlb0"    # the LB cluster network (a Linux bridge)
@@ -271,8 +273,12 @@ def next_free_name(existing: Iterable[str], kind: str) -> str:
 
 
 def arp_entries(name: str, others: Iterable[str]) -> List[Tuple[str, str]]:
-    """(ip, mac) entries that host ``name`` needs for ``others``."""
-    return [(ip_of(o), mac_of(o)) for o in others if o != name]
+    """(ip, mac) entries that host ``name`` needs for ``others``; an NF host also maps the
+    health probes' destination to the controller (``ryu_apps.probe``)."""
+    out = [(ip_of(o), mac_of(o)) for o in others if o != name]
+    if kind_of(name) == "nf":
+        out.append((PROBE_DST, CONTROLLER_MAC))
+    return out
 
 
 def link_opts(name: str, params: TestbedParams) -> Dict[str, Any]:
