@@ -463,6 +463,26 @@ def setup_rate(s: Session) -> list[Row]:
     return rows
 
 
+def nf_detect(s: Session, timeout: float = 5.0) -> list[Row]:
+    """Connections from c1 at 50/s while the NF added last stops forwarding, telling nobody:
+    seconds until the controller's probes mark it failed (``Testbed.nf_detections``), and
+    the NFs marked failed that were not killed (false detections, under the bench's load so
+    far)."""
+    victim = s.tb.nfs[-1]
+    dsts = [f"--dst={ip_of('s1')}:{port}" for port in SERVER_PORTS]
+    started = s.start("c1", ["bench.traffic", "rate", *dsts, "--rate", "50", "--duration", "4",
+                             "--timeout", "2"], "rate-nf-detect")
+    time.sleep(1.5)
+    s.tb.kill_nf(victim)
+    found = wait_for(f"the controller to mark {victim} failed",
+                     lambda: s.tb.nf_detections()[victim], timeout, 0.05)
+    s.finish(started, 40)
+    failed = {n["name"] for n in s.tb.rest("GET", "/view")["nfs"] if n["state"] == "failed"}
+    s.log(f"   {victim} detected failed {found:.3f} s after it stopped forwarding")
+    return [Row("nf_detect_s", found, "s"),
+            Row("nf_false_detections", len(failed - set(s.tb.killed_nfs)), "NFs")]
+
+
 def nf_add(s: Session) -> list[Row]:
     """Connections from c1 at 50/s; an NF is added meanwhile. The figure runs from the
     controller's answer to the add until the first connection through the new NF was
@@ -676,6 +696,7 @@ def chain_group(s: Session, res: Results) -> None:
     res.rows.append(Row("max_throughput", unpaced / 1e6, "Mbit/s", "direct path",
                         unpaced_direct / 1e6))
     res.rows += nf_add(s)
+    res.rows += nf_detect(s)
     res.rows += lb_kill(s, "lb2")
     res.rows += setup_rate(s)          # last: it may overload the cluster
     for started in servers:
@@ -827,6 +848,8 @@ TARGETS = {   # metric -> (test on the row, text)
     "datapath_pps": (lambda r: r.ratio is not None and r.ratio >= 0.60, "ratio >= 0.60"),
     "first_packet_overhead_ms_p50": (lambda r: r.value <= 1.0, "<= 1 ms"),
     "lb_kill_restore_s": (lambda r: r.value < 1.5, "< 1.5 s"),
+    "nf_detect_s": (lambda r: r.value < 1.0, "< 1 s"),
+    "nf_false_detections": (lambda r: r.value == 0, "0"),
     "entries_held": (lambda r: r.value >= 100_000, ">= 100,000"),
     "e2e_throughput": (lambda r: r.ratio is not None and r.ratio >= 0.9, "ratio >= 0.9"),
     "max_arrival_cps": (lambda r: r.value >= 300, ">= 300/s"),

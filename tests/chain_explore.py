@@ -45,9 +45,13 @@ agent model and a network. A step is one ``Choice`` (a tuple):
   As ``Datapath.view`` does: ``set_view``, then ``purge_nf(nf)`` for each newly failed NF, then
   every lookup still pending there is proposed anew through ``lookup`` (no packet).
 
-Views are ``View(epoch, members, chain_len, steering)`` with the gateway slots as
-``ryu_apps.policy.take_slot`` keeps them (a member keeps its slot, a leaver's slot empties, a
-joiner takes the first empty one), as in ``chainsim.Sim._view``.
+Views are ``View(epoch, members, chain_len, steering, since, variant)`` with the gateway
+slots as ``ryu_apps.policy.take_slot`` keeps them (a member keeps its slot, a leaver's slot
+empties, a joiner takes the first empty one), as in ``chainsim.Sim._view``, and the protocol
+variant ``cfg.variant`` (``agents.chain.VARIANTS``; ``with_variant``): every configuration
+runs under either. A configuration's placement constraints name chains, which ``pick_keys``
+satisfies under the variant's placement (gateway slots, or the ``patent`` ring), so a key
+keeps its roles (who heads, who is the tail, who asks from outside the chain) in both.
 
 Before the first choice every node starts (``tick``) and the start-up ``SyncDone``s and acks
 are delivered in order: exploration starts from a synced, quiet cluster.
@@ -236,6 +240,7 @@ class Config:
                                   # newest view and is synced (at most one loss at a time)
     heal_time: float = 40.0
     stress_depth: int = 60
+    variant: str = "steered"      # the protocol variant of every view (agents.chain.VARIANTS)
 
 
 _VIEW_EVENTS = ("remove", "join", "readmit", "fail")     # ("crash", "restart": no view)
@@ -268,14 +273,14 @@ _KEY_CACHE: dict = {}
 
 def pick_keys(cfg: Config) -> list[bytes]:
     """Keys satisfying ``cfg.keys``' placement constraints (distinct, deterministic)."""
-    ck = (cfg.members, cfg.chain_len, cfg.keys, cfg.events)
+    ck = (cfg.members, cfg.chain_len, cfg.keys, cfg.events, cfg.variant)
     if ck in _KEY_CACHE:
         return _KEY_CACHE[ck]
     slots: list[str] = []
     views = []
     for i, members in enumerate(planned_views(cfg)):
         slots = _next_slots(slots, members)
-        views.append(View(i + 1, members, cfg.chain_len, tuple(slots)))
+        views.append(View(i + 1, members, cfg.chain_len, tuple(slots), variant=cfg.variant))
     out: list[bytes] = []
     for cons in cfg.keys:
         for k in CANDIDATE_KEYS:
@@ -390,7 +395,7 @@ class World:
         epoch = len(self.views) + 1
         self.since = {m: self.since.get(m, epoch) for m in members}
         view = View(epoch, members, self.cfg.chain_len, tuple(self.slots),
-                    tuple(self.since[m] for m in members))
+                    tuple(self.since[m] for m in members), variant=self.cfg.variant)
         self.views.append((view, failed))
         return view
 
@@ -1675,6 +1680,17 @@ BUDGETS = ((0, 0, 0, 1), (1, 0, 0, 1), (0, 1, 0, 1), (0, 0, 1, 1), (0, 0, 0, 2),
            (1, 1, 1, 2), (2, 0, 0, 3))
 
 
+def with_variant(cfg: Config, variant: str) -> Config:
+    """``cfg`` under protocol ``variant`` (named ``name@variant`` unless the default)."""
+    if variant not in chain_mod.VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(chain_mod.VARIANTS)}")
+    if variant == cfg.variant:
+        return cfg
+    base = cfg.name.split("@", 1)[0]
+    name = base if variant == chain_mod.VARIANTS[0] else f"{base}@{variant}"
+    return dataclasses.replace(cfg, name=name, variant=variant)
+
+
 def with_budget(cfg: Config, budget) -> Config:
     """``cfg`` with at least these (drops, dups, delays, ticks) budgets."""
     dr, du, de, ti = budget
@@ -1741,6 +1757,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stress", action="store_true", help="randomized stress instead")
     ap.add_argument("--seeds", type=int, default=10 ** 9)
     ap.add_argument("--engine", default="", help="a mutant name, or git:REV for a past engine")
+    ap.add_argument("--variant", default=chain_mod.VARIANTS[0], choices=chain_mod.VARIANTS,
+                    help="the protocol variant of every view")
     args = ap.parse_args(argv)
     engine = chain_mod.ChainNode
     if args.engine.startswith("git:"):
@@ -1751,7 +1769,8 @@ def main(argv=None) -> int:
     names = args.configs or list(pool)
     bad = 0
     for name in names:
-        cfg = pool.get(name) or CONFIGS.get(name) or STRESS_CONFIGS[name]
+        cfg = with_variant(pool.get(name) or CONFIGS.get(name) or STRESS_CONFIGS[name],
+                           args.variant)
         if args.stress:
             found, stats = stress(cfg, range(args.seeds), seconds=args.seconds, engine=engine)
         else:

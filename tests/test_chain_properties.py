@@ -1,18 +1,25 @@
 """Property tests of the chain engine over random schedules in the simulated network.
 
 Each schedule mixes lookups (two nodes proposing different NFs for one key), deletes,
-frame loss, duplication, reordering, a crash, a join and staggered view delivery.
+frame loss, duplication, reordering, a crash, a join and staggered view delivery. Every
+property runs under each protocol variant (``agents.chain.VARIANTS``); the ``patent`` copies
+run ``PATENT_EXAMPLES`` schedules (half of ``EXAMPLES`` by default: their paths are the same
+code but for placement and the insert's start).
 """
 from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from agents.chain import VARIANTS
 from chainsim import Fault, Sim, rider
 
 EXAMPLES = int(os.environ.get("CHAIN_PROPERTY_EXAMPLES", "1500"))
+# schedules per variant: the default (steered) gets EXAMPLES, the others half of it (CI time)
+VARIANT_EXAMPLES = {v: EXAMPLES if v == VARIANTS[0] else max(1, EXAMPLES // 2) for v in VARIANTS}
 NAMES = ["n1", "n2", "n3", "n4", "n5"]
 
 
@@ -62,8 +69,9 @@ def _strict_prefix_check(sim: Sim) -> None:
                     f"its predecessor {pred} (v{p.version(key)})")
 
 
-def run_schedule(spec) -> Sim:
-    sim = Sim(spec["members"], spec["chain_len"], seed=spec["seed"], fault=spec["fault"])
+def run_schedule(spec, variant: str = VARIANTS[0]) -> Sim:
+    sim = Sim(spec["members"], spec["chain_len"], seed=spec["seed"], fault=spec["fault"],
+              variant=variant)
     sim.checks.append(_strict_prefix_check)
     rng = sim.rng
     keys = [bytes([6, i]) + b"k" * 11 for i in range(spec["keys"])]
@@ -94,12 +102,8 @@ WRITE_AND_SYNC_LOST_WITH_THEIR_SENDER = {
     "crash": ("n2", 1.5), "join": 1.0, "keys": 10, "deletes": 2}
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(schedules())
-@example(WRITE_AND_SYNC_LOST_WITH_THEIR_SENDER)
-def test_chain_protocol_invariants(spec):
-    sim = run_schedule(spec)
+def check_invariants(spec, variant: str) -> None:
+    sim = run_schedule(spec, variant)
 
     # 1. at most one NF is ever decided per live key, across all nodes (a lookup still
     #    pending when its connection is deleted gets a fresh entry: a new generation)
@@ -143,3 +147,24 @@ def test_chain_protocol_invariants(spec):
         node = sim.nodes[m]
         assert node.synced and not node.uncommitted(), (m, node.uncommitted())
         assert node.live == sum(1 for r in node.store.values() if r.nf), m
+
+
+def _invariants(variant: str):
+    """The hypothesis test of ``check_invariants`` under ``variant`` (its own budget)."""
+    @settings(max_examples=VARIANT_EXAMPLES[variant], deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(schedules())
+    @example(WRITE_AND_SYNC_LOST_WITH_THEIR_SENDER)
+    def invariants(spec):
+        check_invariants(spec, variant)
+    return invariants
+
+
+_INVARIANTS = {v: _invariants(v) for v in VARIANTS}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chain_protocol_invariants(variant):
+    """Agreement, released packets forwarded, liveness, replication after reconfiguration
+    and settling (``check_invariants``), over random schedules (``schedules``)."""
+    _INVARIANTS[variant]()
