@@ -49,8 +49,10 @@ from os_ken.lib import hub
 from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
 from agents import messages, wire
+from ryu_apps import store
 from ryu_apps.policy import (CONTROLLER_MAC, EMPTY_SLOT_PORT, AddHostRoute, DelHostRoute, Note,
-                             Policy, PolicyError, PushView, SendProbe, SetSteering, UnknownName)
+                             Policy, PolicyError, PushView, SendProbe, SetSteering, UnknownName,
+                             tunables_of)
 from ryu_apps.probe import PROBE_PORT, parse_probe, probe_frame
 
 ETH_CHAINLB = wire.ETHERTYPE
@@ -100,10 +102,13 @@ def steering_flows(edge_ports, lb_ports) -> list[SteeringFlow]:
     return flows
 
 
-def configure(cfg: dict, secret: bytes, rest_host: str = "127.0.0.1", rest_port: int = 8080) -> None:
-    """Hand the app its config before os-ken instantiates it (see ``ryu_apps.launch``)."""
+def configure(cfg: dict, secret: bytes, rest_host: str = "127.0.0.1", rest_port: int = 8080,
+              state_path: str | None = None, snapshot: dict | None = None) -> None:
+    """Hand the app its config before os-ken instantiates it (see ``ryu_apps.launch``):
+    ``state_path`` keeps the view durable; ``snapshot`` (read from it) is resumed from."""
     global _SETTINGS
-    _SETTINGS = {"cfg": cfg, "secret": secret, "rest_host": rest_host, "rest_port": rest_port}
+    _SETTINGS = {"cfg": cfg, "secret": secret, "rest_host": rest_host, "rest_port": rest_port,
+                 "state_path": state_path, "snapshot": snapshot}
 
 
 class Gateway(app_manager.OSKenApp):
@@ -114,7 +119,15 @@ class Gateway(app_manager.OSKenApp):
         if _SETTINGS is None:
             raise RuntimeError("ryu_apps.gateway needs configure(); start it with python -m ryu_apps.launch")
         self.secret = _SETTINGS["secret"]
-        self.policy = Policy.from_config(_SETTINGS["cfg"], now=time.monotonic())
+        cfg, snap = _SETTINGS["cfg"], _SETTINGS["snapshot"]
+        self.state_path = _SETTINGS["state_path"]
+        # resumed: the switch keeps the flows it has until they are written again (a
+        # fresh start clears them first)
+        self.resumed = snap is not None
+        self.policy = (Policy.restore(snap, time.monotonic(), **tunables_of(cfg)) if snap
+                       else Policy.from_config(cfg, now=time.monotonic()))
+        self._saved: dict | None = None
+        self._persist()
         self.dp = None
         self.counters: Counter = Counter()
         self.rest = RestApp(self)
@@ -135,8 +148,12 @@ class Gateway(app_manager.OSKenApp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         self.dp = dp
         self.logger.info("switch %016x connected", dp.id)
-        dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
+        if not self.resumed:
+            dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                          out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
+        # from now on the switch holds this controller's flows: a reconnect rewrites them in
+        # place (each flow replaces its own), so traffic never meets an empty table
+        self.resumed = True
         self._flow(PRIO_MISS, parser.OFPMatch(), [])
         self._flow(PRIO_HEARTBEAT, parser.OFPMatch(eth_type=ETH_CHAINLB, eth_dst=CONTROLLER_MAC),
                    [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])
@@ -200,7 +217,17 @@ class Gateway(app_manager.OSKenApp):
 
     # --- policy actions -> switch ---
 
+    def _persist(self) -> None:
+        """Save the policy's durable state if it changed (before its actions run)."""
+        if not self.state_path:
+            return
+        snap = self.policy.snapshot()
+        if snap != self._saved:
+            store.save(self.state_path, snap)
+            self._saved = snap
+
     def apply(self, actions) -> None:
+        self._persist()
         for act in actions:
             if isinstance(act, Note):
                 self.logger.info("%s", act.text)

@@ -11,8 +11,14 @@ The config file is JSON::
      "lbs": [{"name": "lb1", "mac": "02:00:00:00:03:01", "port": 7}, ...],
      "nfs": [{"name": "nf1", "mac": "02:00:00:00:04:01", "port": 11}, ...]}
 
-Everything is checked before os-ken starts; a bad config or a busy port exits with status 2
-and a one-line message. Runs in the foreground until killed (SIGTERM/SIGINT).
+``--state FILE`` keeps the view durable (``ryu_apps.store``): the controller saves it there
+before each change takes effect, and a controller started with a state file that exists
+resumes from it (at an epoch above the saved one) instead of the config's initial view; the
+config still gives the secret and the timings.
+
+Everything is checked before os-ken starts; a bad config, a state file that is not a
+snapshot, or a busy port exits with status 2 and a one-line message. Runs in the foreground
+until killed (SIGTERM/SIGINT).
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ import socket
 import stat
 import sys
 
-from ryu_apps.policy import Policy, PolicyError
+from ryu_apps import store
+from ryu_apps.policy import Policy, PolicyError, tunables_of
 
 
 class ConfigError(Exception):
@@ -69,6 +76,19 @@ def load_config(path: str) -> tuple[dict, bytes]:
     return cfg, load_secret(cfg["secret_file"])
 
 
+def load_state(path: str | None, cfg: dict) -> dict | None:
+    """The snapshot to resume from (None: none saved yet, or no ``--state``), checked."""
+    if not path:
+        return None
+    try:
+        snap = store.load(path)
+        if snap is not None:
+            Policy.restore(snap, now=0.0, **tunables_of(cfg))
+    except (store.StoreError, PolicyError) as e:
+        raise ConfigError(f"state file {path}: {e}") from None
+    return snap
+
+
 def check_port_free(host: str, port: int, what: str) -> None:
     if not 1 <= port <= 65535:
         raise ConfigError(f"{what} port {port} is out of range 1-65535")
@@ -89,6 +109,8 @@ def parse_args(argv):
     p.add_argument("--rest-port", type=int, default=8080, help="REST API port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--log", help="log file (default: standard error)")
+    p.add_argument("--state", help="durable view: saved before every change, resumed from "
+                                   "at start if it exists")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -107,6 +129,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg, secret = load_config(args.config)
+        snapshot = load_state(args.state, cfg)
         check_port_free(args.host, args.ofp_port, "OpenFlow")
         check_port_free(args.host, args.rest_port, "REST")
         if args.log:
@@ -131,10 +154,13 @@ def main(argv=None) -> int:
     os_ken_cfg.CONF(args=["--ofp-listen-host", args.host, "--ofp-tcp-listen-port", str(args.ofp_port)],
                     project="os_ken", default_config_files=[])
     setup_logging(args.log, args.verbose)
-    gateway.configure(cfg, secret, rest_host=args.host, rest_port=args.rest_port)
-    logging.getLogger("launch").info("controller pid %d: OpenFlow %s:%d, REST %s:%d, config %s",
+    gateway.configure(cfg, secret, rest_host=args.host, rest_port=args.rest_port,
+                      state_path=args.state, snapshot=snapshot)
+    logging.getLogger("launch").info("controller pid %d: OpenFlow %s:%d, REST %s:%d, config %s%s",
                                      os.getpid(), args.host, args.ofp_port, args.host,
-                                     args.rest_port, args.config)
+                                     args.rest_port, args.config,
+                                     f", resuming from {args.state} (epoch {snapshot['epoch']})"
+                                     if snapshot else "")
     try:
         AppManager.run_apps(["ryu_apps.gateway"])
     except KeyboardInterrupt:

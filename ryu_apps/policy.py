@@ -14,7 +14,8 @@ member is not up lists ``EMPTY_SLOT_PORT``, a port the switch does not have, whi
 ``bundle`` action skips, so the other members keep their places and the gateway moves only
 the connections of a member that leaves or comes up. A member whose heartbeats stop for
 ``heartbeat_timeout`` (or that never comes up within ``join_timeout``) is removed from
-steering and from the view; the last member is never removed that way. Every membership change bumps the epoch and
+steering and from the view; the last member is never removed that way, and nobody while
+the switch is away (heartbeats cross it: ``switch_lost`` until ``start``). Every membership change bumps the epoch and
 pushes the new view to every member; the view is also re-pushed every
 ``repush_interval`` and to any agent that heartbeats an older epoch.
 
@@ -205,7 +206,7 @@ class Policy:
     _last_push: float | None = field(default=None, init=False, repr=False)
     _steering: tuple[int, ...] | None = field(default=None, init=False, repr=False)
     _slots: list[str] = field(default_factory=list, init=False, repr=False)  # '' = free
-    _probing: bool = field(default=False, init=False, repr=False)
+    _switch_up: bool = field(default=False, init=False, repr=False)
     _probe_seq: int = field(default=0, init=False, repr=False)
     _probes: dict[int, tuple[str, float]] = field(default_factory=dict, init=False, repr=False)
     _last_probe: float | None = field(default=None, init=False, repr=False)
@@ -235,18 +236,8 @@ class Policy:
     @classmethod
     def from_config(cls, cfg: dict, now: float) -> "Policy":
         """Build from the gateway's config dict (see ``ryu_apps.gateway``)."""
-        if not isinstance(cfg, dict):
-            raise PolicyError("config must be a JSON object")
-        tunables = ("mode", "heartbeat_timeout", "join_timeout", "repush_interval",
-                    "probe_interval", "nf_detect_timeout")
-        known = {"secret_file", "chain_len", "edge_ports", "lbs", "nfs", *tunables}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise PolicyError(f"unknown config keys {unknown}: valid keys are {sorted(known)}")
-        if "chain_len" not in cfg:
-            raise PolicyError("config lacks 'chain_len'")
-        kwargs = {k: cfg[k] for k in tunables if k in cfg}
-        pol = cls(chain_len=cfg["chain_len"], **kwargs)
+        kwargs = tunables_of(cfg)
+        pol = cls(chain_len=cfg["chain_len"], mode=cfg.get("mode", "chain"), **kwargs)
         edges = cfg.get("edge_ports", {})
         if not isinstance(edges, dict):
             raise PolicyError("'edge_ports' must be an object {name: {mac, port}}")
@@ -269,6 +260,64 @@ class Policy:
             raise PolicyError("config lists no LB nodes ('lbs'): at least one is needed")
         return pol
 
+    SNAPSHOT_VERSION = 1
+
+    def snapshot(self) -> dict:
+        """The durable state, JSON-ready: what a restarted controller resumes from
+        (``restore``). Heartbeat times, reported epochs and probe times are not in it: they
+        are measured anew."""
+        return {
+            "version": self.SNAPSHOT_VERSION, "epoch": self.epoch, "chain_len": self.chain_len,
+            "mode": self.mode, "slots": list(self._slots),
+            "edges": [{"name": e.name, "mac": e.mac, "port": e.port} for e in self.edges.values()],
+            "lbs": [{"name": m.name, "mac": m.mac, "port": m.port, "cluster_mac": m.cluster_mac,
+                     "admitted_epoch": m.admitted_epoch, "status": m.status}
+                    for m in self.lbs.values()],
+            "nfs": [{"name": n.name, "mac": n.mac, "port": n.port, "state": n.state,
+                     "detected": n.detected} for n in self.nfs.values()],
+        }
+
+    @classmethod
+    def restore(cls, snap: object, now: float, **tunables) -> "Policy":
+        """A policy resuming from ``snapshot()``'s output at an epoch above it (every view
+        pushed before had at most its epoch, so agents take the next one). Members that were
+        up stay up (their heartbeat clocks start now: they have ``heartbeat_timeout`` to be
+        heard), so the steering stays as it was. PolicyError if ``snap`` is not a snapshot."""
+        try:
+            if not isinstance(snap, dict) or snap.get("version") != cls.SNAPSHOT_VERSION:
+                raise PolicyError(f"not a version {cls.SNAPSHOT_VERSION} policy snapshot")
+            pol = cls(chain_len=snap["chain_len"], mode=snap["mode"], **tunables)
+            epoch = snap["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+                raise PolicyError(f"bad epoch {epoch!r}")
+            for e in snap["edges"]:
+                pol.add_edge(e["name"], e["mac"], e["port"])
+            for m in snap["lbs"]:
+                pol._admit_lb(m["name"], m["mac"], m["port"], now, m.get("cluster_mac", ""))
+                lb = pol.lbs[m["name"]]
+                lb.admitted_epoch = m["admitted_epoch"]
+                if m["status"] not in ("joining", "up"):
+                    raise PolicyError(f"bad status {m['status']!r} of {m['name']}")
+                lb.status = m["status"]
+                if lb.status == "up":
+                    lb.last_heartbeat = now
+            for n in snap["nfs"]:
+                pol._admit_nf(n["name"], n["mac"], n["port"], now)
+                if n["state"] not in NF_STATES:
+                    raise PolicyError(f"bad state {n['state']!r} of {n['name']}")
+                pol.nfs[n["name"]].state = n["state"]
+                pol.nfs[n["name"]].detected = bool(n.get("detected"))
+            slots = snap["slots"]
+            if sorted(s for s in slots if s) != sorted(pol.lbs):
+                raise PolicyError(f"slots {slots} are not those of the LB nodes {list(pol.lbs)}")
+            pol._slots = list(slots)
+            if not pol.lbs:
+                raise PolicyError("no LB nodes")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise PolicyError(f"malformed policy snapshot: {type(e).__name__} {e}") from None
+        pol.epoch = epoch + 1
+        return pol
+
     def add_edge(self, name: str, mac: str, port: int) -> None:
         """Register a client/server host (before ``start``)."""
         check_name(name, "edge host")
@@ -282,13 +331,17 @@ class Policy:
         self._steering = None
         acts += self._steering_actions()
         acts.append(self._push_all(now))
-        self._probing = True
+        self._switch_up = True
         self._restart_probe_windows(now)
+        for m in self.lbs.values():
+            if m.status == "up":
+                m.last_heartbeat = now    # not heard while the switch was away: not silent
         return acts
 
     def switch_lost(self) -> None:
-        """The switch disconnected: no probes cross it, so none is judged until ``start``."""
-        self._probing = False
+        """The switch disconnected: no heartbeat or probe crosses it, so nobody is judged
+        silent until ``start``."""
+        self._switch_up = False
 
     # -- NF pool --
 
@@ -327,7 +380,7 @@ class Policy:
 
     def _probe_tick(self, now: float) -> list[Action]:
         """Probes due now, and the NFs whose probes stopped returning."""
-        if not self._probing or not self.nf_detect_timeout:
+        if not self._switch_up or not self.nf_detect_timeout:
             return []
         stalled = self._last_tick is not None and now - self._last_tick >= STALL
         self._last_tick = now
@@ -397,7 +450,7 @@ class Policy:
     def tick(self, now: float) -> list[Action]:
         """Time passes: time out silent LB members, re-push the view periodically."""
         acts: list[Action] = []
-        for m in list(self.lbs.values()):
+        for m in list(self.lbs.values()) if self._switch_up else ():
             if m.status == "up":
                 silent, limit = now - (m.last_heartbeat or m.admitted_at), self.heartbeat_timeout
             else:
@@ -474,7 +527,7 @@ class Policy:
         check_name(name, "NF")
         mac, port = check_mac(mac), check_port(port)
         self._check_free(name, mac, port)
-        self.nfs[name] = NFMember(name, mac, port, probe_from=now if self._probing else None)
+        self.nfs[name] = NFMember(name, mac, port, probe_from=now if self._switch_up else None)
 
     def _drop_lb(self, m: LBMember, now: float, tell_it: bool) -> list[Action]:
         del self.lbs[m.name]
@@ -523,6 +576,23 @@ class Policy:
         if name not in self.nfs:
             raise UnknownName(f"no NF named {name!r}; NFs: {', '.join(self.nfs) or 'none'}")
         return self.nfs[name]
+
+
+TUNABLES = ("heartbeat_timeout", "join_timeout", "repush_interval", "probe_interval",
+            "nf_detect_timeout")
+
+
+def tunables_of(cfg: object) -> dict:
+    """The timing settings of a config (checked: every key known, chain_len given)."""
+    if not isinstance(cfg, dict):
+        raise PolicyError("config must be a JSON object")
+    known = {"secret_file", "chain_len", "mode", "edge_ports", "lbs", "nfs", *TUNABLES}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise PolicyError(f"unknown config keys {unknown}: valid keys are {sorted(known)}")
+    if "chain_len" not in cfg:
+        raise PolicyError("config lacks 'chain_len'")
+    return {k: cfg[k] for k in TUNABLES if k in cfg}
 
 
 def _mac_port(item: object, where: str) -> tuple[str, int]:

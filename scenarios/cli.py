@@ -31,7 +31,7 @@ FLOW_RATE_MBIT, FLOW_DURATION_S = 2.0, 20.0
 SERVER_PORT0, CLIENT_PORT0 = 6201, 30001     # scenario flows use 5201+ and 20001+
 TABLE_ROWS = 8
 COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb",
-            "readmitlb", "addlb", "flows", "report")
+            "readmitlb", "addlb", "killctl", "flows", "report")
 _NF_RE, _LB_RE = re.compile(r"^nf[1-9][0-9]*$"), re.compile(r"^lb[1-9][0-9]*$")
 
 
@@ -235,6 +235,22 @@ class TestbedCommands:
         self.tb.readmit_lb(name)
         self._event("readmit_lb", name)
         self.say(f"{name} was removed and admitted again; it serves the current view")
+
+    @_guarded
+    def do_killctl(self, line):
+        """killctl: SIGKILL the controller; its supervisor restarts it at once, and it
+        resumes from its saved view at a higher epoch. Traffic keeps flowing meanwhile (the
+        switch keeps its flows, the chain needs no controller). Waits until it is back and
+        says how long each part took."""
+        _no_args(line, "killctl")
+        out = self.tb.kill_controller(wait=True)
+        self._event("kill_controller", "")
+        if "error" in out:
+            self.say(f"error: the controller did not come back: {out['error']}")
+            return
+        self.say(f"controller killed and back: REST after {out['rest_s']} s, switch after "
+                 f"{out['switch_s']} s, every agent at epoch {out['epoch_after']} (was "
+                 f"{out['epoch_before']}) after {out['agents_s']} s")
 
     @_guarded
     def do_addlb(self, line):

@@ -73,7 +73,8 @@ SUMMARY_COLUMNS = [
     "observed_unplanned", "moved", "moved_unexpected", "moved_flows",
     "broken", "completed_pct", "pcc_pct", "throughput_bps_mean", "invalid", "dropped",
     "nf_flows", "nf_flows_by_phase", "events", "event_times", "dip_depth_pct", "dip_s", "dips",
-    "nf_detect_s", "nf_detections", "missing_dumps", "unmatched_entries", "status",
+    "nf_detect_s", "nf_detections", "controller_restore_s", "controller_outages",
+    "missing_dumps", "unmatched_entries", "status",
 ]
 STATUS_OK = "complete"            # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
 STATUS_OK_BEFORE = ("ok",)        # what earlier versions wrote for a run that completed
@@ -678,11 +679,24 @@ def _unaccounted(flows_df: pd.DataFrame, nf_dumps) -> Any:
                            not in held for e in entries)
 
 
+def _outage_text(o: Mapping[str, Any]) -> str:
+    """A controller outage as in summary.csv (seconds from its death until each was back):
+    ``REST 1.3s, switch 1.4s, agents 1.6s, epoch 2->3`` (or what was not reached)."""
+    parts = [f"{label} {o[key]:g}s" for label, key in (("REST", "rest_s"), ("switch", "switch_s"),
+                                                        ("agents", "agents_s")) if key in o]
+    if "epoch_after" in o:
+        parts.append(f"epoch {o['epoch_before']}->{o['epoch_after']}")
+    if "error" in o or "agents_s" not in o:
+        parts.append(f"not back: {o.get('error', 'still waiting')}")
+    return ", ".join(parts)
+
+
 def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str, Any]] = None,
                   nf_dumps: Optional[Mapping[str, Optional[Mapping]]] = None,
                   planned=None, apps=None, status: str = STATUS_OK,
                   iperf: Optional[Mapping[str, Any]] = None,
-                  detections: Optional[Mapping[str, Optional[float]]] = None) -> pd.DataFrame:
+                  detections: Optional[Mapping[str, Optional[float]]] = None,
+                  outages: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
     """One row per run (columns SUMMARY_COLUMNS); ``status``: ``complete``, or how the run did not
     finish (``failed: ...``, ``interrupted``): such a run is left out of a set's statistics.
 
@@ -766,6 +780,9 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
         "nf_detections": ";".join(f"{nf}:" + (f"{s:g}" if s is not None else "not detected")
                                   for nf, s in sorted((detections or {}).items(),
                                                       key=lambda kv: nf_sort_key(kv[0]))),
+        "controller_restore_s": max((o["agents_s"] for o in outages if "agents_s" in o),
+                                    default=math.nan),
+        "controller_outages": ";".join(_outage_text(o) for o in outages),
         "missing_dumps": ";".join(sorted((n for n, d in dumps.items() if not d),
                                          key=nf_sort_key)),
         "unmatched_entries": _unaccounted(flows_df, dumps) if nf_dumps is not None else pd.NA,
@@ -833,6 +850,9 @@ def format_summary(summary_df: pd.DataFrame) -> str:
         detected = getattr(r, "nf_detections", None)
         if isinstance(detected, str) and detected:
             lines.append(f"  NFs killed, detected failed after (s): {detected}")
+        outages = getattr(r, "controller_outages", None)
+        if isinstance(outages, str) and outages:
+            lines.append(f"  controller killed, back after: {outages}")
         if isinstance(r.missing_dumps, str) and r.missing_dumps:
             lines.append(f"  missing NF dumps: {r.missing_dumps}")
     return "\n".join(lines)

@@ -26,6 +26,9 @@ def _do_event(tb: Testbed, ev: registry.Event) -> str:
         return tb.add_nf(ev.target)
     if ev.action == "add_lb":
         return tb.add_lb(ev.target)
+    if ev.action == "kill_controller":
+        tb.kill_controller(wait=False)     # the run goes on while it is down
+        return ""
     getattr(tb, ev.action)(ev.target)
     return ev.target
 
@@ -137,6 +140,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
                 run_cli(tb, run_dir, traffic)
         load.stop()                       # generators past the end record what they have
         detections = _detections(tb, log)
+        outages = tb.outages()
         dumps = {nf: tb.nf_dumps[nf] if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         _write_timeline(run_dir, timeline)
     iperf = traffic.results()
@@ -152,7 +156,8 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
               if isinstance(failure, KeyboardInterrupt) else f"failed: {failure}")
     summary = report.build_summary(flows_df, events_done, meta, dumps, traffic.records(),
                                    apps=outcomes, iperf=iperf,
-                                   status=status, detections=detections)
+                                   status=status, detections=detections,
+                                   outages=outages)
     report.write_results(run_dir, flows_df, summary)
     from scenarios.compare import plot_run
     plot_run(run_dir, log)
@@ -190,7 +195,7 @@ def _sample(tb: Testbed, now: float) -> dict:
         except (OSError, ValueError, KeyError):
             pass
     try:
-        v = tb.rest("GET", "/view")
+        v = tb.rest("GET", "/view", wait_restart=0)     # (a controller down: a gap)
     except (TestbedFailure, OSError):
         return {"t_s": round(now, 2), "epoch": None, "entries": None, "deletes": deletes,
                 "lbs": "", "nfs": ""}

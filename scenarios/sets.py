@@ -24,7 +24,7 @@ from scenarios.compare import _plt
 from scenarios.report import STATUS_OK, STATUS_OK_BEFORE
 
 METRICS = ("moved", "moved_unexpected", "broken", "pcc_pct", "completed_pct",
-           "throughput_bps_mean", "dip_depth_pct", "dip_s", "nf_detect_s")
+           "throughput_bps_mean", "dip_depth_pct", "dip_s", "nf_detect_s", "controller_restore_s")
 GROUP = ("scenario", "mode", "params")
 
 

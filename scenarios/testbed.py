@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,9 @@ PY = sys.executable
 RUN_DIR = Path("/run/chainlb")
 PID_DIR = RUN_DIR / "pids"
 REST = "http://127.0.0.1:8080"
+SUPERVISE_EVERY = 0.05   # seconds between the controller supervisor's checks
+CRASH_LOOP, CRASH_LOOP_S = 5, 30.0   # restarts within that many seconds: the supervisor gives up
+CONTROLLER_BACK_S = 15.0   # REST calls wait this long for a restarting controller
 OUR_COMMANDS = ("agents.lb", "ryu_apps.launch", "iperf3", "mininet:", "agents.apps", "agents.loadgen",
                 "nginx")
 
@@ -198,6 +202,13 @@ class Testbed:
         self.lbs: list[str] = []
         self.nf_dumps: dict[str, dict | None] = {}    # taken before an NF is killed
         self.killed_nfs: dict[str, float] = {}        # NF -> when it stopped forwarding
+        self.controller_restarts: list[dict] = []     # by the supervisor
+        self.controller_outages: list[dict] = []      # kill_controller's measurements
+        self._closing = threading.Event()
+        self._ctl_lock = threading.RLock()
+        self._ctl_given_up = False
+        self._supervisor: threading.Thread | None = None
+        self._watchers: list[threading.Thread] = []   # kill_controller(wait=False)'s
         self.own_lock = lock is None          # a caller holding the lock passes it in
         self.lock = lock or Lock()
         self.t0 = time.monotonic()
@@ -231,6 +242,7 @@ class Testbed:
         self._start_controller()          # first, so that Mininet finds it listening
         self.net = topo.build_net(p)
         self.net.start()
+        topo.set_controller_backoff()
         for h in self.net.hosts:
             self._pidfile(f"host-{h.name}", h.pid)
         wait_for("the switch to connect to the controller",
@@ -260,6 +272,11 @@ class Testbed:
         return False
 
     def stop_processes(self) -> None:
+        for t in self._watchers:              # a restore being measured ends first
+            t.join(timeout=30)
+        self._closing.set()                   # the supervisor restarts nothing from here on
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
         for name, proc in list(self.procs.items()):
             if proc.poll() is None:
                 proc.terminate()
@@ -303,11 +320,95 @@ class Testbed:
         }
         path = self.run_dir / "controller.json"
         path.write_text(json.dumps(cfg, indent=1))
-        proc = self.spawn("controller", [PY, "-m", "ryu_apps.launch", "--config", str(path)])
+        self._ctl_cmd = [PY, "-m", "ryu_apps.launch", "--config", str(path),
+                         "--state", str(self.run_dir / "controller.state.json")]
+        proc = self.spawn("controller", self._ctl_cmd)
         wait_for("the controller's REST API", lambda: proc.poll() is None and self.rest("GET", "/health"),
                  20)
         if proc.poll() is not None:
             raise TestbedFailure(f"the controller exited: see {self.logs / 'controller.log'}")
+        self._supervisor = threading.Thread(target=self._supervise, name="controller-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        """Restart the controller whenever it exits, as a service manager would: at once,
+        under the same command (it resumes from its state file). Gives up, and lets
+        ``check_alive`` fail the run, after CRASH_LOOP restarts within CRASH_LOOP_S."""
+        while not self._closing.wait(SUPERVISE_EVERY):
+            with self._ctl_lock:
+                proc = self.procs.get("controller")
+                if proc is None or proc.poll() is None or self._closing.is_set():
+                    continue
+                now = time.monotonic()
+                recent = [r for r in self.controller_restarts if now - r["at"] < CRASH_LOOP_S]
+                if len(recent) >= CRASH_LOOP:
+                    self._ctl_given_up = True
+                    continue
+                self.log(f"the controller exited (status {proc.returncode}): restarting it")
+                self.spawn("controller", self._ctl_cmd, append=True)
+                self.controller_restarts.append({"at": now, "wall": time.time(),
+                                                 "status": proc.returncode})
+
+    def kill_controller(self, name: str = "", wait: bool = True,
+                        timeout: float = 30.0) -> dict | None:
+        """SIGKILL the controller; the supervisor brings it back. Measures until it serves
+        its REST API, the switch is connected and every LB agent runs its new epoch
+        (``controller_outages``: seconds ``rest_s``, ``switch_s``, ``agents_s``, and the
+        epochs); ``wait``: returns that record once it is back, else at once (the
+        measurement goes on beside the run)."""
+        with self._ctl_lock:
+            proc = self.procs.get("controller")
+            if proc is None or proc.poll() is not None:
+                raise TestbedFailure("the controller is not running")
+            before = self.rest("GET", "/health", wait_restart=0)["epoch"]
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self.log(f"killed the controller (pid {proc.pid}, epoch {before})")
+        if wait:
+            return self._measure_restore(proc, t0, before, timeout)
+        t = threading.Thread(target=self._measure_restore, args=(proc, t0, before, timeout),
+                             name="controller-restore", daemon=True)
+        t.start()
+        self._watchers.append(t)
+        return None
+
+    def outages(self, timeout: float = 30.0) -> list[dict]:
+        """kill_controller's records, once the restores being measured have ended."""
+        for t in self._watchers:
+            t.join(timeout=timeout)
+        return list(self.controller_outages)
+
+    def _measure_restore(self, proc, t0: float, before: int, timeout: float) -> dict:
+        out: dict = {"epoch_before": before}
+        self.controller_outages.append(out)
+        try:
+            wait_for("the controller to come back",
+                     lambda: self.procs["controller"] is not proc and self._health_or_none(),
+                     timeout, 0.02)
+            out["rest_s"] = round(time.monotonic() - t0, 3)
+            wait_for("the switch to reconnect to the restarted controller",
+                     lambda: (self._health_or_none() or {}).get("switch_connected"), timeout,
+                     0.02)
+            out["switch_s"] = round(time.monotonic() - t0, 3)
+            view = self.wait_agents_current(timeout)
+            out["agents_s"] = round(time.monotonic() - t0, 3)
+            out["epoch_after"] = view["epoch"]
+        except TestbedFailure as e:
+            out["error"] = str(e)
+            self.log(f"the controller did not come back: {e}")
+            return out
+        self.log(f"controller back: REST after {out['rest_s']} s, switch {out['switch_s']} s, "
+                 f"every agent at epoch {out['epoch_after']} (was {before}) after "
+                 f"{out['agents_s']} s")
+        return out
+
+    def _health_or_none(self) -> dict | None:
+        try:
+            return self.rest("GET", "/health", wait_restart=0)
+        except (TestbedFailure, OSError):
+            return None
 
     @staticmethod
     def _member(name: str) -> dict:
@@ -351,8 +452,9 @@ class Testbed:
         return wait_for("every LB agent to run the current view", current, timeout)
 
     def check_alive(self) -> None:
-        """Raise if the controller or an LB agent that should run has exited."""
-        for name in ["controller"] + self.lbs:
+        """Raise if an LB agent that should run has exited, or the controller did and its
+        supervisor gave up restarting it."""
+        for name in (["controller"] if self._ctl_given_up else []) + self.lbs:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
                 tail = (self.logs / f"{name}.log").read_text().strip().splitlines()[-3:]
@@ -366,19 +468,32 @@ class Testbed:
 
     # ------------------------------------------------------------------ REST
 
-    def rest(self, method: str, path: str, body: dict | None = None) -> dict:
+    def rest(self, method: str, path: str, body: dict | None = None,
+             wait_restart: float = None) -> dict:
+        """A call of the controller's REST API. While the supervisor restarts the controller
+        (the connection is refused, so nothing was done), it is tried again for up to
+        ``wait_restart`` seconds (default CONTROLLER_BACK_S)."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(REST + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
+        deadline = time.monotonic() + (CONTROLLER_BACK_S if wait_restart is None
+                                       else wait_restart)
+        while True:
+            req = urllib.request.Request(REST + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
             try:
-                msg = json.loads(e.read()).get("error", str(e))
-            except ValueError:
-                msg = str(e)
-            raise TestbedFailure(f"controller refused {method} {path}: {msg}") from None
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return json.loads(r.read() or b"{}")
+            except urllib.error.HTTPError as e:
+                try:
+                    msg = json.loads(e.read()).get("error", str(e))
+                except ValueError:
+                    msg = str(e)
+                raise TestbedFailure(f"controller refused {method} {path}: {msg}") from None
+            except urllib.error.URLError as e:
+                if not (isinstance(e.reason, ConnectionRefusedError)
+                        and self._supervisor is not None and not self._ctl_given_up
+                        and not self._closing.is_set() and time.monotonic() < deadline):
+                    raise
+                time.sleep(0.05)
 
     # ------------------------------------------------------------------ pool changes
 

@@ -51,6 +51,11 @@ class FakeTestbed:
         self.nfs.append(f"nf{len(self.nfs) + 1}")
         return self.nfs[-1]
 
+    def kill_controller(self, name="", wait=True):
+        self.calls.append(("kill_controller", wait))
+        return {"epoch_before": 3, "rest_s": 1.2, "switch_s": 1.3, "agents_s": 1.5,
+                "epoch_after": 4}
+
     def add_lb(self, name=""):
         self.calls.append(("add_lb",))
         self.lbs.append(f"lb{max(int(n[2:]) for n in self.lbs) + 1}")
@@ -128,6 +133,15 @@ def test_pool_commands_call_the_testbed_and_record_events(shell):
     times = [t for t, _, _ in commands.events]
     assert times == sorted(times) and times[0] >= 0
     assert "no LB 'lb2'" in run("killlb lb2")   # gone now
+
+
+def test_killctl_waits_for_the_controller_and_says_how_long_it_took(shell):
+    commands, tb, run = shell
+    out = run("killctl")
+    assert tb.calls == [("kill_controller", True)]
+    assert "REST after 1.2 s" in out and "epoch 4 (was 3) after 1.5 s" in out, out
+    assert [(a, t) for _, a, t in commands.events] == [("kill_controller", "")]
+    assert "usage: killctl" in run("killctl now")
 
 
 def test_testbed_errors_are_printed_not_raised(shell):

@@ -260,3 +260,26 @@ def test_double_lb_failure_chain_loses_no_entry():
     timeline = pd.read_csv(run_dir / "timeline.csv", keep_default_na=False)
     assert timeline["lbs"].iloc[-1] == "lb1:up;lb3:up;lb5:up"
     _nothing_left_behind()
+
+
+def test_controller_failure_chain_keeps_every_connection_and_the_new_one_drives_changes():
+    """The controller is SIGKILLed while flows run; its supervisor restarts it from its
+    saved view. Connections established before and opened while it is down keep their NF,
+    and the restarted controller (at a higher epoch) adds an NF that new flows use."""
+    run_dir, flows, summary, params = _run("controller-failure", "chain")
+    data = _data_rows(flows)
+    assert int(summary["moved"]) == 0 and int(summary["broken"]) == 0
+    assert data["completed"].astype(str).eq("True").all()
+    kill_at = next(e["at_s"] for e in params["events"] if e["action"] == "kill_controller")
+    down = summary["controller_outages"]
+    rest_s = float(down.split("REST ")[1].split("s")[0])
+    assert float(summary["controller_restore_s"]) < 10, down
+    starts = data["start_s"].astype(float)
+    while_down = data[(starts >= kill_at) & (starts < kill_at + rest_s)]
+    assert len(while_down) > 0, (kill_at, rest_s, sorted(starts))
+    assert (data["nf_first"] == "nf4").any(), "the restarted controller added nf4"
+    before, after = (int(x) for x in down.split("epoch ")[1].split("->"))
+    assert after > before
+    state = json.loads((run_dir / "controller.state.json").read_text())
+    assert state["epoch"] >= after and any(n["name"] == "nf4" for n in state["nfs"])
+    _nothing_left_behind()

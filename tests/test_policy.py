@@ -262,6 +262,19 @@ def test_heartbeat_records_state_for_the_view(pol):
 
 # --- time ------------------------------------------------------------------------------
 
+def test_nobody_is_timed_out_while_the_switch_is_away(pol):
+    pol.start(0.0)
+    up_all(pol, 0.0)
+    pol.switch_lost()
+    pol.tick(5.0)                          # no heartbeat could cross the switch meanwhile
+    assert len(pol.lbs) == 3 and pol.epoch == 1
+    pol.start(5.0)                         # back: every up member has a fresh timeout
+    assert len(pol.lbs) == 3 and not of(pol.tick(5.4), Note)
+    pol.heartbeat("lb1", 1, 0, 5.4)
+    pol.tick(5.6)
+    assert set(pol.lbs) == {"lb1"}
+
+
 def test_silent_lb_is_removed_after_timeout(pol):
     pol.start(0.0)
     up_all(pol, 0.0)
@@ -280,6 +293,7 @@ def test_silent_lb_is_removed_after_timeout(pol):
 
 def test_joining_lb_has_longer_grace():
     pol = Policy.from_config(config(join_timeout=5.0), 0.0)
+    pol.start(0.0)
     pol.heartbeat("lb1", 1, 0, 4.9)
     pol.heartbeat("lb2", 1, 0, 4.9)
     assert len(pol.lbs) == 3 and pol.epoch == 1
@@ -291,6 +305,7 @@ def test_joining_lb_has_longer_grace():
 
 def test_last_lb_is_never_timed_out():
     pol = Policy.from_config(config(n_lb=2), 0.0)
+    pol.start(0.0)
     up_all(pol, 0.0)
     pol.tick(10.0)
     assert len(pol.lbs) == 1 and pol.epoch == 2
@@ -320,6 +335,7 @@ def test_periodic_repush(pol):
 
 
 def test_lb_that_resumes_after_removal_is_a_stranger(pol):
+    pol.start(0.0)
     up_all(pol, 0.0)
     pol.heartbeat("lb1", 1, 0, 1.0)
     pol.heartbeat("lb2", 1, 0, 1.0)
@@ -581,3 +597,45 @@ def test_probe_detection_is_exact(steps, delays, stop):
         for p in of(out, SendProbe):
             if stop is None or t < stop:
                 due.append((t + delays[i % len(delays)], p, t))
+
+
+# --- durable state: snapshot and restore --------------------------------------------------
+
+def test_a_restored_policy_resumes_above_the_saved_epoch_with_the_same_view():
+    pol = probing(n_lb=3)
+    pol.add_nf("nf3", mac(4, 3), 23, now=1.0)
+    pol.drain_nf("nf1", now=1.0)
+    pol.remove_lb("lb2", now=1.0)
+    pol.add_lb("lb4", mac(3, 4), 14, now=1.0, cluster_mac=mac(5, 4))
+    snap = pol.snapshot()
+    import json
+    snap = json.loads(json.dumps(snap))          # what the store writes and reads
+    back = Policy.restore(snap, now=50.0, heartbeat_timeout=0.5)
+    assert back.epoch == pol.epoch + 1
+    v, w = pol.view(), back.view()
+    assert (w.lbs, w.nfs, w.chain_len, w.mode) == (v.lbs, v.nfs, v.chain_len, v.mode)
+    assert back.steering_ports() == pol.steering_ports()   # lb4 still joining: empty slot
+    assert back.lbs["lb4"].status == "joining" and back.lbs["lb1"].status == "up"
+    # the restored one pushes its view (a higher epoch: every agent takes it) on start
+    acts = back.start(50.0)
+    assert [p.view.epoch for p in of(acts, PushView)] == [pol.epoch + 1]
+    # up members have a fresh heartbeat timeout, not one from before the crash
+    assert not [n for n in of(back.tick(50.4), Note) if "removed" in n.text]
+    # a second restart resumes above the first one's epoch again
+    assert Policy.restore(back.snapshot(), now=60.0).epoch == pol.epoch + 2
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update(version=9), "not a version 1"),
+    (lambda s: s.update(epoch=0), "bad epoch"),
+    (lambda s: s["lbs"][0].update(status="sleeping"), "bad status"),
+    (lambda s: s["nfs"][0].update(state="asleep"), "bad state"),
+    (lambda s: s.update(slots=["lb1"]), "slots"),
+    (lambda s: s.pop("lbs"), "malformed"),
+    (lambda s: s["lbs"][0].update(mac="nope"), "bad MAC"),
+])
+def test_a_bad_snapshot_is_refused_with_a_reason(change, message):
+    snap = Policy.from_config(config(), now=0.0).snapshot()
+    change(snap)
+    with pytest.raises(PolicyError, match=message):
+        Policy.restore(snap, now=0.0)

@@ -34,7 +34,7 @@ with KK = 1 client, 2 server, 3 lb, 4 nf. ARP is static on every host, covering 
 that may be added later; links are ``TCULink`` (checksum offload off, needed by the userspace
 datapath) and the offload setting is verified with ethtool. IPv6 is off on hosts (no ND/MLD noise).
 
-Only :func:`build_net`, :func:`add_host_live`, :func:`remove_host_live`,
+Only :func:`build_net`, :func:`set_controller_backoff`, :func:`add_host_live`, :func:`remove_host_live`,
 :func:`create_cluster_bridge` and :func:`attach_cluster` touch Mininet, OVS or links;
 everything else here is pure.
 """
@@ -401,6 +401,22 @@ def build_net(params: TestbedParams = TestbedParams()):
         if kind_of(host.name) == "lb":
             attach_cluster(host)
     return net
+
+
+CONTROLLER_MAX_BACKOFF_MS = 1000   # OVS's least: a restarted controller is reached within 1 s
+
+
+def set_controller_backoff() -> None:
+    """After the switch loses its controller, it tries again every second (OVS doubles its
+    wait up to 8 s by default): a restarted controller is back in control within a second.
+    Called once the net runs (Mininet creates the Controller record)."""
+    uuids = _run(["ovs-vsctl", "--timeout=5", "--bare", "--columns=_uuid", "list",
+                  "Controller"]).split()
+    if not uuids:
+        raise TestbedError("the switch has no controller record to tune")
+    for uuid in uuids:
+        _run(["ovs-vsctl", "--timeout=5", "set", "Controller", uuid,
+              f"max_backoff={CONTROLLER_MAX_BACKOFF_MS}"])
 
 
 def create_cluster_bridge() -> None:
