@@ -9,7 +9,9 @@ steered here go to the packet logic (``agents.datapath.Datapath``: which connect
 belongs to, its tracking, fragments, ICMP errors, the chain lookup), and the frames it returns
 go out, to the chosen NF's MAC. Control path: raw 0x88B5 frames (``agents.wire``): chain
 frames between LB nodes (on the cluster interface to the nodes the view gives a cluster MAC,
-through the switch to the others), views from the controller, heartbeats to it. A unix socket
+through the switch to the others, and to a peer whose hellos stop arriving over the cluster
+network, until they come again: ``agents.paths``), views from the controller, heartbeats to
+it. A unix socket
 (``<run-dir>/<name>.sock``) answers ``status`` and ``table`` for the CLI.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ from agents.chain import VARIANTS, Send
 from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.datapath import IPV4, Datapath, Decided
 from agents.keys import key_str
-from agents.messages import Frame, Heartbeat, ViewMsg
+from agents.messages import Frame, Heartbeat, Hello, ViewMsg
+from agents.paths import ClusterPaths
 from agents.modes import MODES
 
 ETH_P_ALL = 0x0003
@@ -47,9 +50,15 @@ class Agent:
                  log_dir: str, timeouts: CtTimeouts = CtTimeouts(), cluster_intf: str = "",
                  variant: str = VARIANTS[0]):
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
-        self.lb_route: dict[str, tuple[socket.socket, bytes, bytes]] = {}  # sock, dst, src
+        # per peer: how chain frames reach it, (sock, dst, src) on the LB cluster network
+        # (while ``paths`` says it works) and through the gateway
+        self.lb_route: dict[str, tuple[socket.socket, bytes, bytes]] = {}
+        self.lb_via_gw: dict[str, tuple[socket.socket, bytes, bytes]] = {}
+        self.paths = ClusterPaths()
+        self.hellos = 0
         self.counts = {"forwarded": 0, "chain_rx": 0, "bad_frames": 0, "cluster_rx": 0,
-                       "tx_errors": 0}
+                       "tx_errors": 0, "rx_errors": 0, "via_gateway": 0, "cluster_lost": 0,
+                       "cluster_healed": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -111,6 +120,7 @@ class Agent:
             if now >= next_tick:
                 next_tick = now + TICK
                 self.apply(dp.tick(now))
+                self.cluster_tick(now)
             if now >= next_hb:
                 next_hb = now + HEARTBEAT
                 self.heartbeat()
@@ -126,6 +136,7 @@ class Agent:
 
         The data path's common case (an IPv4 packet in, one frame out) is inlined here."""
         recv, forward, send, control = sock.recv, self.dp.forward, self.sock.send, self.control
+        cluster = sock is self.csock
         sent = errors = 0
         n = 0
         try:
@@ -134,9 +145,12 @@ class Agent:
                     buf = recv(65535)
                 except BlockingIOError:
                     break
+                except OSError:          # its interface went down (ENETDOWN, reported once)
+                    self.counts["rx_errors"] += 1
+                    break
                 n += 1
                 if buf[12:14] != IPV4:
-                    control(buf, now)
+                    control(buf, now, cluster)
                     continue
                 out = forward(buf, now)
                 if type(out) is bytes:
@@ -152,8 +166,9 @@ class Agent:
             self.counts["tx_errors"] += errors
         return n
 
-    def control(self, buf: bytes, now: float) -> None:
-        """A frame that is not IPv4: the chain protocol (chain frames, views)."""
+    def control(self, buf: bytes, now: float, cluster: bool = False) -> None:
+        """A frame that is not IPv4: the chain protocol (chain frames, views, hellos; a hello
+        counts only over the cluster network, ``cluster``)."""
         if buf[12:14] == CHAIN:
             self.counts["chain_rx"] += 1
             try:
@@ -165,6 +180,8 @@ class Agent:
                 self.apply(self.dp.chain(msg, now))
             elif isinstance(msg, ViewMsg):
                 self.on_view(msg, now)
+            elif isinstance(msg, Hello) and cluster:
+                self.log_paths(self.paths.heard(msg.lb, now))
 
     def apply(self, actions) -> None:
         for a in actions:
@@ -172,7 +189,11 @@ class Agent:
             if kind is bytes:
                 self.tx(a)
             elif kind is Send:
-                route = self.lb_route.get(a.dst)
+                if self.paths.via_cluster(a.dst):
+                    route = self.lb_route.get(a.dst)
+                else:
+                    route = self.lb_via_gw.get(a.dst)
+                    self.counts["via_gateway"] += 1
                 if route is not None:
                     sock, dst, src = route
                     self.tx(wire.frame_bytes(dst, src, a.msg, self.secret), data=False, sock=sock)
@@ -198,14 +219,33 @@ class Agent:
         if view.mode != self.mode:
             print(f"{self.name}: controller runs mode {view.mode!r}, agent {self.mode!r}",
                   file=sys.stderr)
-        self.lb_route = {lb.name: self.route(lb) for lb in view.lbs}
+        self.lb_via_gw = {lb.name: (self.sock, wire.mac_bytes(lb.mac), self.mac)
+                          for lb in view.lbs}
+        self.lb_route = {lb.name: (self.csock, wire.mac_bytes(lb.cluster_mac), self.cluster_mac)
+                         for lb in view.lbs
+                         if self.csock is not None and lb.cluster_mac and lb.name != self.name}
+        self.paths.set_peers(self.lb_route, now)
         self.apply(self.dp.view(view, now))
 
-    def route(self, lb) -> tuple[socket.socket, bytes, bytes]:
-        """How chain frames reach LB node ``lb``: the cluster network if both are on it."""
-        if self.csock is not None and lb.cluster_mac:
-            return self.csock, wire.mac_bytes(lb.cluster_mac), self.cluster_mac
-        return self.sock, wire.mac_bytes(lb.mac), self.mac
+    def cluster_tick(self, now: float) -> None:
+        """Hellos to the peers on the cluster network, and the paths that changed."""
+        hello, changes = self.paths.tick(now)
+        if hello:
+            self.hellos += 1
+            msg = Hello(self.name, self.dp.epoch, self.hellos)
+            for peer in hello:
+                _, dst, src = self.lb_route[peer]
+                self.tx(wire.frame_bytes(dst, src, msg, self.secret), data=False,
+                        sock=self.csock)
+        self.log_paths(changes)
+
+    def log_paths(self, changes) -> None:
+        for c in changes:
+            self.counts["cluster_healed" if c.cluster else "cluster_lost"] += 1
+            print(f"{self.name}: {c.peer} " + (
+                "heard again over the LB cluster network: chain frames go that way again"
+                if c.cluster else f"not heard over the LB cluster network for {c.silent_s} s: "
+                                  "chain frames go through the gateway"), file=sys.stderr)
 
     def heartbeat(self) -> None:
         """Alive, at the newest view this node is ready to serve (chain: synchronized)."""
@@ -217,6 +257,7 @@ class Agent:
         out = self.dp.status()
         out["counts"].update(self.counts)
         out["cluster_intf"] = self.cluster_intf
+        out["via_gateway_to"] = self.paths.lost()
         return out
 
     def table(self, limit: int = 50) -> dict:

@@ -184,4 +184,12 @@ class Heartbeat:
     entries: int
 
 
-Message = Union[Frame, ViewMsg, Heartbeat]
+@dataclass(frozen=True)
+class Hello:
+    """Agent -> agent over the LB cluster network: that path works (``agents.paths``)."""
+    lb: str
+    epoch: int
+    seq: int
+
+
+Message = Union[Frame, ViewMsg, Heartbeat, Hello]

@@ -6,6 +6,7 @@ Ethernet frames of Ethertype 0x88B5 (IEEE local experimental)::
     Ether / ChainLB(version, type, hmac) / FrameL(...) / WriteL(...)     chain link frame
     Ether / ChainLB / ViewMsgL(... LBInfoL ... NFInfoL ...)             controller -> agents
     Ether / ChainLB / HeartbeatL(...)                                   agent -> controller
+    Ether / ChainLB / HelloL(...)                   agent -> agent, LB cluster network
 
 ``hmac`` is HMAC-SHA256, under the cluster's shared secret, of every byte of the payload
 except the hmac field itself (version, type and all the layers that follow).
@@ -89,7 +90,7 @@ class _Item(Packet):
         return b"", s
 
 
-MSG_TYPES = {1: "Frame", 2: "ViewMsg", 3: "Heartbeat"}
+MSG_TYPES = {1: "Frame", 2: "ViewMsg", 3: "Heartbeat", 4: "Hello"}
 BODY_TYPES = {0: "none", 1: "Query", 2: "Answer", 3: "InsertReq", 4: "DeleteReq", 5: "Write",
               6: "Ack", 7: "Gone", 8: "Sync", 9: "SyncDone"}
 NF_STATES = {0: "active", 1: "draining", 2: "failed"}
@@ -185,9 +186,14 @@ class HeartbeatL(Packet):
     fields_desc = [*_text("lb"), LongField("epoch", 0), LongField("entries", 0)]
 
 
+class HelloL(Packet):
+    name = "ChainHello"
+    fields_desc = [*_text("lb"), LongField("epoch", 0), LongField("seq", 0)]
+
+
 # dataclass -> layer, and the type codes that bind them
 LAYERS: dict[type, type[Packet]] = {
-    m.Frame: FrameL, m.ViewMsg: ViewMsgL, m.Heartbeat: HeartbeatL,
+    m.Frame: FrameL, m.ViewMsg: ViewMsgL, m.Heartbeat: HeartbeatL, m.Hello: HelloL,
     m.Query: QueryL, m.Answer: AnswerL, m.InsertReq: InsertReqL, m.DeleteReq: DeleteReqL,
     m.Write: WriteL, m.Ack: AckL, m.Gone: GoneL, m.Sync: SyncL, m.SyncDone: SyncDoneL,
     m.SyncEntry: SyncEntryL, m.LBInfo: LBInfoL, m.NFInfo: NFInfoL,
@@ -455,10 +461,11 @@ def _sign(secret: bytes, data: bytes) -> bytes:
 
 
 def encode(msg, secret: bytes) -> bytes:
-    """Authenticated payload (the bytes after the Ethernet header) of a Frame, ViewMsg or Heartbeat."""
+    """Authenticated payload (the bytes after the Ethernet header) of a Frame, ViewMsg,
+    Heartbeat or Hello."""
     code = _MSG_CODE.get(type(msg))
     if code is None:
-        raise ValueError(f"cannot encode {type(msg).__name__}: only Frame, ViewMsg and Heartbeat "
+        raise ValueError(f"cannot encode {type(msg).__name__}: only Frame, ViewMsg, Heartbeat and Hello "
                          "travel on the wire (chain bodies go inside a Frame)")
     out = [_HEAD.pack(VERSION, code)]
     _CODEC_BY_CLS[type(msg)].encode(msg, out)

@@ -31,7 +31,7 @@ FLOW_RATE_MBIT, FLOW_DURATION_S = 2.0, 20.0
 SERVER_PORT0, CLIENT_PORT0 = 6201, 30001     # scenario flows use 5201+ and 20001+
 TABLE_ROWS = 8
 COMMANDS = ("view", "table", "addnf", "drain", "rmnf", "killnf", "killlb", "restartlb",
-            "readmitlb", "addlb", "killctl", "flows", "report")
+            "readmitlb", "addlb", "killctl", "partition", "heal", "flows", "report")
 _NF_RE, _LB_RE = re.compile(r"^nf[1-9][0-9]*$"), re.compile(r"^lb[1-9][0-9]*$")
 
 
@@ -251,6 +251,25 @@ class TestbedCommands:
         self.say(f"controller killed and back: REST after {out['rest_s']} s, switch after "
                  f"{out['switch_s']} s, every agent at epoch {out['epoch_after']} (was "
                  f"{out['epoch_before']}) after {out['agents_s']} s")
+
+    @_guarded
+    def do_partition(self, line):
+        """partition lbN: that LB node loses the LB cluster network (its -eth1 down) while
+        its gateway link stays up; within half a second its peers and it send chain frames
+        through the gateway instead (`table lbN` still answers; `heal lbN` undoes it)."""
+        name = _one_name(line, _LB_RE, "partition lbN", list(self.tb.lbs), "an LB")
+        self.tb.partition_lb(name)
+        self._event("partition_lb", name)
+        self.say(f"{name} is cut off the LB cluster network")
+
+    @_guarded
+    def do_heal(self, line):
+        """heal lbN: that LB node's cluster interface up again; chain frames take the cluster
+        network again once its hellos arrive."""
+        name = _one_name(line, _LB_RE, "heal lbN", list(self.tb.lbs), "an LB")
+        self.tb.heal_lb(name)
+        self._event("heal_lb", name)
+        self.say(f"{name} is back on the LB cluster network")
 
     @_guarded
     def do_addlb(self, line):

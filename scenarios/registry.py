@@ -13,7 +13,7 @@ from scenarios.arrivals import ArrivalBatch
 from scenarios.workloads import AppBatch
 
 ACTIONS = ("add_nf", "drain_nf", "remove_nf", "kill_nf", "kill_lb", "restart_lb", "readmit_lb",
-           "add_lb", "kill_controller")
+           "add_lb", "kill_controller", "partition_lb", "heal_lb")
 
 
 @dataclass(frozen=True)

@@ -596,6 +596,22 @@ class Testbed:
         self.lbs.append(name)
         return name
 
+    def partition_lb(self, name: str) -> None:
+        """LB node ``name`` loses the LB cluster network (its ``-eth1`` down); its gateway
+        link and heartbeats stay up. Its peers and it reach each other through the gateway
+        once each notices (``agents.paths``)."""
+        self._cluster_link(name, "down")
+
+    def heal_lb(self, name: str) -> None:
+        """LB node ``name``'s cluster interface up again."""
+        self._cluster_link(name, "up")
+
+    def _cluster_link(self, name: str, state: str) -> None:
+        if name not in self.lbs:
+            raise TestbedFailure(f"no LB node {name!r} (LB nodes: {', '.join(self.lbs)})")
+        host_checked(self.net[name], ["ip", "link", "set", topo.cluster_intf_of(name), state],
+                     f"setting {name}'s cluster interface {state}")
+
     def dump_nf(self, name: str) -> dict | None:
         out = self.logs / f"{name}.nf.json"
         try:

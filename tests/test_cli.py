@@ -51,6 +51,12 @@ class FakeTestbed:
         self.nfs.append(f"nf{len(self.nfs) + 1}")
         return self.nfs[-1]
 
+    def partition_lb(self, name):
+        self.calls.append(("partition_lb", name))
+
+    def heal_lb(self, name):
+        self.calls.append(("heal_lb", name))
+
     def kill_controller(self, name="", wait=True):
         self.calls.append(("kill_controller", wait))
         return {"epoch_before": 3, "rest_s": 1.2, "switch_s": 1.3, "agents_s": 1.5,
@@ -133,6 +139,17 @@ def test_pool_commands_call_the_testbed_and_record_events(shell):
     times = [t for t, _, _ in commands.events]
     assert times == sorted(times) and times[0] >= 0
     assert "no LB 'lb2'" in run("killlb lb2")   # gone now
+
+
+def test_partition_and_heal_an_lb_node(shell):
+    commands, tb, run = shell
+    assert run("partition lb2").startswith("lb2 is cut off")
+    assert run("heal lb2").startswith("lb2 is back")
+    assert "usage: partition lbN" in run("partition")
+    assert "'nf1' is not an LB name" in run("heal nf1")
+    assert tb.calls == [("partition_lb", "lb2"), ("heal_lb", "lb2")]
+    assert [(a, t) for _, a, t in commands.events] == [("partition_lb", "lb2"),
+                                                        ("heal_lb", "lb2")]
 
 
 def test_killctl_waits_for_the_controller_and_says_how_long_it_took(shell):

@@ -283,3 +283,23 @@ def test_controller_failure_chain_keeps_every_connection_and_the_new_one_drives_
     state = json.loads((run_dir / "controller.state.json").read_text())
     assert state["epoch"] >= after and any(n["name"] == "nf4" for n in state["nfs"])
     _nothing_left_behind()
+
+
+def test_cluster_partition_chain_goes_through_the_gateway_and_back():
+    """lb2 loses the LB cluster network while its gateway link stays up: every node notices
+    on its own (no hellos), the chain frames to and from lb2 take the gateway, nothing moves
+    or breaks (an NF joins meanwhile), and once healed they take the cluster network again."""
+    run_dir, flows, summary, params = _run("cluster-partition", "chain")
+    data = _data_rows(flows)
+    assert int(summary["moved"]) == 0 and int(summary["broken"]) == 0
+    assert data["completed"].astype(str).eq("True").all()
+    stats = {p.name.split(".")[0]: json.loads(p.read_text())
+             for p in (run_dir / "logs").glob("lb*.stats.json")}
+    lb2 = stats.pop("lb2")["counts"]
+    assert (lb2["cluster_lost"], lb2["cluster_healed"]) == (3, 3) and lb2["via_gateway"] > 0
+    for name, s in stats.items():
+        c = s["counts"]
+        assert (c["cluster_lost"], c["cluster_healed"]) == (1, 1), name
+        assert c["via_gateway"] > 0 and s["via_gateway_to"] == [], name
+    assert (data["nf_first"] == "nf4").any(), "the NF added while cut off is used"
+    _nothing_left_behind()

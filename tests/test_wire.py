@@ -55,6 +55,7 @@ HAND = [
     m.Heartbeat("lb1", 4, 1000),
     m.Heartbeat("", 0, 0),
     m.Heartbeat("lb9", BIG, BIG),
+    m.Hello("lb2", 7, 123), m.Hello("", 0, 0),
 ]
 
 
@@ -87,7 +88,8 @@ views = st.builds(m.ViewMsg, u64, st.integers(0, 65535), names,
                                      st.sampled_from(["active", "draining", "failed"])),
                            max_size=8).map(tuple))
 heartbeats = st.builds(m.Heartbeat, names, u64, u64)
-messages = st.one_of(frames, views, heartbeats)
+hellos = st.builds(m.Hello, names, u64, u64)
+messages = st.one_of(frames, views, heartbeats, hellos)
 
 
 # --- scapy, independently of the struct codecs --------------------------------------------
@@ -194,6 +196,7 @@ def test_round_trip_generated(msg):
 
 def test_smallest_message_needs_no_ethernet_padding():
     assert len(encode(m.Heartbeat("", 0, 0), SECRET)) >= 46
+    assert len(encode(m.Hello("", 0, 0), SECRET)) >= 46
     assert len(encode(frame(None, src=""), SECRET)) >= 46
 
 
@@ -275,7 +278,7 @@ def signed_part(msg) -> bytes:
 
 @pytest.mark.parametrize("signed, message", [
     (bytes([wire.VERSION + 1]) + signed_part(HAND[18])[1:], "version"),
-    (bytes([wire.VERSION, 4]) + signed_part(HAND[18])[2:], "message type"),
+    (bytes([wire.VERSION, 5]) + signed_part(HAND[18])[2:], "message type"),
     (bytes([wire.VERSION, 0]) + signed_part(HAND[18])[2:], "message type"),
     (signed_part(frame(m.SyncDone()))[:-1] + b"\x0a", "body type"),
     (signed_part(m.ViewMsg(1, 1, "", (), (m.NFInfo("a", "02:00:00:00:04:01", "failed"),)))[:-1]
