@@ -9,6 +9,7 @@ import os
 import sys
 
 from agents.conntrack import CtTimeouts, parse_timeouts
+from agents.chain import VARIANTS
 from agents.modes import MODES
 from scenarios import registry
 from scenarios.params import (KEYS, ParamError, apply, parse_modes, parse_seeds, parse_set,
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
                 + " (l is the chain length; flows: planned iperf3 flows, spread over the "
                   "scenario's batches in proportion; rate: Mbit/s per flow)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    variant_help = (f"the chain protocol's variant: {' or '.join(VARIANTS)} (default "
+                    f"{VARIANTS[0]}; the same as --set variant=...)")
+    r.add_argument("--variant", choices=VARIANTS, help=variant_help)
     r.add_argument("--cli", action="store_true", help="open the Mininet CLI at the end or on failure")
     r.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every time and duration (0.1..10; e.g. 0.5 for a quick run)")
@@ -54,12 +58,14 @@ def main(argv=None) -> int:
     w.add_argument("--seeds", default="1", help="seeds: 1,2,5 or 1-5")
     w.add_argument("--time-scale", type=float, default=1.0)
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    w.add_argument("--variant", choices=VARIANTS, help=variant_help)
     w.add_argument("--ct-timeouts", default="", help=ct_help)
     sub.add_parser("list", help="list scenarios and modes")
     sub.add_parser("cleanup", help="remove what a crashed run left behind")
     c = sub.add_parser("cli", help="start the testbed and open the interactive CLI")
     c.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
     c.add_argument("--ct-timeouts", default="", help=ct_help)
+    c.add_argument("--variant", choices=VARIANTS, help=variant_help)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="the testbed's sizes: key=value, repeatable; keys: "
                         + ", ".join(k for k in KEYS if k not in ("flows", "rate")))
@@ -90,6 +96,11 @@ def main(argv=None) -> int:
         if args.cmd == "cli" and len(modes) > 1:
             raise ParamError("the CLI runs one mode; give one of: " + ", ".join(MODES))
         overrides = parse_set(getattr(args, "set", []))
+        if getattr(args, "variant", None):
+            if overrides.get("variant", args.variant) != args.variant:
+                raise ParamError(f"--variant {args.variant} and --set variant="
+                                 f"{overrides['variant']} disagree: give one")
+            overrides["variant"] = args.variant
         seeds = [1]
         grid = [overrides]
         if args.cmd == "sweep":

@@ -51,6 +51,12 @@ def test_topology_keys_size_the_testbed_and_land_in_the_scenario():
     assert s.params["lbs"] == 6 and s.params["chain_len"] == 2
 
 
+def test_the_variant_is_a_testbed_parameter():
+    scenario, params = apply(registry.get("scale-out"), {"variant": "patent"})
+    assert params.variant == "patent" and scenario.params["variant"] == "patent"
+    assert apply(registry.get("scale-out"), {})[1].variant == "steered"
+
+
 def test_chain_longer_than_the_lb_nodes_names_the_limit():
     with pytest.raises(ParamError, match=r"chain_len=5 \(lbs=4\).*chain_len 1\.\.lbs"):
         apply(registry.get("scale-out"), {"l": "5"})
@@ -122,7 +128,11 @@ def test_the_cli_takes_topology_only():
     (["matrix", "--set", "lbs=1", "--set", "l=1"], "LBS must be >= 2"),
     (["sweep", "scale-out", "--param", "speed", "--values", "1"], "unknown parameter 'speed'"),
     (["sweep", "scale-out", "--param", "L", "--values", "1,9"], "chain_len=9"),
-    (["sweep", "scale-out", "--param", "L", "--values", "1", "--set", "l=2"], "is swept")])
+    (["sweep", "scale-out", "--param", "L", "--values", "1", "--set", "l=2"], "is swept"),
+    (["run", "scale-out", "--set", "variant=ring"], "variant='ring'"),
+    (["run", "scale-out", "--variant", "patent", "--set", "variant=steered"], "disagree"),
+    (["run", "scale-out", "--variant", "ring"], "invalid choice: 'ring'"),
+    (["sweep", "scale-out", "--param", "variant", "--values", "patent,x"], "variant='x'")])
 def test_command_line_errors_are_one_line_without_a_traceback(args, message):
     r = subprocess.run([sys.executable, "-m", "scenarios", *args], capture_output=True,
                        text=True, timeout=60)
