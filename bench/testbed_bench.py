@@ -513,6 +513,45 @@ def nf_add(s: Session) -> list[Row]:
 def lb_kill(s: Session, victim: str) -> list[Row]:
     """UDP probe flows (every ``probe_interval_s``) from every client; ``victim`` is killed
     (SIGKILL) 2.5 s in; the figure is when the last interrupted flow forwarded again."""
+    box = {}
+
+    def kill():
+        box["carried"] = s.status(victim)["counts"]["forwarded"]
+        s.tb.kill_lb(victim)
+    out = probed_fault(s, f"the LB kill (other than {victim})", kill)
+    carried = box["carried"]
+    s.log(f"   LB kill ({victim}, which had forwarded {carried} packets): every flow forwards "
+          f"again after {out['restore_s']:.3f} s; {out['interrupted_flows']}/{out['live_flows']} "
+          f"flows interrupted, longest gap {out['max_gap_s']:.3f} s, {out['lost_flows']} never "
+          f"came back, {out['lost_probes']} probes lost")
+    if not carried or not out["interrupted_flows"]:
+        raise BenchError(f"the killed agent {victim} carried no probe flow: nothing measured")
+    s.tb.wait_agents_current(20)
+    return [Row("lb_kill_restore_s", out["restore_s"], "s"),
+            Row("lb_kill_max_gap_s", out["max_gap_s"], "s"),
+            Row("lb_kill_interrupted_flows", out["interrupted_flows"], "flows",
+                "live probe flows", out["live_flows"])]
+
+
+def controller_kill(s: Session) -> list[Row]:
+    """The same UDP probe flows while the controller is killed (SIGKILL) and its supervisor
+    brings it back: how long until every agent runs its new view, and the flows interrupted
+    meanwhile (none should be: the switch keeps its flows, the chain needs no controller)."""
+    out = probed_fault(s, "the controller kill", lambda: s.tb.kill_controller(wait=False))
+    [outage] = s.tb.outages()[-1:]
+    if "agents_s" not in outage:
+        raise BenchError(f"the controller did not come back: {outage.get('error')}")
+    s.log(f"   controller kill: back (every agent at epoch {outage['epoch_after']}) after "
+          f"{outage['agents_s']:.3f} s; {out['interrupted_flows']}/{out['live_flows']} probe "
+          f"flows interrupted, longest gap {out['max_gap_s']:.3f} s")
+    return [Row("controller_restore_s", outage["agents_s"], "s"),
+            Row("controller_kill_interrupted_flows", out["interrupted_flows"], "flows",
+                "live probe flows", out["live_flows"])]
+
+
+def probed_fault(s: Session, what: str, fault) -> dict:
+    """UDP probe flows from every client, ``fault()`` 2.5 s in: ``measure.restore_time`` of
+    the probes' arrivals (interrupted flows, gaps, the time until the last came back)."""
     p = s.plan
     clients = [h.name for h in s.tb.net.hosts if topo.kind_of(h.name) == "client"]
     servers = ["s1", "s2"]
@@ -531,27 +570,15 @@ def lb_kill(s: Session, victim: str) -> list[Row]:
                         *[f"--flow={ip_of(servers[j % 2])}:{7000 + j}:{7100 + j}"
                           for j in range(k)]], f"probe-send-{c}") for c in clients]
     time.sleep(2.5)
-    carried = s.status(victim)["counts"]["forwarded"]
-    t_kill = time.monotonic()
-    s.tb.kill_lb(victim)
+    t_fault = time.monotonic()
+    fault()
     for x in send:
         s.finish(x, duration + 20)
     arrivals = {}
     for x in recv:
         arrivals.update(s.finish(x, duration + 20)["arrivals"])
-    s.check_members(f"the LB kill (other than {victim})")
-    out = m.restore_time(arrivals, t_kill, gap_s=5 * p.probe_interval_s)
-    s.log(f"   LB kill ({victim}, which had forwarded {carried} packets): every flow forwards "
-          f"again after {out['restore_s']:.3f} s; {out['interrupted_flows']}/{out['live_flows']} "
-          f"flows interrupted, longest gap {out['max_gap_s']:.3f} s, {out['lost_flows']} never "
-          f"came back, {out['lost_probes']} probes lost")
-    if not carried or not out["interrupted_flows"]:
-        raise BenchError(f"the killed agent {victim} carried no probe flow: nothing measured")
-    s.tb.wait_agents_current(20)
-    return [Row("lb_kill_restore_s", out["restore_s"], "s"),
-            Row("lb_kill_max_gap_s", out["max_gap_s"], "s"),
-            Row("lb_kill_interrupted_flows", out["interrupted_flows"], "flows",
-                "live probe flows", out["live_flows"])]
+    s.check_members(what)
+    return m.restore_time(arrivals, t_fault, gap_s=5 * p.probe_interval_s)
 
 
 def dict_bytes_per_entry(n: int) -> float:
@@ -697,6 +724,7 @@ def chain_group(s: Session, res: Results) -> None:
                         unpaced_direct / 1e6))
     res.rows += nf_add(s)
     res.rows += nf_detect(s)
+    res.rows += controller_kill(s)
     res.rows += lb_kill(s, "lb2")
     res.rows += setup_rate(s)          # last: it may overload the cluster
     for started in servers:
@@ -850,6 +878,7 @@ TARGETS = {   # metric -> (test on the row, text)
     "lb_kill_restore_s": (lambda r: r.value < 1.5, "< 1.5 s"),
     "nf_detect_s": (lambda r: r.value < 1.0, "< 1 s"),
     "nf_false_detections": (lambda r: r.value == 0, "0"),
+    "controller_kill_interrupted_flows": (lambda r: r.value == 0, "0"),
     "entries_held": (lambda r: r.value >= 100_000, ">= 100,000"),
     "e2e_throughput": (lambda r: r.ratio is not None and r.ratio >= 0.9, "ratio >= 0.9"),
     "max_arrival_cps": (lambda r: r.value >= 300, ">= 300/s"),
