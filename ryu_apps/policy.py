@@ -24,7 +24,8 @@ NF health: while the switch is connected (from ``start`` until ``switch_lost``),
 (``SendProbe``, ``ryu_apps.probe``); ``probe_reply`` records the send time of the newest
 probe it returned. An NF none of whose probes sent in the last ``nf_detect_timeout``
 returned is marked failed, as ``remove_nf`` does, and the view says so (agents purge its
-entries). The window of an NF starts when probing does (its admission, the switch's
+entries); one that never returned a probe yet (its service may still be starting) has
+``join_timeout`` instead, as a joining LB node has. The window of an NF starts when probing does (its admission, the switch's
 connection, or the end of a stall of this process: ticks ``STALL`` apart or more restart
 every window, since the replies of that time may still be queued); ``nf_detect_timeout`` 0
 turns detection off.
@@ -151,6 +152,7 @@ class NFMember:
     last_ok: float | None = None      # send time of the newest probe it returned
     failed_at: float | None = None
     detected: bool = False            # failed by its probes (not told: remove_nf)
+    seen: bool = False                # it returned a probe once (restored: it had)
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ class Policy:
                      "admitted_epoch": m.admitted_epoch, "status": m.status}
                     for m in self.lbs.values()],
             "nfs": [{"name": n.name, "mac": n.mac, "port": n.port, "state": n.state,
-                     "detected": n.detected} for n in self.nfs.values()],
+                     "detected": n.detected, "seen": n.seen} for n in self.nfs.values()],
         }
 
     @classmethod
@@ -307,6 +309,7 @@ class Policy:
                     raise PolicyError(f"bad state {n['state']!r} of {n['name']}")
                 pol.nfs[n["name"]].state = n["state"]
                 pol.nfs[n["name"]].detected = bool(n.get("detected"))
+                pol.nfs[n["name"]].seen = bool(n.get("seen"))
             slots = snap["slots"]
             if sorted(s for s in slots if s) != sorted(pol.lbs):
                 raise PolicyError(f"slots {slots} are not those of the LB nodes {list(pol.lbs)}")
@@ -376,6 +379,7 @@ class Policy:
             return []                   # not a probe of ours (or of another NF, or too old)
         if m.last_ok is None or sent[1] > m.last_ok:
             m.last_ok = sent[1]
+        m.seen = True
         return []
 
     def _probe_tick(self, now: float) -> list[Action]:
@@ -391,11 +395,13 @@ class Policy:
             if m.state == "failed" or m.probe_from is None:
                 continue
             since = max(m.probe_from, m.last_ok if m.last_ok is not None else m.probe_from)
-            if now - since > self.nf_detect_timeout:
+            limit = self.nf_detect_timeout if m.seen else self.join_timeout
+            if now - since > limit:
                 m.state, m.failed_at, m.detected = "failed", now, True
                 self.epoch += 1
                 acts += [Note(f"{m.name} failed: none of its probes sent in the last "
-                              f"{now - since:.3f} s came back (limit {self.nf_detect_timeout} s)"),
+                              f"{now - since:.3f} s came back (limit {limit} s"
+                              + ("" if m.seen else ", never answered") + ")"),
                          self._push_all(now)]
         if self._last_probe is None or now - self._last_probe >= self.probe_interval * 0.9:
             self._last_probe = now

@@ -514,7 +514,7 @@ def test_replies_of_another_port_or_nf_or_unknown_seq_do_not_count():
     while t < 2.0:
         t = round(t + PROBE_INTERVAL, 6)
         for p in of(pol.tick(t), SendProbe):
-            if p.nf == "nf2":
+            if p.nf == "nf2" and t > 0.3:
                 pol.probe_reply("nf2", p.seq, 99, t)          # wrong port
                 pol.probe_reply("nf1", p.seq, 21, t)          # another NF's probe
                 pol.probe_reply("nf2", p.seq + 1000, 22, t)   # never sent
@@ -549,11 +549,22 @@ def test_an_nf_added_later_is_probed_from_its_admission():
     pol = probing()
     t, _ = run_probes(pol, 2.0, lambda nf, t: True)
     pol.add_nf("nf3", mac(4, 3), 23, now=t)
-    _, acts = run_probes(pol, t + NF_DETECT_TIMEOUT - PROBE_INTERVAL,
-                         lambda nf, t: nf != "nf3", t=t)
+    _, acts = run_probes(pol, t + 1.0, lambda nf, t: nf != "nf3" or t > 2.5, t=t)
     assert pol.nfs["nf3"].state == "active" and any(p.nf == "nf3" for p in of(acts, SendProbe))
-    run_probes(pol, t + 2.0, lambda nf, t: nf != "nf3", t=t + NF_DETECT_TIMEOUT - PROBE_INTERVAL)
+    run_probes(pol, t + 2.0, lambda nf, t: nf != "nf3" or t < 3.2, t=t + 1.0)
     assert pol.nfs["nf3"].state == "failed"
+
+
+def test_an_nf_that_never_answers_has_the_join_timeout():
+    """An NF whose service is still starting when probing starts (the testbed starts the NFs
+    after the switch connects) is not failed at once; one that never answers is, after
+    join_timeout."""
+    pol = probing(join_timeout=3.0)
+    run_probes(pol, 2.9, lambda nf, t: nf == "nf1" or t > 1.5)
+    assert all(n.state == "active" for n in pol.nfs.values()) and pol.nfs["nf2"].seen
+    pol = probing(join_timeout=3.0)
+    run_probes(pol, 3.2, lambda nf, t: nf == "nf1")
+    assert pol.nfs["nf2"].state == "failed" and pol.nfs["nf1"].state == "active"
 
 
 def test_detection_can_be_turned_off_and_bad_timeouts_are_refused():
@@ -575,7 +586,7 @@ def test_probe_detection_is_exact(steps, delays, stop):
     return, each after its delay) is failed exactly when none of its probes sent in the last
     timeout has returned in a window with no stall; never while one has."""
     pol = probing(n_nf=1)
-    t, due, returned, window = 0.0, [], [], 0.0
+    t, due, returned, window, seen = 0.0, [], [], 0.0, False
     last_tick = 0.0
     for i, step in enumerate(steps):
         t = round(t + step, 6)
@@ -585,13 +596,15 @@ def test_probe_detection_is_exact(steps, delays, stop):
             pol.probe_reply(p.nf, p.seq, p.port, when)
             if sent >= t - 2 * NF_DETECT_TIMEOUT:       # (older ones the policy forgot)
                 returned.append(sent)
+                seen = True
         if t - last_tick >= 0.3:
             window = t
         last_tick = t
         was = pol.nfs["nf1"].state
         newest = max([s for s in returned], default=None)
+        limit = NF_DETECT_TIMEOUT if seen else pol.join_timeout
         expect_fail = was != "failed" and t - max(window, newest if newest is not None
-                                                  else window) > NF_DETECT_TIMEOUT
+                                                  else window) > limit
         out = pol.tick(t)
         assert (pol.nfs["nf1"].state == "failed") == (was == "failed" or expect_fail)
         for p in of(out, SendProbe):
