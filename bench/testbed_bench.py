@@ -57,7 +57,12 @@ SERVER_PORTS = (9000, 9001, 9002, 9003)
 
 
 class BenchError(RuntimeError):
-    """A benchmark step failed (message says which and where its log is)."""
+    """A benchmark step failed (message says which and where its log is); ``rows``: what
+    its group measured before (kept in the results)."""
+
+    def __init__(self, message: str, rows=()):
+        super().__init__(message)
+        self.rows = list(rows)
 
 
 @dataclass(frozen=True)
@@ -778,7 +783,18 @@ def arrivals_group(s: Session) -> list[Row]:
     rows.append(Row("max_arrival_cps", best, "connections/s"))
     most = 0
     for hold in p.arrival_holds:
-        s.settle(30)
+        try:
+            s.settle(30)
+            s.check_members("the arrival steps")
+        except (TestbedFailure, BenchError) as e:
+            # the step that overloaded the cluster left it broken (nodes removed, lookups
+            # stuck): what was measured stays, the rest of the group cannot run
+            s.log(f"   the cluster did not recover from the last arrival step ({e}): "
+                  "max_concurrent not measured")
+            for proc in size_servers:
+                proc.terminate()
+            raise BenchError(f"arrivals: the cluster did not recover after {rate:g}/s: "
+                             f"max_concurrent not measured ({e})", rows) from None
         out = arrival_step(s, f"hold{hold:g}", p.arrival_hold_cps, p.arrival_step_s + hold, hold,
                            next(ports))
         if out["errors"]:
@@ -863,6 +879,7 @@ def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
             run_group(group, run_dir, plan, res, log,
                       math.ceil(plan.connect_samples / plan.connect_rounds) if rnd else None, name)
         except (BenchError, TestbedFailure, m.ParseError, topo.TestbedError) as e:
+            res.rows += getattr(e, "rows", [])
             res.failures.append(f"{name}: {e}")
             log(f"   FAILED: {e}")
         log(f"   ({time.monotonic() - t:.0f} s)")

@@ -441,3 +441,13 @@ def test_top_frames_of_collapsed_stacks():
     assert own == [(60.0, "run (lb.py:96)"), (30.0, "decode (wire.py:451)")]
     assert incl[0] == (100.0, "main (lb.py:1)") and incl[1] == (60.0, "run (lb.py:96)")
     assert m.top_frames("") == (0, [], [])
+
+
+def test_a_group_that_fails_midway_keeps_what_it_measured(monkeypatch, tmp_path):
+    def group(g, run_dir, plan, res, log, samples=None, tb_name=None):
+        raise tbb.BenchError("arrivals: the cluster did not recover",
+                             [tbb.Row("max_arrival_cps", 1300, "connections/s")])
+    monkeypatch.setattr(tbb, "run_group", group)
+    res = tbb.run_all(["arrivals"], tmp_path, tbb.QUICK, log=lambda *_: None)
+    assert [r.metric for r in res.rows] == ["max_arrival_cps"] and res.rows[0].value == 1300
+    assert res.failures == ["arrivals: arrivals: the cluster did not recover"]
