@@ -157,9 +157,11 @@ runs a trace (strictly, or ``lenient``), and ``format_trace`` prints it in the e
 each choice with what the node did (who sends what to whom). ``compact`` writes a choice as
 text (``"deliver n1->n2 Write"``: the oldest Write in flight from n1 to n2, ``"lookup 0"``,
 ``"view n3 2"``, ``"event 0"``, ``"tick 1.0"``, ...; ``compact_trace`` adds ``seqN`` to a
-frame that is not the oldest of its kind on its link) that ``replay`` reads back, so a trace
-survives most changes of sequence numbers. ``python tests/chain_explore.py [configs] --seconds S``
-runs the explorer from the shell (``--stress``, ``--engine MUTANT`` or ``git:REV``).
+frame that is not the oldest of its kind on its link, and ``toN``, the incarnation it is
+addressed to, to one that is not the oldest with that number either) that ``replay`` reads
+back, so a trace survives most changes of sequence numbers.
+``python tests/chain_explore.py [configs] --seconds S`` runs the explorer from the shell
+(``--stress``, ``--engine MUTANT`` or ``git:REV``, ``--variant patent``).
 
 Engines: ``World(cfg, engine=...)`` takes any ``ChainNode``-compatible class; ``mutant(name)``
 builds scratch mutant copies of ``agents/chain.py`` (text edits of the current source, loaded as
@@ -1174,7 +1176,10 @@ def compact(ch: Choice) -> str:
 
 def compact_trace(cfg: Config, trace: list, engine=chain_mod.ChainNode) -> list[str]:
     """``compact`` texts of a trace's choices; a frame that is not the oldest of its kind on
-    its link in flight gets its sequence number too (``deliver n3->n2 Query seq3``)."""
+    its link in flight gets its sequence number too (``deliver n3->n2 Query seq3``), and one
+    that is not the oldest with that number either (a first frame of a link sent again,
+    addressed, while the unaddressed copy is still in flight) the incarnation it is
+    addressed to (``deliver n2->j1 SyncDone seq2 to2``)."""
     w = World(cfg, engine)
     out = []
     for ch in trace:
@@ -1184,9 +1189,11 @@ def compact_trace(cfg: Config, trace: list, engine=chain_mod.ChainNode) -> list[
             text = compact(ch)
             if ch[0] in ("deliver", "drop", "dup"):
                 kind = type(ch[3].body)
-                first = next(f for f in w.flight if f[:2] == ch[1:3] and type(f[2].body) is kind)
-                if first != ch[1:]:
+                same = [f for f in w.flight if f[:2] == ch[1:3] and type(f[2].body) is kind]
+                if same[0] != ch[1:]:
                     text += f" seq{ch[3].seq}"
+                    if next(f for f in same if f[2].seq == ch[3].seq) != ch[1:]:
+                        text += f" to{ch[3].dst_inc}"
         out.append(text)
         try:
             w.step(ch)
@@ -1202,10 +1209,16 @@ def resolve(w: World, text: str) -> Choice | None:
     if kind in ("deliver", "drop", "dup"):
         src, dst = parts[1].split("->")
         want = parts[2]
-        seq = int(parts[3][3:]) if len(parts) > 3 and parts[3].startswith("seq") else None
+        seq = to = None
+        for part in parts[3:]:
+            if part.startswith("seq"):
+                seq = int(part[3:])
+            elif part.startswith("to"):
+                to = int(part[2:])
         for s, d, f in w.flight:
             name = "ack" if f.body is None else type(f.body).__name__
-            if (s, d) == (src, dst) and name == want and seq in (None, f.seq):
+            if (s, d) == (src, dst) and name == want and seq in (None, f.seq) \
+                    and to in (None, f.dst_inc):
                 return (kind, s, d, f)
         return None
     if kind in ("lookup", "delete", "event"):
@@ -1650,6 +1663,11 @@ CONFIGS: dict[str, Config] = {c.name: c for c in [
     # a joiner becomes the tail, L=2
     Config("join-tail-L2", keys=(((0, ("n1", "n2")), (1, ("n1", "j1"))),),
            lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2")), events=(("join", "j1"),)),
+    # a joiner becomes the head, then an NF fails (the joiner may purge before it holds the
+    # entries it heads), L=2
+    Config("join-head-fail-L2", keys=(((0, ("n1", "n2")), (1, ("j1",))),),
+           lookups=(("n1", 0, "nf1"), ("n3", 0, "nf2")),
+           events=(("join", "j1"), ("fail", "nf1"))),
     # a live member is removed (it may never hear of it), N=4, L=2
     Config("remove-live-L2", members=("n1", "n2", "n3", "n4"),
            keys=(((0, ("n1", "n2")), (1, ("n1",))),),
@@ -1776,7 +1794,7 @@ def main(argv=None) -> int:
         else:
             found, stats = explore(cfg, args.seconds, args.depth, engine=engine,
                                    heal_at=args.heal_at)
-        print(f"{name}: {stats}", flush=True)
+        print(f"{cfg.name}: {stats}", flush=True)
         for f in found:
             bad += 1
             print(f"  found after {f.seconds:.1f}s ({f.how}), trace {len(f.trace)} -> "

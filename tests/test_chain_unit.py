@@ -6,11 +6,15 @@ in flight, so that a test can deliver, drop, duplicate or reorder any one frame 
 """
 from __future__ import annotations
 
+import bisect
+import functools
+import hashlib
 from dataclasses import replace
 
 import pytest
 
-from agents.chain import MAX_RIDER, ChainNode, Decision, Forward, Send, View
+from agents.chain import (MAX_RIDER, RING_VNODES, VARIANTS, ChainNode, Decision, Forward, Send,
+                          View)
 from agents.keys import flow_key
 from agents.messages import (Ack, Answer, DeleteReq, Frame, Gone, InsertReq, Query, Sync,
                              SyncDone, SyncEntry, Write)
@@ -1551,3 +1555,297 @@ def test_a_node_removed_without_being_told_decides_nothing_new():
         net.set_view(name, view3)
     net.settle(3.0)
     assert [nf for n, _, nf in net.decided() if n == "c"] == ["nf1"]
+
+
+# ============================================================================ patent variant
+#
+# ``View(..., variant="patent")``: keys on a consistent-hash ring of the members' names, and an
+# asker's Query starts the insert at the tail (see agents/chain.py). Here the ring is rebuilt
+# from its definition, and the frames of a new key are followed hop by hop.
+
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+@functools.lru_cache(maxsize=None)
+def ring_points(members: tuple[str, ...]) -> list[tuple[int, str]]:
+    """The ring: ``RING_VNODES`` points per member (the hash of ``name#i``), sorted."""
+    return sorted((_h64(f"{m}#{i}".encode()), m) for m in members for i in range(RING_VNODES))
+
+
+def ring_chain(members, chain_len: int, k: bytes) -> tuple[str, ...]:
+    """The patent's placement, from its definition: the tail owns the first ring point at or
+    after the key's blake2b-64 hash (wrapping around), the chain is the tail's L-1 distinct
+    predecessors (head first), then the tail."""
+    points = ring_points(tuple(members))
+    h = _h64(k)
+    i = bisect.bisect_left(points, (h, "")) % len(points)
+    picked = [points[i][1]]
+    j = i
+    while len(picked) < min(chain_len, len(members)):
+        j -= 1
+        m = points[j % len(points)][1]
+        if m not in picked:
+            picked.append(m)
+    return tuple(reversed(picked))
+
+
+def patent(epoch, members, chain_len, **kw) -> View:
+    return View(epoch, members, chain_len, variant="patent", **kw)
+
+
+def test_view_variant_defaults_to_steered_and_unknown_variants_are_refused():
+    assert VARIANTS[0] == "steered" and "patent" in VARIANTS
+    assert View(1, ("a", "b"), 2).variant == "steered" and View(1, ("a", "b"), 2).steered
+    assert not patent(1, ("a", "b"), 2).steered
+    with pytest.raises(ValueError):
+        View(1, ("a", "b"), 2, variant="ring")
+    assert patent(1, ("a", "b"), 2) != View(1, ("a", "b"), 2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("chain_len", [1, 2, 3, 4])
+def test_patent_chain_is_the_tails_ring_predecessors(n, chain_len):
+    """Tail: the owner of the key's successor point on the ring; head: the tail's L-1'th
+    distinct predecessor; min(L, members) distinct nodes."""
+    members = tuple(f"lb{i}" for i in range(1, n + 1))
+    view = patent(1, members, chain_len)
+    points = ring_points(members)
+    assert len(points) == RING_VNODES * n
+    wrapped = 0
+    for k in KEYS[:1500]:
+        c = view.chain(k)
+        assert c == ring_chain(members, chain_len, k), k
+        assert len(c) == min(chain_len, n) and len(set(c)) == len(c)
+        h = _h64(k)
+        succ = next((m for p, m in points if p >= h), None)     # (a linear scan, not bisect)
+        assert c[-1] == (succ or points[0][1]), "the tail owns the key's successor point"
+        wrapped += succ is None
+    if n > 1:
+        assert wrapped > 0, "no key hashed past the last ring point (the wrap-around untested)"
+
+
+def test_patent_longer_chains_add_a_predecessor_in_front_of_the_same_tail():
+    members = ("lb1", "lb2", "lb3", "lb4", "lb5")
+    views = {L: patent(1, members, L) for L in range(1, 6)}
+    for k in KEYS[:500]:
+        tail = views[1].chain(k)[-1]
+        for L in range(1, 5):
+            shorter, longer = views[L].chain(k), views[L + 1].chain(k)
+            assert shorter[-1] == longer[-1] == tail
+            assert longer[1:] == shorter, (L, shorter, longer)
+
+
+def test_patent_placement_ignores_steering_and_member_order_and_balances_roles():
+    members = ("lb1", "lb2", "lb3", "lb4", "lb5")
+    a = patent(1, members, 3)
+    b = patent(7, tuple(reversed(members)), 3, steering=("lb2", "lb1", "", "lb5", "lb3", "lb4"))
+    steered = View(1, members, 3)
+    count = {m: {"head": 0, "middle": 0, "tail": 0} for m in members}
+    differs = 0
+    for k in KEYS[:2000]:
+        assert a.chain(k) == b.chain(k)
+        differs += a.chain(k) != steered.chain(k)
+        h, mid, t = a.chain(k)
+        count[h]["head"] += 1
+        count[mid]["middle"] += 1
+        count[t]["tail"] += 1
+    assert differs > 1500, "the ring places keys unlike the steering hash"
+    for m in members:
+        for role, n in count[m].items():
+            # 400 expected per role; with 16 points per member the shares spread widely
+            # (lb4 owns about 7% of this ring, lb3 about 29%): a node never picked, or picked
+            # for most keys, fails this
+            assert 50 < n < 1000, (m, role, count[m])
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_patent_removing_or_adding_a_member_moves_only_the_chains_it_is_in(L):
+    """Consistent hashing: removing lb3 changes exactly the chains that held it (lb3 is
+    replaced by one other member), and adding lb3 back changes exactly the chains that now
+    hold it; a sixth member likewise moves only the chains it joins."""
+    members = ("lb1", "lb2", "lb3", "lb4", "lb5")
+    full = patent(1, members, L)
+    less = patent(2, tuple(m for m in members if m != "lb3"), L)
+    more = patent(3, members + ("lb6",), L)
+    moved = grown = 0
+    for k in KEYS[:3000]:
+        old, new = full.chain(k), less.chain(k)
+        if "lb3" in old:
+            moved += 1
+            assert "lb3" not in new and len(new) == len(old)
+            assert set(old) - {"lb3"} <= set(new), (old, new)   # one member replaces it
+        else:
+            assert new == old, (k, old, new)
+        # adding lb3 back (the same comparison the other way round): only chains holding it
+        assert (full.chain(k) == new) == ("lb3" not in full.chain(k))
+        bigger = more.chain(k)
+        if "lb6" in bigger:
+            grown += 1
+            assert len(bigger) == len(old) and set(bigger) - {"lb6"} <= set(old), (old, bigger)
+        else:
+            assert bigger == old, (k, old, bigger)
+    # about L/5 of the keys hold lb3, about L/6 take lb6 (16 points each: loose bounds)
+    assert 0.5 * L / 5 < moved / 3000 < 1.6 * L / 5, moved
+    assert 0.5 * L / 6 < grown / 3000 < 1.6 * L / 6, grown
+
+
+def causal_hops(net: Net, limit: int = 10_000) -> dict:
+    """Deliver the frames in flight one at a time (FIFO) and follow causality: a data frame
+    sent while a node handles a frame is its child. Returns, for the first ``Forward`` and
+    each ``Decision``, the chain of data frames (src, dst, kind) that led to it, in order."""
+    parent: dict[int, tuple] = {}            # id(frame) -> path (src, dst, kind) to it
+    for s, d, f in net.flight:
+        if f.body is not None:
+            parent[id(f)] = ((s, d, kind(f)),)
+    out: dict = {"forward": None, "decisions": {}}
+    for _ in range(limit):
+        if not net.flight:
+            return out
+        s, d, f = net.flight.pop(0)
+        path = parent.get(id(f), ())
+        sent, forwards, decisions = len(net.sent), len(net.forwards), len(net.decisions)
+        net.receive(s, d, f)
+        for s2, d2, f2 in net.sent[sent:]:
+            if f2.body is not None:
+                parent[id(f2)] = path + ((s2, d2, kind(f2)),)
+        if len(net.forwards) > forwards and out["forward"] is None:
+            out["forward"] = (path, net.forwards[forwards][1])
+        for n, dec, _ in net.decisions[decisions:]:
+            out["decisions"].setdefault(n, (path, dec))
+    raise AssertionError("the network did not go quiet")
+
+
+def four(variant: str, k_pred=None) -> tuple[Net, View, bytes, tuple[str, str, str], str]:
+    """Four nodes, L=3, a started network; a key, its chain (h, m, t), the node outside it."""
+    view = View(1, ("a", "b", "c", "d"), 3, variant=variant)
+    net = Net(view)
+    net.start()
+    k = find_key(k_pred or (lambda k: True))
+    h, m, t = view.chain(k)
+    (out,) = set(view.members) - {h, m, t}
+    return net, view, k, (h, m, t), out
+
+
+@pytest.mark.parametrize("who", ["outside", "head", "middle"])
+def test_patent_lookup_queries_the_tail_which_inserts_through_the_head(who):
+    """patent, a new key: Query (with the proposal and the first packet) to the tail, the
+    tail's InsertReq to the head, Write down the chain, the tail commits, forwards the packet
+    and answers the asker: L+1 hops before the packet leaves, whoever asks (but the tail)."""
+    net, view, k, (h, m, t), outside = four("patent")
+    asker = {"outside": outside, "head": h, "middle": m}[who]
+    out = net.lookup(asker, k, "nf1", b"SYN")
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [
+        (t, Query(k, "nf1", 0, b"SYN", 1))], "no write, no InsertReq from the asker"
+    assert net.nodes[h].version(k) == 0
+    hops = causal_hops(net)
+    path, fwd = hops["forward"]
+    assert fwd == Forward(k, "nf1", b"SYN")
+    assert list(path) == [(asker, t, "Query"), (t, h, "InsertReq"), (h, m, "Write"),
+                          (m, t, "Write")], path
+    assert len(path) == view.chain_len + 1
+    apath, decision = hops["decisions"][asker]
+    assert decision == Decision(k, "nf1", True)
+    assert list(apath) == list(path) + [(t, asker, "Answer")]
+    assert [(n, d) for n, d, _ in net.decisions] == [(asker, Decision(k, "nf1", True))]
+    assert net.forwards == [(t, fwd)], "the packet left once, from the tail"
+    # the packet rode the Query only; the insert and the writes do not carry it
+    assert [f.body for _, _, f in net.data(0, InsertReq)] == [InsertReq(k, "nf1", 0)]
+    assert all(not f.body.packet for _, _, f in net.data(0, Write))
+    assert [f.body for _, _, f in net.data(0, Answer)] == [Answer(k, 1, "nf1", True, 1)]
+    net.settle(1.0)
+    for name in (h, m, t):
+        assert net.nodes[name].replica() == {k: "nf1"} and not net.nodes[name].uncommitted()
+    assert [(s, d) for s, d, _ in net.data(0, Ack)] == [(t, m), (m, h)]
+
+
+def test_patent_tail_asker_inserts_through_the_head_and_keeps_its_packet():
+    """The tail as asker: no Query frame (it asks itself), InsertReq to the head, Write down
+    the chain: L hops; its packet stays with it (no Forward, released=False)."""
+    net, view, k, (h, m, t), _ = four("patent")
+    out = net.lookup(t, k, "nf1", b"SYN")
+    assert [(s.dst, s.msg.body) for s in data_sends(out)] == [(h, InsertReq(k, "nf1", 0))]
+    hops = causal_hops(net)
+    assert hops["forward"] is None and net.forwards == []
+    path, decision = hops["decisions"][t]
+    assert decision == Decision(k, "nf1", False)
+    assert list(path) == [(t, h, "InsertReq"), (h, m, "Write"), (m, t, "Write")]
+    assert len(path) == view.chain_len
+
+
+@pytest.mark.parametrize("who,path", [
+    # the head writes at once, its Write carries the packet: L-1 hops
+    ("head", ["h>m Write", "m>t Write"]),
+    # any other asker: InsertReq to the head in parallel with its Query to the tail: L hops
+    ("outside", ["x>h InsertReq", "h>m Write", "m>t Write"]),
+    ("middle", ["m>h InsertReq", "h>m Write", "m>t Write"]),
+])
+def test_steered_lookup_with_the_same_members_is_as_before(who, path):
+    """The default variant on the same members: a head asker writes at once (L-1 hops before
+    the packet leaves), another asker sends InsertReq to the head along with its Query."""
+    net, view, k, (h, m, t), outside = four("steered")
+    names = {"h": h, "m": m, "t": t, "x": outside}
+    asker = {"outside": outside, "head": h, "middle": m}[who]
+    out = net.lookup(asker, k, "nf1", b"SYN")
+    if who == "head":
+        assert [(s.dst, kind(s.msg)) for s in data_sends(out)] == [(m, "Write")]
+    else:
+        assert sorted((s.dst, kind(s.msg)) for s in data_sends(out)) == sorted(
+            [(h, "InsertReq"), (t, "Query")])
+    hops = causal_hops(net)
+    got, fwd = hops["forward"]
+    want = [(names[p[0]], names[p[2]], p.split()[1]) for p in path]
+    assert list(got) == want and fwd == Forward(k, "nf1", b"SYN")
+    assert len(got) == view.chain_len - (who == "head")
+    assert [(n, d) for n, d, _ in net.decisions] == [(asker, Decision(k, "nf1", True))]
+
+
+def test_patent_concurrent_askers_make_one_insert_at_the_tail():
+    """Two askers of a new key: the tail starts one insert (the first query's proposal), one
+    Write per hop; each asker's packet is forwarded once, to that NF."""
+    net, view, k, (h, m, t), outside = four("patent")
+    net.lookup(outside, k, "nf1", b"p1")
+    net.lookup(h, k, "nf2", b"p2")
+    net.settle(1.0)
+    assert len(net.data(body=InsertReq)) == 1
+    assert len(net.data(body=Write)) == view.chain_len - 1
+    assert sorted(net.decided()) == sorted([(outside, k, "nf1"), (h, k, "nf1")])
+    assert sorted(f.packet for _, f in net.forwards) == [b"p1", b"p2"]
+    assert {f.nf for _, f in net.forwards} == {"nf1"}
+    for name in (h, m, t):
+        assert net.nodes[name].replica() == {k: "nf1"}
+
+
+def test_patent_a_committed_entry_is_answered_by_the_tail_alone():
+    """A known key: the tail answers the Query at once (no InsertReq, no Write), without
+    forwarding (the asker sends its packet)."""
+    net, view, k, (h, m, t), outside = four("patent")
+    net.lookup(h, k, "nf1")
+    net.settle(1.0)
+    mark = len(net.sent)
+    net.lookup(outside, k, "nf2", b"SYN")
+    net.run()
+    assert [(s, d, kind(f)) for s, d, f in net.data(mark)] == [(outside, t, "Query"),
+                                                                (t, outside, "Answer")]
+    assert [d for n, d, _ in net.decisions if n == outside] == [Decision(k, "nf1", False)]
+    assert net.forwards == []
+
+
+def test_patent_sim_runs_agree_and_settle():
+    """The simulated network under the patent variant: loss, duplicates, a crash and a join;
+    one NF per key, every lookup answered, chains replicated."""
+    sim = Sim(["n1", "n2", "n3", "n4"], 3, seed=5, variant="patent",
+              fault=Fault(loss=0.1, dup=0.1, max_delay=0.02, view_stagger=0.1))
+    for i, k in enumerate(KEYS[:40]):
+        sim.lookup(0.02 * i, f"n{i % 4 + 1}", k, f"nf{i % 3}")
+        sim.lookup(0.02 * i + 0.001, f"n{(i + 1) % 4 + 1}", k, f"nf{(i + 1) % 3}")
+    sim.crash(1.0, "n2")
+    sim.join(2.0, "j1")
+    sim.run(10.0)
+    assert sim.view.variant == "patent"
+    assert all(len(nfs) == 1 for nfs in sim.decided().values())
+    answered = {(n, k) for _, n, k, _ in sim.decisions}
+    assert all((n, k) in answered for _, n, k in sim.lookups if n in sim.live_nodes())
+    for k, (nf,) in sim.decided().items():
+        for m in sim.view.chain(k):
+            assert sim.nodes[m].replica().get(k) == nf
