@@ -821,8 +821,14 @@ class ChainNode:
             if self.id not in chain:
                 del self.store[key]          # handed off to its chain when the view came
                 self.live -= bool(rec.nf)
-            elif not rec.committed and chain[-1] == self.id:
+                continue
+            if not rec.committed and chain[-1] == self.id:
                 self._commit(key, now)
+            if rec.nf in self.failed and chain[0] == self.id and key not in self._deleting:
+                # a failed NF's entry that reached this head after its purge (a Sync of the
+                # view that made it head): deleted now (see ``purge_nf``)
+                self.cache.pop(key, None)
+                self._request_delete(key, rec.ver, now)
         for key in list(self._waiters):
             self._serve(key, now, force=True)
         deferred, self._deferred = self._deferred, []
@@ -861,6 +867,16 @@ class ChainNode:
             self._send(src, Gone(q.key, rec.ver), now)
             return
         if not q.nf:              # asked only: there is no entry (a purged NF's is none)
+            w = self._waiters.get(q.key, {}).get(src)
+            if w is not None and w[0] and w[1] == q.lookup:
+                # the asker's packet rode to this tail with this lookup's earlier query, and
+                # waits here: "no entry" would tell it this tail spoke while it may still
+                # forward the packet. An insert of a live NF under way answers it (and sends
+                # the packet) on commit; otherwise the packet stays the asker's
+                ins = self._inserting.get(q.key)
+                if ins is not None and ins.nf not in self.failed:
+                    return
+                self._waiters[q.key][src] = (b"", q.lookup)
             ver = rec.ver if rec is not None and not rec.nf else 0
             self._send(src, Answer(q.key, ver, "", lookup=q.lookup), now)
             return

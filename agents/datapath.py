@@ -330,7 +330,10 @@ class Datapath:
             if self.name not in members:
                 return []
             self.node = ChainNode(self.name, chain_view, incarnation=self.incarnation)
-            return self._engine(self.node.tick(now))
+            out = self._engine(self.node.tick(now))
+            for nf in sorted(self.failed):    # failed before this node's first view: never
+                out += self._engine(self.node.purge_nf(nf, now))   # inserted here either
+            return out
         out = self._engine(self.node.set_view(chain_view, now))
         if self.node.removed and self.buffered:
             # out of the view: the engine dropped its pending lookups, nothing will answer

@@ -115,25 +115,28 @@ M_DELETE_RACES_FIRST_PACKET = (
     "went, but the table names nf3: deciding 'nf3 released' split the connection. The decision "
     "names nf3 unreleased, and the packet goes there too (at-most-once/deleted: at least once)")
 N_NEW_HEAD_PURGED_BEFORE_SYNC = (
-    "(found by the patent variant's stress, open) failed-nf: purge_nf deletes the entries of a "
+    "(found by the patent variant's stress) failed-nf: purge_nf deletes the entries of a "
     "failed NF that the node heads when the failure's view reaches it; a node that becomes a "
     "key's head in a view (patent: any member of the chain removed, the ring shifts a new head "
     "in front; steered: a joiner that heads it) and purges before the entry reaches it by Sync "
     "never deletes it, nor does anyone else (the old head is no longer head, the tail committed "
-    "it before its purge): committed entries of the failed NF stay once every node has the view")
+    "it before its purge): committed entries of the failed NF stay once every node has the view. "
+    "Fixed: a node that becomes synced deletes the failed NFs' entries it heads (the ones a "
+    "Sync brought after its purge), and an agent's new chain node purges the NFs its first "
+    "view marks failed")
 O_EMPTY_ANSWER_TAKEN_FOR_THE_PACKETS_TAIL = (
-    "(found by the patent variant's stress, open; steered too) at-most-once: the asker's "
+    "(found by the patent variant's stress; steered too) at-most-once: the asker's "
     "packet rode to the tail, whose insert is in flight; the asker's retry asks without "
     "inserting (_query: its packet's tail not heard from), and the tail, holding no record yet, "
     "answers it 'no entry' (Answer v0 ''), which the asker takes for the tail's answer to its "
     "packet (p.heard); the write then commits, the tail forwards the packet and answers "
     "released, but a join moves the tail and the new tail's unreleased answer arrives first: "
     "the asker decides released=False and its agent sends the packet again, while the old tail "
-    "stays a member")
+    "stays a member. Fixed: a tail holding the asker's packet for that lookup does not answer "
+    "'no entry' while an insert of a live NF is under way (the commit answers it), and "
+    "otherwise gives the packet back to the asker (it forgets its copy) as it answers")
 # known traces of violations not fixed yet (xfail)
-OPEN: set[str] = {"N-new-head-purged-before-sync@patent", "N-new-head-purged-before-sync",
-                  "O-empty-answer-taken-for-the-packets-tail@patent",
-                  "O-empty-answer-taken-for-the-packets-tail"}
+OPEN: set[str] = set()
 
 # (config, budget, oracle, heal at the end, compact trace, reason)
 KNOWN_TRACES = {
@@ -271,12 +274,17 @@ LATER_CLASSES = {"A-gone-overtakes-released-answer": "d5be40c",
                  "G-skipped-tombstone-no-gone": "d5be40c",
                  "G-skipped-tombstone-no-gone-join": "d5be40c", "I-ttl-version-reuse": "d5be40c",
                  "K-late-released-answer-after-reinsert": "9ca63c3",
-                 "M-delete-races-first-packet": "a32ad4c"}
+                 "M-delete-races-first-packet": "a32ad4c",
+                 "N-new-head-purged-before-sync": "6352626",
+                 "N-new-head-purged-before-sync@patent": "6352626",
+                 "O-empty-answer-taken-for-the-packets-tail": "6352626",
+                 "O-empty-answer-taken-for-the-packets-tail@patent": "6352626"}
 
 
 def test_known_traces_violate_the_engine_before_their_fixes():
-    """The regressions can fail: each trace of classes A', D, F, G, I, K and M reaches its
-    oracle on the engine before its fix (git d5be40c; 9ca63c3 for K, a32ad4c for M)."""
+    """The regressions can fail: each trace of classes A', D, F, G, I, K, M, N and O reaches
+    its oracle on the engine before its fix (git d5be40c; 9ca63c3 for K, a32ad4c for M,
+    6352626 for N and O)."""
     missed = []
     for case, rev in LATER_CLASSES.items():
         engine = ce.engine_at(rev)
@@ -362,7 +370,8 @@ def test_tail_left_is_the_only_resend(name, variant):
 # mutant -> (config, budget): a configuration the real engine passes (test above)
 MUTANT_CASES = {
     "a_head_overwrites": ("two-askers-L2", (0, 0, 0, 1)),
-    "b1_tail_answers_unsynced": ("stress-churn-L2", None),   # (the randomized stress finds it)
+    # (the randomized stress finds it: stress-churn-L2 did through class O, fixed since)
+    "b1_tail_answers_unsynced": ("stress-L3-mix", None),
     "b2_synced_without_syncdone": ("join-head-L2", (0, 0, 0, 1)),
     "c_gone_keeps_cache": ("delete-cached-L2", (0, 0, 0, 1)),
     "d_no_retransmission": ("two-askers-L2", (1, 0, 0, 1)),
@@ -473,8 +482,7 @@ def test_replay_and_minimize_round_trip():
 # ----------------------------------------------------------------------------- randomized stress
 
 # stress families a known open violation is reachable in: (family, variant) -> known trace
-STRESS_XFAIL = {("stress-L3-mix", "patent"): "N-new-head-purged-before-sync@patent",
-                ("stress-churn-L2", "patent"): "O-empty-answer-taken-for-the-packets-tail@patent"}
+STRESS_XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _stress_case(name, variant):

@@ -483,12 +483,13 @@ def test_a_retried_query_does_not_drop_the_packet_the_tail_holds():
     net.run()
     net.flush()                                  # the query is acked: no backlog to the tail
     assert net.decided() == [] and net.forwards == []
-    net.now += RETRY                             # the asker asks again, with no packet:
-    net.tick(m)                                  # first without inserting (its packet's tail
-    net.run()                                    # is not heard from), then, told there is no
-    net.settle(1.0)                              # entry, with its proposal
+    net.now += RETRY                             # the asker asks again, with no packet and
+    net.tick(m)                                  # without inserting (its packet's tail is not
+    net.run()                                    # heard from); the tail, whose insert is under
+    net.settle(1.0)                              # way, does not answer "no entry": the
+    #                                              insert (the lost request sent again) commits
     assert [(f.body.packet, f.body.nf) for _, d, f in net.data(0, Query) if d == t] == \
-        [(b"SYN", "nf1"), (b"", ""), (b"", "nf1")]
+        [(b"SYN", "nf1"), (b"", "")]
     assert net.forwards == [(t, Forward(k, "nf1", b"SYN"))]
     assert [d for _, d, _ in net.decisions] == [Decision(k, "nf1", True)]
 

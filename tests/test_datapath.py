@@ -780,3 +780,15 @@ def test_chain_lookup_pending_when_its_proposed_nf_fails_is_decided_for_a_live_n
     (frame,) = [f for _, f in cl.frames_of([syn])]
     assert nf_of(frame) == "nf2"
     assert all("nf1" not in d.node.replica().values() for d in cl.dps.values())
+
+
+def test_a_chain_node_born_on_a_view_with_a_failed_nf_never_inserts_it():
+    """The agent's first view already marks nf2 failed: its new chain node purges it (a head
+    refuses a purged NF's insert, e.g. from an asker still on an older view)."""
+    dp = Datapath("lb1", "chain", lb_mac("lb1"))
+    dp.view(view(3, ["nf1", ("nf2", "failed"), "nf3"], "chain"), 0.0)
+    assert dp.node is not None and dp.node.failed == {"nf2"}
+    assert dp.variant == "steered" and dp.status()["variant"] == "steered"
+    dp = Datapath("lb1", "chain", lb_mac("lb1"), variant="patent")
+    dp.view(view(1, ["nf1"], "chain"), 0.0)
+    assert dp.node.view.variant == "patent" and dp.node.failed == set()
