@@ -104,13 +104,16 @@ QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapa
              arrival_hold_cps=100.0, arrival_holds=(1.0,))
 
 GROUPS = ("datapath", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-L3-patent",
-          "chain-N5", "chain-N8", "chain", "arrivals", "entries")
+          "chain-N5", "chain-N8", "chain-N5-patent", "chain-N8-patent", "chain", "arrivals",
+          "entries")
 CONNECT_GROUPS = {   # group -> (mode, LB nodes, chain length, connect label, chain variant)
     "maglev": ("maglev", 3, 3, "maglev", VARIANTS[0]),
     "chain-L1": ("chain", 3, 1, "L1_N3", "steered"), "chain-L2": ("chain", 3, 2, "L2_N3", "steered"),
     "chain-L3": ("chain", 3, 3, "L3_N3", "steered"),
     "chain-L3-patent": ("chain", 3, 3, "L3_N3_patent", "patent"),
     "chain-N5": ("chain", 5, 3, "L3_N5", "steered"), "chain-N8": ("chain", 8, 3, "L3_N8", "steered"),
+    "chain-N5-patent": ("chain", 5, 3, "L3_N5_patent", "patent"),
+    "chain-N8-patent": ("chain", 8, 3, "L3_N8_patent", "patent"),
 }
 
 
@@ -830,7 +833,8 @@ def connect_rows(samples: dict) -> list[Row]:
         d = connect["direct"]
         rows.append(Row("connect_ms_p50_direct", d["p50"], "ms"))
         rows.append(Row("connect_ms_p99_direct", d["p99"], "ms"))
-    for label in ("L1_N3", "L2_N3", "L3_N3", "L3_N3_patent", "L3_N5", "L3_N8"):
+    for label in ("L1_N3", "L2_N3", "L3_N3", "L3_N3_patent", "L3_N5", "L3_N5_patent", "L3_N8",
+                  "L3_N8_patent"):
         c = connect.get(label)
         if c:
             rows.append(Row(f"connect_ms_p50_{label}", c["p50"], "ms", base_name, base))

@@ -208,7 +208,9 @@ KNOWN_TRACES = {
         ['lookup 0', 'deliver n1->n2 Write', 'deliver n2->n1 Answer', 'deliver n2->n1 Ack',
          'lookup 1', 'deliver n3->n2 Query', 'deliver n3->n1 InsertReq', 'drop n2->n3 Answer',
          'delete 0', 'deliver n1->n2 Write', 'tick 1.0'], I_TTL_VERSION_REUSE),
-    # (a config named ``name@variant`` runs under that protocol variant: ``_known_cfg``)
+    # (a config named ``name@variant`` runs under that protocol variant: ``_known_cfg``; the
+    # two @patent traces were found with 16 ring points per member: with 64 their steps are
+    # not enabled any more (skipped), and the steered trace of each class is its regression)
     "N-new-head-purged-before-sync@patent": (
         "stress-L3-mix@patent", None, "failed-nf", True,
         ['lookup 0', 'deliver n2->n4 Query', 'deliver n4->n1 InsertReq', 'deliver n1->n3 Write',
@@ -275,10 +277,11 @@ LATER_CLASSES = {"A-gone-overtakes-released-answer": "d5be40c",
                  "G-skipped-tombstone-no-gone-join": "d5be40c", "I-ttl-version-reuse": "d5be40c",
                  "K-late-released-answer-after-reinsert": "9ca63c3",
                  "M-delete-races-first-packet": "a32ad4c",
+                 # (the @patent traces of N and O were found with 16 ring points per member;
+                 # with 64 their keys' chains differ from git 6352626's, so only the steered
+                 # traces are replayed against it)
                  "N-new-head-purged-before-sync": "6352626",
-                 "N-new-head-purged-before-sync@patent": "6352626",
-                 "O-empty-answer-taken-for-the-packets-tail": "6352626",
-                 "O-empty-answer-taken-for-the-packets-tail@patent": "6352626"}
+                 "O-empty-answer-taken-for-the-packets-tail": "6352626"}
 
 
 def test_known_traces_violate_the_engine_before_their_fixes():
@@ -381,7 +384,7 @@ MUTANT_CASES = {
 # overwrite needs a second insert of another NF (a restarted tail's, in the stress)
 PATENT_MUTANT_CASES = {
     "a_head_overwrites": ("stress-restart-L3", None),
-    "b1_tail_answers_unsynced": ("stress-churn-L2", None),
+    "b1_tail_answers_unsynced": ("stress-restart-L2", None),
     "b2_synced_without_syncdone": ("join-head-L2", (0, 0, 0, 1)),
     "c_gone_keeps_cache": ("delete-cached-L2", (0, 0, 0, 1)),
     "d_no_retransmission": ("two-askers-L2", (1, 0, 0, 1)),
