@@ -272,9 +272,9 @@ class Testbed:
         return False
 
     def stop_processes(self) -> None:
-        for t in self._watchers:              # a restore being measured ends first
-            t.join(timeout=30)
-        self._closing.set()                   # the supervisor restarts nothing from here on
+        self._closing.set()                   # the supervisor restarts nothing from here on,
+        for t in self._watchers:              # and a restore being measured stops waiting
+            t.join(timeout=5)
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
         for name, proc in list(self.procs.items()):
@@ -383,14 +383,20 @@ class Testbed:
     def _measure_restore(self, proc, t0: float, before: int, timeout: float) -> dict:
         out: dict = {"epoch_before": before}
         self.controller_outages.append(out)
+
+        def unless_closing(check):
+            def f():
+                if self._closing.is_set():
+                    raise TestbedFailure("the testbed closed first")
+                return check()
+            return f
         try:
-            wait_for("the controller to come back",
-                     lambda: self.procs["controller"] is not proc and self._health_or_none(),
-                     timeout, 0.02)
+            wait_for("the controller to come back", unless_closing(
+                lambda: self.procs["controller"] is not proc and self._health_or_none()),
+                timeout, 0.02)
             out["rest_s"] = round(time.monotonic() - t0, 3)
-            wait_for("the switch to reconnect to the restarted controller",
-                     lambda: (self._health_or_none() or {}).get("switch_connected"), timeout,
-                     0.02)
+            wait_for("the switch to reconnect to the restarted controller", unless_closing(
+                lambda: (self._health_or_none() or {}).get("switch_connected")), timeout, 0.02)
             out["switch_s"] = round(time.monotonic() - t0, 3)
             view = self.wait_agents_current(timeout)
             out["agents_s"] = round(time.monotonic() - t0, 3)
@@ -469,7 +475,7 @@ class Testbed:
     # ------------------------------------------------------------------ REST
 
     def rest(self, method: str, path: str, body: dict | None = None,
-             wait_restart: float = None) -> dict:
+             wait_restart: float | None = None) -> dict:
         """A call of the controller's REST API. While the supervisor restarts the controller
         (the connection is refused, so nothing was done), it is tried again for up to
         ``wait_restart`` seconds (default CONTROLLER_BACK_S)."""
