@@ -446,6 +446,16 @@ def test_make_cli_session_and_nothing_left_behind(tmp_path):
         assert re.search(r"nf1\s+active", out) and re.search(r"nf3\s+active", out), out
         assert re.search(r"nf4\s+active", out), out
 
+        # the controller killed: its supervisor restarts it, and it resumes the same view at
+        # a higher epoch (nf2 still failed, nf4 still there)
+        before = int(re.search(r"epoch (\d+)", out).group(1))
+        out = _command(child, "killctl", 60)
+        assert "controller killed and back" in out and "Traceback" not in out, out
+        out = _command(child, "view")
+        assert int(re.search(r"epoch (\d+)", out).group(1)) > before, out
+        assert re.search(r"nf2\s+failed", out) and re.search(r"nf4\s+active", out), out
+        assert len(re.findall(r"lb\d\s+up\s+entries", out)) == 4, out
+
         child.sendline("exit")
         child.expect(pexpect.EOF, timeout=90)
     finally:
