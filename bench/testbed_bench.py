@@ -809,6 +809,17 @@ def arrivals_group(s: Session) -> list[Row]:
     return rows
 
 
+def first_packet_hops(variant: str, lbs: int, chain_len: int) -> float:
+    """Chain hops a new connection's first packet takes before the tail forwards it, on
+    average over keys, by the protocol (the unit tests follow each path frame by frame):
+    steered L-1 (the gateway steers it to its head); patent L+1, L when the receiving node is
+    the tail (1 in N)."""
+    L = min(chain_len, lbs)
+    if variant == "patent":
+        return L + 1 - 1 / lbs
+    return L - 1
+
+
 def connect_rows(samples: dict) -> list[Row]:
     """connect_ms_* rows and the first-packet overhead, from the pooled connect samples."""
     rows = []
@@ -842,6 +853,9 @@ def connect_rows(samples: dict) -> list[Row]:
             if c["frames"]:
                 rows.append(Row(f"chain_frames_per_conn_{label}", c["frames"] / c["n"],
                                 "frames"))
+            _, lbs, L, _, variant = next(g for g in CONNECT_GROUPS.values() if g[3] == label)
+            rows.append(Row(f"first_packet_hops_{label}", first_packet_hops(variant, lbs, L),
+                            "hops (protocol)"))
     errors = sum(c["errors"] for c in connect.values())
     if connect:
         rows.append(Row("connect_errors", errors, "connections", "connects tried",

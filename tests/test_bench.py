@@ -214,6 +214,10 @@ def test_the_patent_variant_has_its_own_first_packet_overhead_and_frame_counts()
     assert rows["first_packet_overhead_ms_p50_patent"].value == pytest.approx(1.4)
     assert rows["chain_frames_per_conn_L3_N3_patent"].value == pytest.approx(6.0)
     assert "chain_frames_per_conn_L3_N3" not in rows      # not measured: no row
+    assert rows["first_packet_hops_L3_N3"].value == 2
+    assert rows["first_packet_hops_L3_N3_patent"].value == pytest.approx(3 + 1 - 1 / 3)
+    assert tbb.first_packet_hops("patent", 8, 3) == pytest.approx(3.875)
+    assert tbb.first_packet_hops("steered", 3, 1) == 0
 
 
 def test_target_lines():
