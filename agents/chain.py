@@ -369,6 +369,7 @@ class ChainNode:
         self._gone_order: deque[tuple[float, bytes, int]] = deque()
         self._out: list[Action] = []
         self._started = False
+        self._before: View | None = None                  # the view before this one
         self.failed: set[str] = set()                     # NFs purged: never inserted again
 
     @property
@@ -518,6 +519,7 @@ class ChainNode:
         if view.epoch <= self.view.epoch:
             return self._finish(now)
         old, self.view = self.view, view
+        self._before = old                    # whose tails announced what (_check_synced)
         self.synced = False
         renewed = view.renewed(old)
         # work deferred for peers that left: nobody waits for it
@@ -824,6 +826,12 @@ class ChainNode:
                 continue
             if not rec.committed and chain[-1] == self.id:
                 self._commit(key, now)
+            elif (rec.committed and chain[-1] == self.id and (not rec.nf or rec.ver > 1)
+                  and self._before is not None and self._before.members
+                  and self._before.chain(key)[-1] != self.id):
+                # a new tail that already held a committed deletion (or re-insert): the old
+                # tail's Gone may have left with it, and a node still caches what it deleted
+                self._announce_gone(key, rec.ver, now)
             if rec.nf in self.failed and chain[0] == self.id and key not in self._deleting:
                 # a failed NF's entry that reached this head after its purge (a Sync of the
                 # view that made it head): deleted now (see ``purge_nf``)

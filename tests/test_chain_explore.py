@@ -135,6 +135,14 @@ O_EMPTY_ANSWER_TAKEN_FOR_THE_PACKETS_TAIL = (
     "stays a member. Fixed: a tail holding the asker's packet for that lookup does not answer "
     "'no entry' while an insert of a live NF is under way (the commit answers it), and "
     "otherwise gives the packet back to the asker (it forgets its copy) as it answers")
+P_NEW_TAIL_HELD_THE_COMMITTED_DELETION = (
+    "(found by the deep run of both variants, patent) coherence: the tail commits a "
+    "deletion and announces Gone, but the frame to a node that caches the entry is still in "
+    "flight when the tail is removed (its frames are then dropped); the new tail had the "
+    "committed tombstone already (the old tail's Ack reached it), so the Sync path that "
+    "announces a deletion new to a tail (class G) does not run, and the node keeps caching "
+    "the deleted entry. Fixed: a node that becomes a key's tail announces, once synced, the "
+    "committed deletions and re-inserts it holds for keys it was not the tail of")
 # known traces of violations not fixed yet (xfail)
 OPEN: set[str] = set()
 
@@ -232,6 +240,21 @@ KNOWN_TRACES = {
          'deliver n2->j1 SyncDone', 'deliver n3->j1 Query', 'deliver n3->j1 SyncDone',
          'deliver j1->n3 SyncDone', 'deliver j1->n3 Answer'],
         O_EMPTY_ANSWER_TAKEN_FOR_THE_PACKETS_TAIL),
+    "P-new-tail-held-the-committed-deletion@patent": (
+        "stress-L3-mix@patent", None, "coherence", True,
+        ['lookup 0', 'deliver n2->n3 Query', 'lookup 1', 'deliver n4->n3 Query',
+         'deliver n3->n1 InsertReq', 'deliver n1->n2 Write', 'lookup 2', 'tick1 n3',
+         'deliver n1->n4 Query', 'deliver n4->n2 InsertReq', 'drop n2->n3 Write', 'lookup 4',
+         'deliver n2->n3 Write', 'tick 1.0', 'lookup 3', 'deliver n3->n4 Query',
+         'deliver n4->n3 Query', 'tick 1.0', 'tick 1.0', 'deliver n3->n4 Query',
+         'deliver n4->n3 Query', 'tick 1.0', 'tick 1.0', 'deliver n2->n3 Write',
+         'deliver n2->n3 Write', 'deliver n4->n3 Query', 'deliver n3->n2 Answer',
+         'deliver n3->n2 Ack', 'deliver n2->n1 Ack', 'deliver n3->n4 Query',
+         'deliver n3->n4 Answer', 'delete 0', 'deliver n3->n4 Write', 'deliver n2->n1 DeleteReq',
+         'deliver n1->n2 Write', 'deliver n4->n3 Answer', 'deliver n4->n3 Ack',
+         'deliver n3->n2 Ack', 'deliver n2->n3 Write', 'deliver n3->n2 Ack', 'event 0',
+         'event 1'],
+        P_NEW_TAIL_HELD_THE_COMMITTED_DELETION),
     "O-empty-answer-taken-for-the-packets-tail": (
         "stress-churn-L2", None, "at-most-once", False,
         ['lookup 1', 'deliver n3->n2 Query', 'deliver n3->n1 InsertReq', 'tick1 n2', 'tick 1.0',
@@ -281,13 +304,14 @@ LATER_CLASSES = {"A-gone-overtakes-released-answer": "d5be40c",
                  # with 64 their keys' chains differ from git 6352626's, so only the steered
                  # traces are replayed against it)
                  "N-new-head-purged-before-sync": "6352626",
-                 "O-empty-answer-taken-for-the-packets-tail": "6352626"}
+                 "O-empty-answer-taken-for-the-packets-tail": "6352626",
+                 "P-new-tail-held-the-committed-deletion@patent": "5ac1461"}
 
 
 def test_known_traces_violate_the_engine_before_their_fixes():
-    """The regressions can fail: each trace of classes A', D, F, G, I, K, M, N and O reaches
-    its oracle on the engine before its fix (git d5be40c; 9ca63c3 for K, a32ad4c for M,
-    6352626 for N and O)."""
+    """The regressions can fail: each trace of classes A', D, F, G, I, K, M, N, O and P
+    reaches its oracle on the engine before its fix (git d5be40c; 9ca63c3 for K, a32ad4c for
+    M, 6352626 for N and O, 5ac1461 for P)."""
     missed = []
     for case, rev in LATER_CLASSES.items():
         engine = ce.engine_at(rev)
