@@ -44,7 +44,9 @@ value. Deletes go through the head the same way and leave a versioned tombstone,
 stale insert cannot revive a deleted entry. The tail tells every node (``Gone``) to drop
 cached answers of older versions when a deletion commits, when a re-insert commits
 (version > 1: the tombstone before it may have been superseded before it committed, or its
-``Gone`` lost with a tail that left), and when a committed deletion reaches it as a new tail.
+``Gone`` lost with a tail that left), and when it becomes a key's tail holding a committed
+deletion or re-insert (a Sync brought it, or it had it already: the old tail's ``Gone`` may
+have left with it).
 A key absent everywhere (new, or its tombstones expired) starts at a version above a floor
 that grows with time (``_version_floor``: one window of 2**20 versions per
 ``tombstone_ttl``), so versions of a key never start again and a frame of its earlier life
