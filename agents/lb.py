@@ -52,7 +52,7 @@ class Agent:
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
         # per peer: how chain frames reach it, (sock, dst, src) on the LB cluster network
         # (while ``paths`` says it works) and through the gateway
-        self.lb_route: dict[str, tuple[socket.socket, bytes, bytes]] = {}
+        self.lb_via_cluster: dict[str, tuple[socket.socket, bytes, bytes]] = {}
         self.lb_via_gw: dict[str, tuple[socket.socket, bytes, bytes]] = {}
         self.paths = ClusterPaths()
         self.hellos = 0
@@ -190,7 +190,7 @@ class Agent:
                 self.tx(a)
             elif kind is Send:
                 if self.paths.via_cluster(a.dst):
-                    route = self.lb_route.get(a.dst)
+                    route = self.lb_via_cluster.get(a.dst)
                 else:
                     route = self.lb_via_gw.get(a.dst)
                     self.counts["via_gateway"] += 1
@@ -221,10 +221,11 @@ class Agent:
                   file=sys.stderr)
         self.lb_via_gw = {lb.name: (self.sock, wire.mac_bytes(lb.mac), self.mac)
                           for lb in view.lbs}
-        self.lb_route = {lb.name: (self.csock, wire.mac_bytes(lb.cluster_mac), self.cluster_mac)
-                         for lb in view.lbs
-                         if self.csock is not None and lb.cluster_mac and lb.name != self.name}
-        self.paths.set_peers(self.lb_route, now)
+        self.lb_via_cluster = {
+            lb.name: (self.csock, wire.mac_bytes(lb.cluster_mac), self.cluster_mac)
+            for lb in view.lbs
+            if self.csock is not None and lb.cluster_mac and lb.name != self.name}
+        self.paths.set_peers(self.lb_via_cluster, now)
         self.apply(self.dp.view(view, now))
 
     def cluster_tick(self, now: float) -> None:
@@ -234,7 +235,7 @@ class Agent:
             self.hellos += 1
             msg = Hello(self.name, self.dp.epoch, self.hellos)
             for peer in hello:
-                _, dst, src = self.lb_route[peer]
+                _, dst, src = self.lb_via_cluster[peer]
                 self.tx(wire.frame_bytes(dst, src, msg, self.secret), data=False,
                         sock=self.csock)
         self.log_paths(changes)

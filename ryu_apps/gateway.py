@@ -121,9 +121,9 @@ class Gateway(app_manager.OSKenApp):
         self.secret = _SETTINGS["secret"]
         cfg, snap = _SETTINGS["cfg"], _SETTINGS["snapshot"]
         self.state_path = _SETTINGS["state_path"]
-        # resumed: the switch keeps the flows it has until they are written again (a
-        # fresh start clears them first)
-        self.resumed = snap is not None
+        # a fresh start clears the switch's flows first; a resumed one, and a reconnect,
+        # rewrite them in place (each flow replaces its own): traffic never meets an empty table
+        self._clear_on_connect = snap is None
         self.policy = (Policy.restore(snap, time.monotonic(), **tunables_of(cfg)) if snap
                        else Policy.from_config(cfg, now=time.monotonic()))
         self._saved: dict | None = None
@@ -148,12 +148,10 @@ class Gateway(app_manager.OSKenApp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         self.dp = dp
         self.logger.info("switch %016x connected", dp.id)
-        if not self.resumed:
+        if self._clear_on_connect:
             dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
                                           out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
-        # from now on the switch holds this controller's flows: a reconnect rewrites them in
-        # place (each flow replaces its own), so traffic never meets an empty table
-        self.resumed = True
+            self._clear_on_connect = False
         self._flow(PRIO_MISS, parser.OFPMatch(), [])
         self._flow(PRIO_HEARTBEAT, parser.OFPMatch(eth_type=ETH_CHAINLB, eth_dst=CONTROLLER_MAC),
                    [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])

@@ -350,8 +350,7 @@ class Testbed:
                 self.controller_restarts.append({"at": now, "wall": time.time(),
                                                  "status": proc.returncode})
 
-    def kill_controller(self, name: str = "", wait: bool = True,
-                        timeout: float = 30.0) -> dict | None:
+    def kill_controller(self, wait: bool = True, timeout: float = 30.0) -> dict | None:
         """SIGKILL the controller; the supervisor brings it back. Measures until it serves
         its REST API, the switch is connected and every LB agent runs its new epoch
         (``controller_outages``: seconds ``rest_s``, ``switch_s``, ``agents_s``, and the

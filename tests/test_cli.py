@@ -57,7 +57,7 @@ class FakeTestbed:
     def heal_lb(self, name):
         self.calls.append(("heal_lb", name))
 
-    def kill_controller(self, name="", wait=True):
+    def kill_controller(self, wait=True):
         self.calls.append(("kill_controller", wait))
         return {"epoch_before": 3, "rest_s": 1.2, "switch_s": 1.3, "agents_s": 1.5,
                 "epoch_after": 4}
