@@ -9,10 +9,10 @@ CT_TIMEOUTS ?=
 CLI_ARG := $(if $(filter 1 yes true,$(CLI)),--cli,)
 CT_ARG  := $(if $(CT_TIMEOUTS),--ct-timeouts $(CT_TIMEOUTS),)
 # sizes (scenarios.params): LBS NFS L CLIENTS SERVERS SPARE_LBS SPARE_NFS FLOWS RATE CPS
-# and the chain protocol's VARIANT (steered | patent)
+# the chain protocol's VARIANT (steered | patent) and the LB nodes' FASTPATH (xdp | off)
 SIZES   := lbs=$(LBS) nfs=$(NFS) l=$(L) clients=$(CLIENTS) servers=$(SERVERS) \
            spare_lbs=$(SPARE_LBS) spare_nfs=$(SPARE_NFS) flows=$(FLOWS) rate=$(RATE) cps=$(CPS) \
-           variant=$(VARIANT)
+           variant=$(VARIANT) fastpath=$(FASTPATH)
 SET_ARG := $(foreach kv,$(SIZES),$(if $(word 2,$(subst =, ,$(kv))),--set $(kv),))
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
@@ -26,6 +26,7 @@ help:
 	@echo "                                       run one scenario (MODE: chain|maglev|local|hash; NAME=all for every one)"
 	@echo "      sizes: LBS=6 NFS=4 L=2 CLIENTS=4 SERVERS=3 SPARE_LBS= SPARE_NFS= FLOWS=60 RATE=1 (Mbit/s) CPS=300 (arrivals)"
 	@echo "      VARIANT=patent runs the patent's chain protocol (default steered; see README)"
+	@echo "      FASTPATH=off forwards every packet through the LB agents (default xdp: in the kernel)"
 	@echo "      repetitions: SEEDS=1-5 (or 1,2,5) MODE=chain,maglev (or all): one run each"
 	@echo "      FILE=my.toml runs a scenario file instead of NAME (format: scenarios/files.py)"
 	@echo "      SCALE=0.5 halves every time and duration"

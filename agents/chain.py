@@ -333,12 +333,37 @@ class _Delete:
     tries: int = 0
 
 
+class _WatchedCache(dict):
+    """A dict that adds to ``changes`` every key it sets or drops (reads are dict's own)."""
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: set):
+        super().__init__()
+        self.changes = changes
+
+    def __setitem__(self, key, value):
+        self.changes.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.changes.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key, *default):
+        self.changes.add(key)
+        return super().pop(key, *default)
+
+    def clear(self):
+        self.changes.update(self)
+        super().clear()
+
+
 class ChainNode:
     """One LB node's share of the distributed connection table."""
 
     def __init__(self, node_id: str, view: View, *, rto: float = 0.2, retry: float = 1.0,
                  tombstone_ttl: float = 60.0, max_delete_tries: int = 10,
-                 incarnation: int = 0):
+                 incarnation: int = 0, cache_changes: set | None = None):
         self.id = node_id
         self.view = view
         # incarnation: higher for every new life of this name (a process restarted under it
@@ -351,7 +376,10 @@ class ChainNode:
         self.max_delete_tries = max_delete_tries
         self.store: dict[bytes, _Rec] = {}
         self.live = 0                                       # records naming an NF (not tombstones)
-        self.cache: dict[bytes, tuple[int, str]] = {}     # answers: key -> (ver, nf)
+        # answers: key -> (ver, nf); ``cache_changes``, if given, collects the keys whose
+        # answer changed or left (the agent's fast path follows them, agents.datapath)
+        self.cache: dict[bytes, tuple[int, str]] = (
+            {} if cache_changes is None else _WatchedCache(cache_changes))
         self.synced = False
         self.stats = {"frames_out": 0, "retransmits": 0, "frames_in": 0, "dropped_in": 0,
                       "decisions": 0, "inserts": 0, "deletes": 0, "released": 0}

@@ -7,7 +7,20 @@ from another LB node), ``view`` (the controller's membership view), ``tick`` (en
 
 - ``bytes``: an Ethernet frame to send on the data interface (to an NF);
 - ``agents.chain.Send``: a chain frame for the LB node it names (the shell routes it);
-- ``Decided``: a connection was decided (the shell logs it).
+- ``Decided``: a connection was decided (the shell logs it);
+- ``FastPut`` / ``FastDel``: with the in-kernel fast path (``fastpath=True``), a connection
+  whose packets the kernel forwards from now on, with these Ethernet addresses, and one it no
+  longer forwards (``agents.fastpath`` keeps the BPF map in step).
+
+The fast path holds exactly the connections whose next packet without SYN, FIN or RST this
+core would forward unchanged to the same NF without changing its tracking: TCP connections
+established or half closed, UDP; decided (chain: cached at this node with the NF its packets
+went to; local: in the node's table; maglev and hash: the NF the current view maps them to);
+to a usable NF. Whatever may change that (a packet the kernel passed up, a decision, a
+cached answer changed or dropped by the engine, a view, an expiry) re-checks the connections
+it touches. The kernel passes everything else up (SYN, FIN, RST, fragments, ICMP, options).
+Their activity comes back through ``fast_seen`` (the map's last-seen times), so idle
+timeouts hold as if every packet had crossed this core.
 
 What belongs to a connection, as the NF's conntrack sees it:
 
@@ -41,13 +54,13 @@ from dataclasses import dataclass
 
 from agents import wire
 from agents.chain import VARIANTS, ChainNode, Decision, Forward, Send, View
-from agents.conntrack import (CLOSE, CLOSING, ESTABLISHED, ICMP_ERRORS, OTHER, RELATED, STATES,
-                              Conn, CtTimeouts)
+from agents.conntrack import (CLOSE, CLOSING, ESTABLISHED, FIN_WAIT, ICMP_ERRORS, OTHER, RELATED,
+                              STATES, Conn, CtTimeouts)
 from agents.keys import flow_key_raw, key_str
 from agents.messages import Frame, ViewMsg
 from agents.modes import Picker
 
-__all__ = ["Datapath", "Decided", "steering_slots", "IPV4"]
+__all__ = ["Datapath", "Decided", "FastPut", "FastDel", "steering_slots", "IPV4", "FAST_STATES"]
 
 IPV4 = b"\x08\x00"
 MAX_BUFFERED = 256          # packets held per key while its lookup is pending
@@ -56,6 +69,9 @@ MAX_FRAG_DATAGRAMS = 4096   # datagrams whose later fragments wait for their fir
 MAX_FRAGS_HELD = 64         # fragments held per datagram
 _PORTS = struct.Struct("!HH")
 _FAILED = "failed"
+# tracker states whose packets without SYN, FIN or RST change nothing in the tracking
+FAST_STATES = frozenset((ESTABLISHED, FIN_WAIT, OTHER))
+FAST_PROTOS = (6, 17)       # what the XDP program forwards (agents/fastpath.bpf.c)
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,20 @@ class Decided:
     """The connection of ``key`` goes to NF ``nf`` (for the decision log)."""
     key: bytes
     nf: str
+
+
+@dataclass(frozen=True)
+class FastPut:
+    """The fast path forwards ``key``'s packets, rewriting their Ethernet addresses to
+    ``eth`` (12 bytes: the NF's MAC, this node's)."""
+    key: bytes
+    eth: bytes
+
+
+@dataclass(frozen=True)
+class FastDel:
+    """The fast path no longer forwards ``key``'s packets."""
+    key: bytes
 
 
 def steering_slots(lbs) -> tuple[str, ...]:
@@ -81,7 +111,7 @@ class Datapath:
     def __init__(self, name: str, mode: str, mac: bytes,
                  timeouts: CtTimeouts = CtTimeouts(), *, frag_timeout: float = FRAG_TIMEOUT,
                  max_buffered: int = MAX_BUFFERED, incarnation: int = 0,
-                 variant: str = VARIANTS[0]):
+                 variant: str = VARIANTS[0], fastpath: bool = False):
         self.name, self.mode, self.mac = name, mode, mac
         self.incarnation = incarnation     # of this process's chain node (ChainNode)
         self.variant = variant             # of the chain protocol (View.variant)
@@ -93,6 +123,11 @@ class Datapath:
         self.frag_timeout = frag_timeout
         self.max_buffered = max_buffered
         self.node: ChainNode | None = None
+        # the fast path's map as this core has it (key -> Ethernet addresses), None if off;
+        # the keys to check again, and the ones whose cached chain answer changed
+        self.fast: dict[bytes, bytes] | None = {} if fastpath else None
+        self._dirty: set[bytes] = set()
+        self._cache_changes: set[bytes] | None = set() if fastpath else None
         self.epoch = 0
         self.ready_epoch = 0
         self.nf_mac: dict[str, bytes] = {}       # usable NFs (active or draining)
@@ -104,7 +139,8 @@ class Datapath:
         self.counts = {"rx": 0, "buffered": 0, "dropped_no_nf": 0, "dropped_buffer_full": 0,
                        "dropped_not_member": 0, "dropped_no_entry": 0, "malformed": 0, "deletes": 0, "forgotten": 0,
                        "decisions": 0, "icmp_errors": 0, "fragments": 0, "frag_held": 0,
-                       "frag_expired": 0, "frag_dropped": 0}
+                       "frag_expired": 0, "frag_dropped": 0, "fast_put": 0, "fast_del": 0,
+                       "fast_refused": 0}
 
     # ------------------------------------------------------------------ packets
 
@@ -151,6 +187,8 @@ class Datapath:
             sport = dport = flags = 0
         src, dst = buf[26:30], buf[30:34]
         key = flow_key_raw(src, dst, proto, sport, dport)
+        if self.fast is not None:
+            self._dirty.add(key)
         c = self.conns.get(key)
         if c is None or c.state == RELATED:
             nf = c.nf if c is not None else ""
@@ -169,8 +207,13 @@ class Datapath:
             if hit is not None and c.nf is hit[1]:
                 mac = self.nf_mac.get(c.nf)
                 if mac is not None:
+                    if self._dirty:
+                        return [mac + self.mac + buf[12:]] + self._fast_flush()
                     return mac + self.mac + buf[12:]
-        return self._route(key, c, buf, now)
+        out = self._route(key, c, buf, now)
+        if self._dirty:
+            out += self._fast_flush()
+        return out
 
     def _related(self, key: bytes, buf: bytes, now: float) -> list:
         """A packet that belongs to connection ``key`` (an ICMP error, a later fragment)."""
@@ -320,8 +363,10 @@ class Datapath:
         for nf in newly_failed:
             for key in [k for k, v in self.picker.local.items() if v == nf]:
                 self.picker.forget(key)
+        if self.fast:
+            self._dirty.update(self.fast)       # NFs failed, other active NFs (maglev, hash)
         if self.mode != "chain":
-            return []
+            return self._fast_flush() if self._dirty else []
         members = tuple(lb.name for lb in view.lbs)
         since = tuple(lb.since for lb in view.lbs)
         chain_view = View(view.epoch, members, view.chain_len, steering_slots(view.lbs),
@@ -329,7 +374,8 @@ class Datapath:
         if self.node is None:
             if self.name not in members:
                 return []
-            self.node = ChainNode(self.name, chain_view, incarnation=self.incarnation)
+            self.node = ChainNode(self.name, chain_view, incarnation=self.incarnation,
+                                  cache_changes=self._cache_changes)
             out = self._engine(self.node.tick(now))
             for nf in sorted(self.failed):    # failed before this node's first view: never
                 out += self._engine(self.node.purge_nf(nf, now))   # inserted here either
@@ -348,6 +394,8 @@ class Datapath:
                 proposal = self.picker.propose(key)
                 if proposal is not None and (c is None or c.state != RELATED):
                     out += self._engine(self.node.lookup(key, proposal, now))
+        if self._dirty:
+            out += self._fast_flush()
         return out
 
     def _engine(self, actions) -> list:
@@ -364,6 +412,8 @@ class Datapath:
                     del self.conns[a.key]          # nothing to keep for it here
             elif kind is Decision:
                 self.counts["decisions"] += 1
+                if self.fast is not None:
+                    self._dirty.add(a.key)
                 held = self.buffered.pop(a.key, ())
                 if a.released:                       # the tail sent the first one
                     held = held[1:]
@@ -383,7 +433,80 @@ class Datapath:
                 else:
                     rest.append(mac + self.mac + IPV4 + a.packet)
         frames.extend(rest)
+        changed = self._cache_changes
+        if changed:
+            fast = self.fast
+            self._dirty.update(k for k in changed if k in fast)
+            changed.clear()
+        if self._dirty:
+            frames += self._fast_flush()
         return frames
+
+    # ------------------------------------------------------------------ the fast path
+
+    def _fast_eth(self, key: bytes) -> bytes | None:
+        """The Ethernet addresses the fast path forwards ``key``'s packets with, or None if
+        they must come to this core (see the module's docstring)."""
+        c = self.conns.get(key)
+        if c is None or c.state not in FAST_STATES or key[0] not in FAST_PROTOS \
+                or len(key) != 13:
+            return None
+        node = self.node
+        if node is not None:
+            hit = node.cache.get(key)
+            if hit is None or hit[1] != c.nf:
+                return None
+        elif self.mode == "chain":
+            return None
+        elif self.mode == "local":
+            if self.picker.local.get(key) != c.nf:
+                return None
+        elif self.picker.propose(key) != c.nf:
+            return None
+        mac = self.nf_mac.get(c.nf)
+        return None if mac is None else mac + self.mac
+
+    def _fast_flush(self) -> list:
+        """Bring the fast path in step for the keys marked to check."""
+        out: list = []
+        fast = self.fast
+        for key in self._dirty:
+            eth = self._fast_eth(key)
+            if eth == fast.get(key):
+                continue
+            if eth is None:
+                del fast[key]
+                self.counts["fast_del"] += 1
+                out.append(FastDel(key))
+            else:
+                fast[key] = eth
+                self.counts["fast_put"] += 1
+                out.append(FastPut(key, eth))
+        self._dirty.clear()
+        return out
+
+    def fast_refused(self, key: bytes) -> None:
+        """The kernel did not take ``FastPut(key)`` (its map is full): the key's packets
+        keep coming here, and the next one tries again."""
+        if self.fast is not None and self.fast.pop(key, None) is not None:
+            self.counts["fast_refused"] += 1
+
+    def fast_seen(self, entries, now: float) -> list:
+        """The fast path's activity: ``(key, last seen)`` per entry of its map (in this
+        core's clock; 0 for never). A key it holds that this core does not (left by a
+        failed update) is removed."""
+        fast = self.fast
+        if fast is None:
+            return []
+        out: list = []
+        for key, seen in entries:
+            if key not in fast:
+                out.append(FastDel(key))
+                continue
+            c = self.conns.get(key)
+            if c is not None and seen > c.seen:
+                c.seen = min(seen, now)
+        return out
 
     # ------------------------------------------------------------------ timers
 
@@ -397,6 +520,8 @@ class Datapath:
         node = self.node
         for key in done:
             c = self.conns.pop(key)
+            if self.fast is not None:
+                self._dirty.add(key)
             if c.state == RELATED:
                 self.counts["forgotten"] += 1
                 if node is not None:
@@ -415,6 +540,8 @@ class Datapath:
         for datagram in [d for d, (t, _) in self.frag_held.items()
                          if now - t >= self.frag_timeout]:
             self.counts["frag_expired"] += len(self.frag_held.pop(datagram)[1])
+        if self._dirty:
+            out += self._fast_flush()
         return out
 
     # ------------------------------------------------------------------ queries
@@ -440,7 +567,8 @@ class Datapath:
                "variant": self.variant, "active_nfs": list(self.picker.active),
                "counts": dict(self.counts),
                "pending": len(self.buffered), "connections": len(self.conns),
-               "conn_states": self.states(), "timeouts": self.timeouts.asdict()}
+               "conn_states": self.states(), "timeouts": self.timeouts.asdict(),
+               "fast_entries": len(self.fast) if self.fast is not None else None}
         if node is not None:
             out.update(entries=node.live, records=len(node.store), cached=len(node.cache),
                        synced=node.synced, incarnation=node.inc, roles=node.roles(),

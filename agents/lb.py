@@ -13,6 +13,10 @@ through the switch to the others, and to a peer whose hellos stop arriving over 
 network, until they come again: ``agents.paths``), views from the controller, heartbeats to
 it. A unix socket
 (``<run-dir>/<name>.sock``) answers ``status`` and ``table`` for the CLI.
+
+Fast path (``--fastpath xdp``): an XDP program on the data interface forwards the packets of
+the connections the packet logic puts in its map, in the kernel (``agents.fastpath``); the
+rest still come here. Where it cannot be loaded, the agent says why once and runs without it.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ import time
 from agents import wire
 from agents.chain import VARIANTS, Send
 from agents.conntrack import CtTimeouts, parse_timeouts
-from agents.datapath import IPV4, Datapath, Decided
+from agents.datapath import IPV4, Datapath, Decided, FastDel, FastPut
+from agents.fastpath import ATTACH_MODES, FASTPATHS, FastPath, FastPathError
 from agents.keys import key_str
 from agents.messages import Frame, Heartbeat, Hello, ViewMsg
 from agents.paths import ClusterPaths
@@ -48,7 +53,7 @@ HOUSEKEEPING = 0.5     # connection expiry
 class Agent:
     def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
                  log_dir: str, timeouts: CtTimeouts = CtTimeouts(), cluster_intf: str = "",
-                 variant: str = VARIANTS[0]):
+                 variant: str = VARIANTS[0], fastpath: str = "off", xdp_mode: str = "generic"):
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
         # per peer: how chain frames reach it, (sock, dst, src) on the LB cluster network
         # (while ``paths`` says it works) and through the gateway
@@ -65,9 +70,18 @@ class Agent:
         self.sock.bind((intf, 0))
         self.sock.setblocking(False)
         self.mac = self.sock.getsockname()[4][:6]
+        self.fp: FastPath | None = None
+        self.fastpath_error = ""
+        if fastpath == "xdp":
+            try:
+                self.fp = FastPath.open(intf, xdp_mode)
+            except FastPathError as e:
+                self.fastpath_error = str(e)
+                print(f"{name}: fast path off: {e}; every packet goes through the agent",
+                      file=sys.stderr)
         # a restarted agent's chain node is a new life of its name: a larger incarnation
         self.dp = Datapath(name, mode, self.mac, timeouts, incarnation=time.time_ns(),
-                           variant=variant)
+                           variant=variant, fastpath=self.fp is not None)
         self.cluster_intf = cluster_intf
         self.csock: socket.socket | None = None     # the LB cluster network: chain frames only
         if cluster_intf:
@@ -126,8 +140,13 @@ class Agent:
                 self.heartbeat()
             if now >= next_house:
                 next_house = now + HOUSEKEEPING
+                if self.fp is not None:
+                    self.apply(dp.fast_seen(((k, seen) for k, _, seen, _, _
+                                             in self.fp.entries()), now))
                 self.apply(dp.housekeeping(now))
         self.write_stats()
+        if self.fp is not None:
+            self.fp.close()
 
     # ------------------------------------------------------------------ frames
 
@@ -200,6 +219,11 @@ class Agent:
             elif kind is Decided:
                 self.decisions_log.write(
                     f"{time.time():.6f},{key_str(a.key)},{a.nf},{self.mode}\n")
+            elif kind is FastPut:
+                if not self.fp.put(a.key, a.eth):
+                    self.dp.fast_refused(a.key)
+            elif kind is FastDel:
+                self.fp.delete(a.key)
 
     def tx(self, frame: bytes, data: bool = True, sock: socket.socket | None = None) -> None:
         """Send a frame; a dropped send (full queue, egress filter) is a lost frame."""
@@ -258,6 +282,14 @@ class Agent:
         out = self.dp.status()
         out["counts"].update(self.counts)
         out["cluster_intf"] = self.cluster_intf
+        if self.fp is not None:
+            fast = self.fp.stats()
+            out["counts"].update(fast_tx=fast["tx"], fast_pass=fast["pass"],
+                                 fast_miss=fast["miss"])
+            out["fastpath"] = f"xdp ({self.fp.mode})"
+        else:
+            out["counts"].update(fast_tx=0, fast_pass=0, fast_miss=0)
+            out["fastpath"] = "off" + (f" ({self.fastpath_error})" if self.fastpath_error else "")
         out["via_gateway_to"] = self.paths.lost()
         return out
 
@@ -321,6 +353,11 @@ def main(argv=None) -> int:
                    help="the chain protocol's variant (agents.chain)")
     p.add_argument("--run-dir", default="/run/chainlb")
     p.add_argument("--log-dir", required=True)
+    p.add_argument("--fastpath", choices=FASTPATHS, default="off",
+                   help="forward established connections in the kernel (XDP), or not")
+    p.add_argument("--xdp-mode", choices=tuple(ATTACH_MODES), default="generic",
+                   help="XDP attach mode (native: the switch's side of the link must have an "
+                        "XDP program, agents.fastpath)")
     p.add_argument("--ct-timeouts", default="",
                    help="conntrack timeouts, as the NFs have them (agents.conntrack): "
                         "name=seconds,... (default: the kernel's)")
@@ -333,7 +370,7 @@ def main(argv=None) -> int:
         with open(args.secret_file, "rb") as f:
             secret = f.read()
         agent = Agent(args.name, args.intf, secret, args.mode, args.run_dir, args.log_dir,
-                      timeouts, args.cluster_intf, args.variant)
+                      timeouts, args.cluster_intf, args.variant, args.fastpath, args.xdp_mode)
     except OSError as e:
         print(f"agents.lb: error: {e}", file=sys.stderr)
         return 1

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 # command-line key -> TestbedParams field (short names as the Makefile's variables)
 TOPOLOGY = {"lbs": "lbs", "nfs": "nfs", "l": "chain_len", "chain_len": "chain_len",
             "clients": "clients", "servers": "servers", "spare_lbs": "spare_lbs",
-            "spare_nfs": "spare_nfs", "bw_mbit": "bw_mbit", "variant": "variant"}
+            "spare_nfs": "spare_nfs", "bw_mbit": "bw_mbit", "variant": "variant",
+            "fastpath": "fastpath"}
 WORKLOAD = ("flows", "rate", "cps")
 KEYS = tuple(TOPOLOGY) + WORKLOAD
 MAX_FLOWS = 900           # planned iperf3 flows per run (each is two processes; their

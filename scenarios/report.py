@@ -69,12 +69,12 @@ FLOW_COLUMNS = [
 ]
 
 SUMMARY_COLUMNS = [
-    "scenario", "mode", "run_id", "variant", "flows", "apps", "connections", "observed",
+    "scenario", "mode", "run_id", "variant", "fastpath", "flows", "apps", "connections", "observed",
     "observed_unplanned", "moved", "moved_unexpected", "moved_flows",
     "broken", "completed_pct", "pcc_pct", "throughput_bps_mean", "invalid", "dropped",
     "nf_flows", "nf_flows_by_phase", "events", "event_times", "dip_depth_pct", "dip_s", "dips",
     "nf_detect_s", "nf_detections", "controller_restore_s", "controller_outages",
-    "missing_dumps", "unmatched_entries", "status",
+    "lb_fast_pct", "missing_dumps", "unmatched_entries", "status",
 ]
 STATUS_OK = "complete"            # summary.csv ``status``; otherwise "failed: ..." or "interrupted"
 STATUS_OK_BEFORE = ("ok",)        # what earlier versions wrote for a run that completed
@@ -691,12 +691,18 @@ def _outage_text(o: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _fast_pct(counts: Optional[Mapping[str, int]]) -> float:
+    total = (counts or {}).get("forwarded", 0) + (counts or {}).get("fast_tx", 0)
+    return round(100.0 * counts["fast_tx"] / total, 2) if total else math.nan
+
+
 def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str, Any]] = None,
                   nf_dumps: Optional[Mapping[str, Optional[Mapping]]] = None,
                   planned=None, apps=None, status: str = STATUS_OK,
                   iperf: Optional[Mapping[str, Any]] = None,
                   detections: Optional[Mapping[str, Optional[float]]] = None,
-                  outages: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
+                  outages: Sequence[Mapping[str, Any]] = (),
+                  lb_counts: Optional[Mapping[str, int]] = None) -> pd.DataFrame:
     """One row per run (columns SUMMARY_COLUMNS); ``status``: ``complete``, or how the run did not
     finish (``failed: ...``, ``interrupted``): such a run is left out of a set's statistics.
 
@@ -714,7 +720,9 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
     the deepest and the longest dip of :func:`event_dips` over the events, dips each event's
     ("8s add_nf(nf4): 12.5% 1s (11 flows)"). Given the dumps, invalid / dropped are the NFs' counters, missing_dumps the NFs whose dump
     is None and unmatched_entries the NF entries no row of flows_df accounts for (malformed
-    entries, or rows missing: 0 for tables from :func:`build_flows`). ``planned`` and ``apps``,
+    entries, or rows missing: 0 for tables from :func:`build_flows`). Given ``lb_counts`` (the
+    LB agents' ``forwarded`` and ``fast_tx`` packets), lb_fast_pct is the share the fast path
+    forwarded in the kernel. ``planned`` and ``apps``,
     when given, are validated as :func:`build_flows` does; the counts come from the rows.
     """
     if planned is not None or apps is not None:
@@ -747,7 +755,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
     measured = [d for d in dips if not math.isnan(d["depth_pct"])]
     row = {
         "scenario": meta["scenario"], "mode": meta["mode"], "run_id": meta["run_id"],
-        "variant": meta.get("variant", ""),
+        "variant": meta.get("variant", ""), "fastpath": meta.get("fastpath", ""),
         "flows": claimed[~is_app]["flow_id"].nunique(),
         "apps": claimed[is_app]["flow_id"].nunique(),
         "connections": len(df), "observed": len(observed),
@@ -783,6 +791,7 @@ def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str,
         "controller_restore_s": max((o["agents_s"] for o in outages if "agents_s" in o),
                                     default=math.nan),
         "controller_outages": ";".join(_outage_text(o) for o in outages),
+        "lb_fast_pct": _fast_pct(lb_counts),
         "missing_dumps": ";".join(sorted((n for n, d in dumps.items() if not d),
                                          key=nf_sort_key)),
         "unmatched_entries": _unaccounted(flows_df, dumps) if nf_dumps is not None else pd.NA,

@@ -66,7 +66,8 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
     run_id, run_dir = new_run_dir(name, mode)
     log(f"== scenario {name} ({scenario.description}), mode {mode}, seed {seed}")
     log(f"   results: {run_dir}")
-    meta = {"scenario": name, "mode": mode, "run_id": run_id, "variant": params.variant}
+    meta = {"scenario": name, "mode": mode, "run_id": run_id, "variant": params.variant,
+            "fastpath": params.fastpath}
     (run_dir / "params.json").write_text(json.dumps({
         **meta, "seed": seed, "time_scale": time_scale, "testbed": params.asdict(),
         "chain_loss_pct": scenario.chain_loss_pct, "flows": [f.record() for f in flows], "apps": apps,
@@ -141,6 +142,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
         load.stop()                       # generators past the end record what they have
         detections = _detections(tb, log)
         outages = tb.outages()
+        lb_counts = _lb_counts(tb)
         dumps = {nf: tb.nf_dumps[nf] if nf in tb.nf_dumps else tb.dump_nf(nf) for nf in tb.nfs}
         _write_timeline(run_dir, timeline)
     iperf = traffic.results()
@@ -157,7 +159,7 @@ def _run(scenario, mode, seed, params, cli, time_scale, log, lock, timeouts,
     summary = report.build_summary(flows_df, events_done, meta, dumps, traffic.records(),
                                    apps=outcomes, iperf=iperf,
                                    status=status, detections=detections,
-                                   outages=outages)
+                                   outages=outages, lb_counts=lb_counts)
     report.write_results(run_dir, flows_df, summary)
     from scenarios.compare import plot_run
     plot_run(run_dir, log)
@@ -184,6 +186,20 @@ def _detections(tb: Testbed, log) -> dict:
         log(f"   {nf}: " + (f"detected failed {s:.3f} s after it stopped forwarding"
                             if s is not None else "NOT detected failed"))
     return found
+
+
+def _lb_counts(tb: Testbed) -> dict:
+    """The data packets the LB agents alive now forwarded: through the agent (``forwarded``)
+    and in the kernel (``fast_tx``)."""
+    out = {"forwarded": 0, "fast_tx": 0}
+    for lb in tb.lbs:
+        try:
+            counts = query(str(RUN_DIR), lb, "status", timeout=1.0)["counts"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for k in out:
+            out[k] += counts.get(k, 0)
+    return out
 
 
 def _sample(tb: Testbed, now: float) -> dict:

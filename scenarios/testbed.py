@@ -442,7 +442,7 @@ class Testbed:
         self.spawn(lb, [PY, "-m", "agents.lb", "--name", lb, "--intf", topo.intf_of(lb),
                          "--cluster-intf", topo.cluster_intf_of(lb),
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
-                         "--variant", self.params.variant,
+                         "--variant", self.params.variant, "--fastpath", self.params.fastpath,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs),
                          "--ct-timeouts", self.timeouts.spec()], host=host, append=restart)
 

@@ -3,7 +3,9 @@
 #   1. Debian packages (installed only when missing),
 #   2. the Open vSwitch daemons (userspace datapath; started when not running),
 #   3. .venv from Debian's python3 (--system-site-packages, so Mininet imports)
-#      holding the pinned Python dependencies of pyproject.toml.
+#      holding the pinned Python dependencies of pyproject.toml,
+#   4. the in-kernel fast path (agents/fastpath.bpf.c -> build/fastpath.bpf.o) with Debian's
+#      clang and libbpf headers (rebuilt when the source is newer).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +14,8 @@ STAMP="$VENV/.chainlb-deps"
 SYS_PY=/usr/bin/python3
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl
 PACKAGES=(mininet openvswitch-switch iperf3 ethtool nftables conntrack iputils-ping
-          tcpdump iproute2 python3-venv tmux procps nginx-light curl)
+          tcpdump iproute2 python3-venv tmux procps nginx-light curl clang libbpf-dev libbpf1
+          bpftool)
 POLICY_RC=/usr/sbin/policy-rc.d
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -104,8 +107,22 @@ EOF
     run touch "$STAMP"
 }
 
+build_fastpath() {
+    local src="$REPO/agents/fastpath.bpf.c" obj="$REPO/build/fastpath.bpf.o"
+    if [[ -f "$obj" && "$obj" -nt "$src" ]]; then
+        say "XDP fast path: built"
+        return
+    fi
+    say "building the XDP fast path ($obj)"
+    run mkdir -p "$REPO/build"
+    run clang -O2 -g -Wall -target bpf -I"/usr/include/$(uname -m)-linux-gnu" \
+        -c "$src" -o "$obj.tmp"
+    run mv "$obj.tmp" "$obj"
+}
+
 check_platform
 install_packages
 start_ovs
 make_venv
+build_fastpath
 say "done"

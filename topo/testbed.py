@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from agents.chain import VARIANTS
+from agents.fastpath import FASTPATHS
 from ryu_apps.policy import CONTROLLER_MAC
 from ryu_apps.probe import PROBE_DST
 
@@ -84,11 +85,12 @@ class TestbedParams:
     chain_len: int = 3
     bw_mbit: Optional[float] = None
     variant: str = VARIANTS[0]      # the chain protocol's variant (agents.chain.VARIANTS)
+    fastpath: str = FASTPATHS[0]    # the LB nodes' in-kernel fast path (agents.fastpath)
 
     LIMITS = (f"limits: clients, servers, lbs, nfs 1..{MAX_INDEX}; spare_nfs, spare_lbs "
               f"0..{MAX_INDEX} with nfs+spare_nfs and lbs+spare_lbs <= {MAX_INDEX}; "
               f"chain_len 1..lbs; bw_mbit empty or 0 < bw_mbit <= 10000; "
-              f"variant {' or '.join(VARIANTS)}")
+              f"variant {' or '.join(VARIANTS)}; fastpath {' or '.join(FASTPATHS)}")
 
     def validate(self) -> "TestbedParams":
         """Raise ValueError naming every bad field and the limits; return self when valid."""
@@ -116,6 +118,8 @@ class TestbedParams:
             bad.append(f"bw_mbit={self.bw_mbit!r}")
         if self.variant not in VARIANTS:
             bad.append(f"variant={self.variant!r}")
+        if self.fastpath not in FASTPATHS:
+            bad.append(f"fastpath={self.fastpath!r}")
         if bad:
             raise ValueError(f"bad testbed parameter(s): {', '.join(bad)} ({self.LIMITS})")
         return self
@@ -131,7 +135,7 @@ class TestbedParams:
         kwargs: Dict[str, Any] = {}
         for key, raw in values.items():
             try:
-                if key == "variant":
+                if key in ("variant", "fastpath"):
                     kwargs[key] = str(raw).strip()
                 elif key == "bw_mbit":
                     kwargs[key] = None if raw in (None, "", "none", "None") else float(raw)

@@ -1,0 +1,206 @@
+"""The in-kernel fast path's shell: load ``fastpath.bpf.c`` (built by ``make setup``) on an
+LB host's data interface and keep its connection map in step with the agent's table.
+
+The packet logic stays in ``agents.datapath`` (sans-I/O): it says which connections go in
+the map (``FastPut``) and which leave it (``FastDel``), and it reads their activity
+(``Datapath.fast_seen``). This module only translates those to bpf(2) calls:
+
+- the object is opened and loaded with Debian's libbpf (``libbpf.so.1``, through ctypes);
+- the program is attached with ``BPF_LINK_CREATE``: the agent holds the link's file
+  descriptor, so the program is detached when the agent exits, however it exits (a
+  crashed agent's map never forwards after its node was removed);
+- map updates and reads are libbpf's thin bpf(2) wrappers (``bpf_map_update_elem``,
+  ``bpf_map_lookup_batch``, ...).
+
+``FastPath.open`` raises ``FastPathError`` (with the reason) where the program cannot be
+loaded or attached: the agent says so once and runs the Python path.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import struct
+from pathlib import Path
+
+__all__ = ["FastPath", "FastPathError", "FASTPATHS", "OBJECT", "ATTACH_MODES", "KEY_LEN",
+           "ENTRY"]
+
+FASTPATHS = ("xdp", "off")    # the in-kernel fast path, or none: the default first
+
+REPO = Path(__file__).resolve().parent.parent
+OBJECT = REPO / "build" / "fastpath.bpf.o"    # scripts/setup.sh builds it
+PROGRAM = "chainlb_fastpath"
+KEY_LEN = 13                                  # agents.keys: an IPv4 key
+ENTRY = struct.Struct("=12s4xQQQ")            # struct entry: eth, seen_ns, packets, bytes
+STAT_TX, STAT_PASS, STAT_MISS = range(3)      # the program's per-CPU counters
+
+# XDP attach modes: generic (the kernel's hook, after the driver: works on every interface)
+# and native (the driver's). A veth in native mode drops the frames its program sends back
+# out (XDP_TX) unless its peer has NAPI, i.e. an XDP program of its own: ``attach_pass``
+# gives the switch's side of the link one that passes everything.
+XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 2, 4
+ATTACH_MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
+
+_SYS_BPF = 321                                # x86_64
+_BPF_LINK_CREATE = 28
+_BPF_XDP = 37                                 # enum bpf_attach_type
+_BPF_ANY = 0
+_BATCH = 4096                                 # entries per batched read
+
+
+class FastPathError(Exception):
+    """The fast path cannot run here (the reason is the message)."""
+
+
+def _libbpf():
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as e:
+        raise FastPathError(f"libbpf not found ({e}): install libbpf1 (sudo make setup)") from None
+    vp, i, u32p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)
+    for fn, res, args in (
+            ("bpf_object__open_file", vp, [ctypes.c_char_p, vp]),
+            ("bpf_object__load", i, [vp]),
+            ("bpf_object__close", None, [vp]),
+            ("bpf_object__find_program_by_name", vp, [vp, ctypes.c_char_p]),
+            ("bpf_object__find_map_fd_by_name", i, [vp, ctypes.c_char_p]),
+            ("bpf_program__fd", i, [vp]),
+            ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
+            ("bpf_map_delete_elem", i, [i, vp]),
+            ("bpf_map_lookup_elem", i, [i, vp, vp]),
+            ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, u32p, vp]),
+            ("libbpf_num_possible_cpus", i, []),
+            ("libbpf_set_print", vp, [vp])):
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    lib.libbpf_set_print(None)            # its messages would go to stderr: ours say why
+    return lib
+
+
+def _link_create(prog_fd: int, ifindex: int, flags: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(struct.pack("=IIII", prog_fd, ifindex, _BPF_XDP, flags),
+                                       128)
+    fd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, attr, ctypes.c_uint(128))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+class FastPath:
+    """The fast path on one interface: the attached program and its connection map."""
+
+    def __init__(self, lib, obj, link_fd: int, conns_fd: int, stats_fd: int, mode: str,
+                 intf: str):
+        self._lib, self._obj, self._link = lib, obj, link_fd
+        self._conns, self._stats = conns_fd, stats_fd
+        self.mode, self.intf = mode, intf                # the attach mode that worked
+        self._cpus = max(1, lib.libbpf_num_possible_cpus())
+        self._key = ctypes.create_string_buffer(KEY_LEN)
+        self._val = ctypes.create_string_buffer(ENTRY.size)
+        self.errors = 0          # map updates the kernel refused (a full map): Python path
+
+    @classmethod
+    def open(cls, intf: str, attach: str = "generic", obj_path: Path = OBJECT) -> "FastPath":
+        """Load and attach on ``intf`` in mode ``attach`` (``ATTACH_MODES``)."""
+        if attach not in ATTACH_MODES:
+            raise ValueError(f"unknown XDP attach mode {attach!r}; valid: "
+                             f"{', '.join(ATTACH_MODES)}")
+        if not Path(obj_path).is_file():
+            raise FastPathError(f"{obj_path} not built (sudo make setup builds it)")
+        try:
+            ifindex = socket.if_nametoindex(intf)
+        except OSError:
+            raise FastPathError(f"no interface {intf!r}") from None
+        lib = _libbpf()
+        obj = lib.bpf_object__open_file(str(obj_path).encode(), None)
+        if not obj:
+            raise FastPathError(f"cannot open {obj_path}: {os.strerror(ctypes.get_errno())}")
+        try:
+            if lib.bpf_object__load(obj) != 0:
+                raise FastPathError(f"the kernel refused the program ({obj_path}): "
+                                    f"{os.strerror(ctypes.get_errno())}")
+            prog = lib.bpf_object__find_program_by_name(obj, PROGRAM.encode())
+            conns = lib.bpf_object__find_map_fd_by_name(obj, b"conns")
+            stats = lib.bpf_object__find_map_fd_by_name(obj, b"stats")
+            if not prog or conns < 0 or stats < 0:
+                raise FastPathError(f"{obj_path} lacks {PROGRAM} or its maps: rebuild it")
+            prog_fd = lib.bpf_program__fd(prog)
+            try:
+                link = _link_create(prog_fd, ifindex, ATTACH_MODES[attach])
+            except OSError as e:
+                raise FastPathError(f"cannot attach XDP ({attach}) to {intf}: "
+                                    f"{e.strerror}") from None
+            return cls(lib, obj, link, conns, stats, attach, intf)
+        except BaseException:
+            lib.bpf_object__close(obj)
+            raise
+
+    # ------------------------------------------------------------------ the map
+
+    def put(self, key: bytes, eth: bytes) -> bool:
+        """Forward ``key``'s packets with Ethernet addresses ``eth`` (12 bytes); an entry
+        already there keeps its activity. False if the kernel refused (the map is full)."""
+        self._key.raw = key
+        if self._lib.bpf_map_lookup_elem(self._conns, self._key, self._val) == 0:
+            _, seen, packets, nbytes = ENTRY.unpack(self._val.raw)
+        else:
+            seen = packets = nbytes = 0
+        self._val.raw = ENTRY.pack(eth, seen, packets, nbytes)
+        if self._lib.bpf_map_update_elem(self._conns, self._key, self._val, _BPF_ANY) != 0:
+            self.errors += 1
+            return False
+        return True
+
+    def delete(self, key: bytes) -> None:
+        self._key.raw = key
+        self._lib.bpf_map_delete_elem(self._conns, self._key)   # ENOENT: already gone
+
+    def entries(self) -> list[tuple[bytes, bytes, float, int, int]]:
+        """Every entry: (key, eth, last seen in time.monotonic() seconds or 0.0 if never,
+        packets, bytes)."""
+        out = []
+        keys = ctypes.create_string_buffer(KEY_LEN * _BATCH)
+        vals = ctypes.create_string_buffer(ENTRY.size * _BATCH)
+        token_in, token_out = ctypes.create_string_buffer(KEY_LEN), ctypes.create_string_buffer(KEY_LEN)
+        first = True
+        while True:
+            count = ctypes.c_uint32(_BATCH)
+            rc = self._lib.bpf_map_lookup_batch(self._conns, None if first else token_in,
+                                                token_out, keys, vals, ctypes.byref(count), None)
+            err = ctypes.get_errno() if rc != 0 else 0
+            if rc != 0 and err != errno.ENOENT:
+                raise OSError(err, f"reading the fast path's map: {os.strerror(err)}")
+            kraw, vraw = keys.raw, vals.raw
+            for i in range(count.value):
+                eth, seen, packets, nbytes = ENTRY.unpack_from(vraw, i * ENTRY.size)
+                out.append((kraw[i * KEY_LEN:(i + 1) * KEY_LEN], eth, seen / 1e9, packets,
+                            nbytes))
+            if rc != 0:                # ENOENT: that was the last batch
+                return out
+            token_in.raw, first = token_out.raw, False
+
+    def stats(self) -> dict[str, int]:
+        """The program's counters, summed over CPUs: tx (forwarded here), pass, miss."""
+        out = {}
+        key = ctypes.c_uint32()
+        vals = (ctypes.c_uint64 * self._cpus)()
+        for name, index in (("tx", STAT_TX), ("pass", STAT_PASS), ("miss", STAT_MISS)):
+            key.value = index
+            if self._lib.bpf_map_lookup_elem(self._stats, ctypes.byref(key), vals) != 0:
+                out[name] = 0
+            else:
+                out[name] = sum(vals)
+        return out
+
+    def close(self) -> None:
+        """Detach (the link closes) and free the maps."""
+        if self._link >= 0:
+            os.close(self._link)
+            self._link = -1
+            self._lib.bpf_object__close(self._obj)
