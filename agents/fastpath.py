@@ -106,8 +106,10 @@ class FastPath:
         self.errors = 0          # map updates the kernel refused (a full map): Python path
 
     @classmethod
-    def open(cls, intf: str, attach: str = "generic", obj_path: Path = OBJECT) -> "FastPath":
-        """Load and attach on ``intf`` in mode ``attach`` (``ATTACH_MODES``)."""
+    def open(cls, intf: str, attach: str = "generic", obj_path: Path | None = None) -> "FastPath":
+        """Load ``obj_path`` (default ``OBJECT``) and attach it on ``intf`` in mode ``attach``
+        (``ATTACH_MODES``)."""
+        obj_path = OBJECT if obj_path is None else obj_path
         if attach not in ATTACH_MODES:
             raise ValueError(f"unknown XDP attach mode {attach!r}; valid: "
                              f"{', '.join(ATTACH_MODES)}")

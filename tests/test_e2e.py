@@ -18,9 +18,11 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 PROTOS = {name: number for number, name in PROTO_NAMES.items()}
 
 
-def _run(name: str, mode: str) -> tuple[Path, pd.DataFrame, pd.Series, dict]:
+def _run(name: str, mode: str, overrides: dict | None = None
+         ) -> tuple[Path, pd.DataFrame, pd.Series, dict]:
     from scenarios.run import run_scenario
-    run_dir = run_scenario(name, mode, seed=1, time_scale=0.5, log=lambda *_: None)
+    run_dir = run_scenario(name, mode, seed=1, time_scale=0.5, log=lambda *_: None,
+                           overrides=overrides)
     flows = pd.read_csv(run_dir / "flows.csv", keep_default_na=False)
     summary = pd.read_csv(run_dir / "summary.csv").iloc[0]
     params = json.loads((run_dir / "params.json").read_text())
@@ -190,11 +192,12 @@ def test_scale_out_maglev_moves_connections():
     _nothing_left_behind()
 
 
-def test_real_traffic_chain_moves_nothing_and_every_application_completes():
+@pytest.mark.parametrize("fastpath", ["xdp", "off"])
+def test_real_traffic_chain_moves_nothing_and_every_application_completes(fastpath):
     """nginx/curl, idle keep-alive, half-closed request/response, UDP larger than the MTU and
     ICMP errors across NF adds, a drain and an LB kill: no connection reaches two NFs, and
-    every client finished, as on a direct path."""
-    run_dir, flows, summary, params = _run("real-traffic", "chain")
+    every client finished, as on a direct path; with the fast path and without it."""
+    run_dir, flows, summary, params = _run("real-traffic", "chain", {"fastpath": fastpath})
     apps = flows[flows["role"] == "app"]
     assert len(apps) == len(params["apps"]) > 0
     assert int(summary["moved"]) == 0, flows[flows["moved"].astype(str).eq("True")][
@@ -216,6 +219,14 @@ def test_real_traffic_chain_moves_nothing_and_every_application_completes():
     assert sum(a["counts"]["fragments"] for a in agents) > 0
     assert sum(a["counts"]["icmp_errors"] for a in agents) > 0
     assert params["conntrack_timeouts"]["tcp_established"] == 432000
+    assert summary["fastpath"] == params["testbed"]["fastpath"] == fastpath
+    if fastpath == "xdp":      # most packets forwarded in the kernel, by every agent
+        assert float(summary["lb_fast_pct"]) > 80, summary["lb_fast_pct"]
+        assert all(a["fastpath"] == "xdp (generic)" for a in agents)
+        assert sum(a["counts"]["fast_put"] for a in agents) > len(apps) / 2
+    else:
+        assert float(summary["lb_fast_pct"]) == 0
+        assert all(a["fastpath"] == "off" and a["counts"]["fast_tx"] == 0 for a in agents)
     _nothing_left_behind()
 
 
