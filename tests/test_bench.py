@@ -221,15 +221,19 @@ def test_the_patent_variant_has_its_own_first_packet_overhead_and_frame_counts()
 
 
 def test_target_lines():
-    rows = [Row("datapath_pps", 90.0, "packets/s", "bare", 100.0),
-            Row("first_packet_overhead_ms_p50", 1.7, "ms", "maglev", 1.2),
+    rows = [Row("datapath_pps", 160.0, "packets/s", "bare", 100.0),
+            Row("first_packet_overhead_ms_p50", 0.7, "ms", "maglev", 1.2),
             Row("lb_kill_restore_s", 0.6, "s"),
             Row("entries_held", math.nan, "entries"),
-            Row("setup_rate_cps", 200, "connections/s")]
+            Row("setup_rate_cps", 200, "connections/s"),
+            Row("agent_cpu_per_gbit_fastpath", 0.2, "CPU s/Gbit", "off", 1.0),
+            Row("datapath_pps_fastpath_off", 70.0, "packets/s", "bare", 100.0)]
     lines = tbb.target_lines(rows)
-    assert len(lines) == 3
+    assert len(lines) == 5
     assert "datapath_pps" in lines[0] and lines[0].endswith("met")
     assert lines[1].endswith("MISSED") and lines[2].endswith("met")
+    assert "agent_cpu_per_gbit_fastpath" in lines[3] and lines[3].endswith("MISSED")
+    assert lines[4].endswith("met")
 
 
 def test_parse_groups():
