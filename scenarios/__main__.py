@@ -10,6 +10,7 @@ import sys
 
 from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.chain import VARIANTS
+from agents.fastpath import FASTPATHS
 from agents.modes import MODES
 from scenarios import registry
 from scenarios.params import (KEYS, ParamError, apply, parse_modes, parse_seeds, parse_set,
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
     variant_help = (f"the chain protocol's variant: {' or '.join(VARIANTS)} (default "
                     f"{VARIANTS[0]}; the same as --set variant=...)")
     r.add_argument("--variant", choices=VARIANTS, help=variant_help)
+    fastpath_help = (f"the LB nodes' in-kernel fast path: {' or '.join(FASTPATHS)} (default "
+                     f"{FASTPATHS[0]}; the same as --set fastpath=...)")
+    r.add_argument("--fastpath", choices=FASTPATHS, help=fastpath_help)
     r.add_argument("--cli", action="store_true", help="open the Mininet CLI at the end or on failure")
     r.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every time and duration (0.1..10; e.g. 0.5 for a quick run)")
@@ -59,6 +63,7 @@ def main(argv=None) -> int:
     w.add_argument("--time-scale", type=float, default=1.0)
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     w.add_argument("--variant", choices=VARIANTS, help=variant_help)
+    w.add_argument("--fastpath", choices=FASTPATHS, help=fastpath_help)
     w.add_argument("--ct-timeouts", default="", help=ct_help)
     sub.add_parser("list", help="list scenarios and modes")
     sub.add_parser("cleanup", help="remove what a crashed run left behind")
@@ -66,6 +71,7 @@ def main(argv=None) -> int:
     c.add_argument("--mode", default="chain", help=f"LB mode: {', '.join(MODES)}")
     c.add_argument("--ct-timeouts", default="", help=ct_help)
     c.add_argument("--variant", choices=VARIANTS, help=variant_help)
+    c.add_argument("--fastpath", choices=FASTPATHS, help=fastpath_help)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="the testbed's sizes: key=value, repeatable; keys: "
                         + ", ".join(k for k in KEYS if k not in ("flows", "rate")))
@@ -96,11 +102,13 @@ def main(argv=None) -> int:
         if args.cmd == "cli" and len(modes) > 1:
             raise ParamError("the CLI runs one mode; give one of: " + ", ".join(MODES))
         overrides = parse_set(getattr(args, "set", []))
-        if getattr(args, "variant", None):
-            if overrides.get("variant", args.variant) != args.variant:
-                raise ParamError(f"--variant {args.variant} and --set variant="
-                                 f"{overrides['variant']} disagree: give one")
-            overrides["variant"] = args.variant
+        for flag in ("variant", "fastpath"):
+            value = getattr(args, flag, None)
+            if value:
+                if overrides.get(flag, value) != value:
+                    raise ParamError(f"--{flag} {value} and --set {flag}="
+                                     f"{overrides[flag]} disagree: give one")
+                overrides[flag] = value
         seeds = [1]
         grid = [overrides]
         if args.cmd == "sweep":

@@ -57,6 +57,12 @@ def test_the_variant_is_a_testbed_parameter():
     assert apply(registry.get("scale-out"), {})[1].variant == "steered"
 
 
+def test_the_fast_path_is_a_testbed_parameter_on_by_default():
+    scenario, params = apply(registry.get("scale-out"), {"fastpath": "off"})
+    assert params.fastpath == "off" and scenario.params["fastpath"] == "off"
+    assert apply(registry.get("scale-out"), {})[1].fastpath == "xdp"
+
+
 def test_chain_longer_than_the_lb_nodes_names_the_limit():
     with pytest.raises(ParamError, match=r"chain_len=5 \(lbs=4\).*chain_len 1\.\.lbs"):
         apply(registry.get("scale-out"), {"l": "5"})
@@ -132,7 +138,10 @@ def test_the_cli_takes_topology_only():
     (["run", "scale-out", "--set", "variant=ring"], "variant='ring'"),
     (["run", "scale-out", "--variant", "patent", "--set", "variant=steered"], "disagree"),
     (["run", "scale-out", "--variant", "ring"], "invalid choice: 'ring'"),
-    (["sweep", "scale-out", "--param", "variant", "--values", "patent,x"], "variant='x'")])
+    (["sweep", "scale-out", "--param", "variant", "--values", "patent,x"], "variant='x'"),
+    (["run", "scale-out", "--set", "fastpath=ebpf"], "fastpath='ebpf'"),
+    (["run", "scale-out", "--fastpath", "off", "--set", "fastpath=xdp"], "disagree"),
+    (["sweep", "scale-out", "--param", "fastpath", "--values", "xdp,on"], "fastpath='on'")])
 def test_command_line_errors_are_one_line_without_a_traceback(args, message):
     r = subprocess.run([sys.executable, "-m", "scenarios", *args], capture_output=True,
                        text=True, timeout=60)
