@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,23 +16,13 @@ import pytest
 
 from agents.conntrack import CtTimeouts
 from agents.keys import flow_key
+from scenarios.testbed import wait_for
 from topo import testbed as topo
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 UDP_PORT, TCP_PORT = 9999, 9998
 # short UDP timeouts, so that an idle connection ends within the test (LB: 3 + 1 s)
 TIMEOUTS = CtTimeouts(udp=3, udp_stream=3)
-
-
-def wait_for(what, check, timeout, every=0.1):
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")
