@@ -63,7 +63,7 @@ class Agent:
         self.hellos = 0
         self.counts = {"forwarded": 0, "chain_rx": 0, "bad_frames": 0, "cluster_rx": 0,
                        "tx_errors": 0, "rx_errors": 0, "via_gateway": 0, "cluster_lost": 0,
-                       "cluster_healed": 0}
+                       "cluster_healed": 0, "fast_read_errors": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -141,8 +141,13 @@ class Agent:
             if now >= next_house:
                 next_house = now + HOUSEKEEPING
                 if self.fp is not None:
-                    self.apply(dp.fast_seen(((k, seen) for k, _, seen, _, _
-                                             in self.fp.entries()), now))
+                    try:
+                        entries = self.fp.entries()
+                    except OSError:
+                        # without the kernel's activity, nothing expires this round
+                        self.counts["fast_read_errors"] += 1
+                        continue
+                    self.apply(dp.fast_seen(((k, seen) for k, _, seen, _, _ in entries), now))
                 self.apply(dp.housekeeping(now))
         self.write_stats()
         if self.fp is not None:
