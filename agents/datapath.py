@@ -10,7 +10,9 @@ from another LB node), ``view`` (the controller's membership view), ``tick`` (en
 - ``Decided``: a connection was decided (the shell logs it);
 - ``FastPut`` / ``FastDel``: with the in-kernel fast path (``fastpath=True``), a connection
   whose packets the kernel forwards from now on, with these Ethernet addresses, and one it no
-  longer forwards (``agents.fastpath`` keeps the BPF map in step).
+  longer forwards (``agents.fastpath`` keeps the BPF map in step; the shell answers a
+  ``FastDel`` with ``fast_left``, the last packet the kernel forwarded); ``FastRead``: the
+  connections whose last packets in the kernel the shell must read (``fast_seen``).
 
 The fast path holds exactly the connections whose next packet without SYN, FIN or RST this
 core would forward unchanged to the same NF without changing its tracking: TCP connections
@@ -19,8 +21,9 @@ went to; local: in the node's table; maglev and hash: the NF the current view ma
 to a usable NF. Whatever may change that (a packet the kernel passed up, a decision, a
 cached answer changed or dropped by the engine, a view, an expiry) re-checks the connections
 it touches. The kernel passes everything else up (SYN, FIN, RST, fragments, ICMP, options).
-Their activity comes back through ``fast_seen`` (the map's last-seen times), so idle
-timeouts hold as if every packet had crossed this core.
+Their activity comes back through ``fast_seen`` (the map's last-seen times of the
+connections that would end otherwise: ``FastRead``), so idle timeouts hold as if every packet
+had crossed this core.
 
 What belongs to a connection, as the NF's conntrack sees it:
 
@@ -60,7 +63,8 @@ from agents.keys import flow_key_raw, key_str
 from agents.messages import Frame, ViewMsg
 from agents.modes import Picker
 
-__all__ = ["Datapath", "Decided", "FastPut", "FastDel", "steering_slots", "IPV4", "FAST_STATES"]
+__all__ = ["Datapath", "Decided", "FastPut", "FastDel", "FastRead", "steering_slots", "IPV4",
+           "FAST_STATES"]
 
 IPV4 = b"\x08\x00"
 MAX_BUFFERED = 256          # packets held per key while its lookup is pending
@@ -93,6 +97,13 @@ class FastPut:
 class FastDel:
     """The fast path no longer forwards ``key``'s packets."""
     key: bytes
+
+
+@dataclass(frozen=True)
+class FastRead:
+    """The shell reads when the fast path last forwarded a packet of each of ``keys`` and
+    answers with ``Datapath.fast_seen``: they would end now, unless the kernel saw them."""
+    keys: tuple[bytes, ...]
 
 
 def steering_slots(lbs) -> tuple[str, ...]:
@@ -491,50 +502,55 @@ class Datapath:
         if self.fast is not None and self.fast.pop(key, None) is not None:
             self.counts["fast_refused"] += 1
 
+    def fast_left(self, key: bytes, seen: float) -> None:
+        """The answer to ``FastDel``: when the kernel last forwarded a packet of ``key``
+        (0 if never), so that its connection's idle time counts that packet."""
+        c = self.conns.get(key)
+        if c is not None and seen > c.seen:
+            c.seen = seen
+
     def fast_seen(self, entries, now: float) -> list:
-        """The fast path's activity: ``(key, last seen)`` per entry of its map (in this
-        core's clock; 0 for never). A key it holds that this core does not (left by a
-        failed update) is removed."""
+        """The answer to ``FastRead``: ``(key, last seen)`` per key asked, from the fast
+        path's map (in this core's clock; 0 if never, or not in the map). The connections
+        still idle past their timeout end here; the others live on."""
         fast = self.fast
         if fast is None:
             return []
         out: list = []
         for key, seen in entries:
-            if key not in fast:
-                out.append(FastDel(key))
-                continue
             c = self.conns.get(key)
-            if c is not None and seen > c.seen:
+            if c is None:
+                continue
+            if seen > c.seen:
                 c.seen = min(seen, now)
+            if self._idle_out(key, c, now):
+                out += self._expire(key, now)
+        if self._dirty:
+            out += self._fast_flush()
         return out
 
     # ------------------------------------------------------------------ timers
 
+    def _idle_out(self, key: bytes, c: Conn, now: float) -> bool:
+        """Whether connection ``key`` has been idle past its state's timeout."""
+        if c.state != OTHER:
+            return now - c.seen >= self._lb_timeouts[c.state]
+        return now - c.seen >= self._other.get(key[0], self._generic)
+
     def housekeeping(self, now: float) -> list:
-        """Connections whose idle time passed their state's timeout end here."""
-        lb_t, other, generic = self._lb_timeouts, self._other, self._generic
-        done = [k for k, c in self.conns.items()
-                if now - c.seen >= (lb_t[c.state] if c.state != OTHER
-                                    else other.get(k[0], generic))]
+        """Connections whose idle time passed their state's timeout end here. Those the fast
+        path forwards end only once its activity says so: ``FastRead`` asks for it (the shell
+        answers with ``fast_seen``)."""
+        done = [k for k, c in self.conns.items() if self._idle_out(k, c, now)]
         out: list = []
-        node = self.node
+        fast = self.fast
+        if fast:
+            ask = tuple(k for k in done if k in fast)
+            if ask:
+                done = [k for k in done if k not in fast]
+                out.append(FastRead(ask))
         for key in done:
-            c = self.conns.pop(key)
-            if self.fast is not None:
-                self._dirty.add(key)
-            if c.state == RELATED:
-                self.counts["forgotten"] += 1
-                if node is not None:
-                    node.forget(key)
-                else:
-                    self.picker.forget(key)     # local mode: the table's entry is the answer
-                continue
-            self.counts["deletes"] += 1
-            if node is not None:
-                if key in node.cache:
-                    out += self._engine(node.delete(key, now))
-            else:
-                self.picker.forget(key)
+            out += self._expire(key, now)
         for datagram in [d for d, (_, t) in self.frags.items() if now - t >= self.frag_timeout]:
             del self.frags[datagram]
         for datagram in [d for d, (t, _) in self.frag_held.items()
@@ -543,6 +559,26 @@ class Datapath:
         if self._dirty:
             out += self._fast_flush()
         return out
+
+    def _expire(self, key: bytes, now: float) -> list:
+        c = self.conns.pop(key)
+        node = self.node
+        if self.fast is not None:
+            self._dirty.add(key)
+        if c.state == RELATED:
+            self.counts["forgotten"] += 1
+            if node is not None:
+                node.forget(key)
+            else:
+                self.picker.forget(key)     # local mode: the table's entry is the answer
+            return []
+        self.counts["deletes"] += 1
+        if node is not None:
+            if key in node.cache:
+                return self._engine(node.delete(key, now))
+        else:
+            self.picker.forget(key)
+        return []
 
     # ------------------------------------------------------------------ queries
 

@@ -10,7 +10,8 @@ the map (``FastPut``) and which leave it (``FastDel``), and it reads their activ
   descriptor, so the program is detached when the agent exits, however it exits (a
   crashed agent's map never forwards after its node was removed);
 - map updates and reads are libbpf's thin bpf(2) wrappers (``bpf_map_update_elem``,
-  ``bpf_map_lookup_batch``, ...).
+  ``bpf_map_lookup_elem``, ...): one per connection that enters or leaves the map, and one
+  per connection that would end idle (``FastRead``), never a scan of the whole map.
 
 ``FastPath.open`` raises ``FastPathError`` (with the reason) where the program cannot be
 loaded or attached: the agent says so once and runs the Python path.
@@ -48,7 +49,6 @@ _SYS_BPF = 321                                # x86_64
 _BPF_LINK_CREATE = 28
 _BPF_XDP = 37                                 # enum bpf_attach_type
 _BPF_ANY = 0
-_BATCH = 4096                                 # entries per batched read
 
 
 class FastPathError(Exception):
@@ -61,7 +61,7 @@ def _libbpf():
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as e:
         raise FastPathError(f"libbpf not found ({e}): install libbpf1 (sudo make setup)") from None
-    vp, i, u32p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)
+    vp, i = ctypes.c_void_p, ctypes.c_int
     for fn, res, args in (
             ("bpf_object__open_file", vp, [ctypes.c_char_p, vp]),
             ("bpf_object__load", i, [vp]),
@@ -72,7 +72,6 @@ def _libbpf():
             ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
             ("bpf_map_delete_elem", i, [i, vp]),
             ("bpf_map_lookup_elem", i, [i, vp, vp]),
-            ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, u32p, vp]),
             ("libbpf_num_possible_cpus", i, []),
             ("libbpf_set_print", vp, [vp])):
         f = getattr(lib, fn)
@@ -103,7 +102,7 @@ class FastPath:
         self._cpus = max(1, lib.libbpf_num_possible_cpus())
         self._key = ctypes.create_string_buffer(KEY_LEN)
         self._val = ctypes.create_string_buffer(ENTRY.size)
-        self.errors = 0          # map updates the kernel refused (a full map): Python path
+        self.errors = 0          # map updates (a full map) or reads the kernel refused
 
     @classmethod
     def open(cls, intf: str, attach: str = "generic", obj_path: Path | None = None) -> "FastPath":
@@ -159,33 +158,31 @@ class FastPath:
             return False
         return True
 
-    def delete(self, key: bytes) -> None:
+    def delete(self, key: bytes) -> float:
+        """Stop forwarding ``key``; when the kernel last forwarded one of its packets (as
+        ``seen``: 0.0 if never or not in the map), which the agent's tracking must keep."""
         self._key.raw = key
+        seen = 0.0
+        if self._lib.bpf_map_lookup_elem(self._conns, self._key, self._val) == 0:
+            seen = ENTRY.unpack(self._val.raw)[1] / 1e9
         self._lib.bpf_map_delete_elem(self._conns, self._key)   # ENOENT: already gone
+        return seen
 
-    def entries(self) -> list[tuple[bytes, bytes, float, int, int]]:
-        """Every entry: (key, eth, last seen in time.monotonic() seconds or 0.0 if never,
-        packets, bytes)."""
+    def seen(self, keys) -> list[tuple[bytes, float]]:
+        """(key, when the kernel last forwarded one of its packets, in time.monotonic()
+        seconds; 0.0 if never or not in the map) for each of ``keys`` it could read: a key
+        the kernel refused to read is left out (asked again later, never taken as idle)."""
         out = []
-        keys = ctypes.create_string_buffer(KEY_LEN * _BATCH)
-        vals = ctypes.create_string_buffer(ENTRY.size * _BATCH)
-        token_in, token_out = ctypes.create_string_buffer(KEY_LEN), ctypes.create_string_buffer(KEY_LEN)
-        first = True
-        while True:
-            count = ctypes.c_uint32(_BATCH)
-            rc = self._lib.bpf_map_lookup_batch(self._conns, None if first else token_in,
-                                                token_out, keys, vals, ctypes.byref(count), None)
-            err = ctypes.get_errno() if rc != 0 else 0
-            if rc != 0 and err != errno.ENOENT:
-                raise OSError(err, f"reading the fast path's map: {os.strerror(err)}")
-            kraw, vraw = keys.raw, vals.raw
-            for i in range(count.value):
-                eth, seen, packets, nbytes = ENTRY.unpack_from(vraw, i * ENTRY.size)
-                out.append((kraw[i * KEY_LEN:(i + 1) * KEY_LEN], eth, seen / 1e9, packets,
-                            nbytes))
-            if rc != 0:                # ENOENT: that was the last batch
-                return out
-            token_in.raw, first = token_out.raw, False
+        key, val, lookup, conns = self._key, self._val, self._lib.bpf_map_lookup_elem, self._conns
+        for k in keys:
+            key.raw = k
+            if lookup(conns, key, val) == 0:
+                out.append((k, ENTRY.unpack(val.raw)[1] / 1e9))
+            elif ctypes.get_errno() == errno.ENOENT:
+                out.append((k, 0.0))
+            else:
+                self.errors += 1
+        return out
 
     def stats(self) -> dict[str, int]:
         """The program's counters, summed over CPUs: tx (forwarded here), pass, miss."""

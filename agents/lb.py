@@ -33,7 +33,7 @@ import time
 from agents import wire
 from agents.chain import VARIANTS, Send
 from agents.conntrack import CtTimeouts, parse_timeouts
-from agents.datapath import IPV4, Datapath, Decided, FastDel, FastPut
+from agents.datapath import IPV4, Datapath, Decided, FastDel, FastPut, FastRead
 from agents.fastpath import ATTACH_MODES, FASTPATHS, FastPath, FastPathError
 from agents.keys import key_str
 from agents.messages import Frame, Heartbeat, Hello, ViewMsg
@@ -63,7 +63,7 @@ class Agent:
         self.hellos = 0
         self.counts = {"forwarded": 0, "chain_rx": 0, "bad_frames": 0, "cluster_rx": 0,
                        "tx_errors": 0, "rx_errors": 0, "via_gateway": 0, "cluster_lost": 0,
-                       "cluster_healed": 0, "fast_read_errors": 0}
+                       "cluster_healed": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -140,14 +140,6 @@ class Agent:
                 self.heartbeat()
             if now >= next_house:
                 next_house = now + HOUSEKEEPING
-                if self.fp is not None:
-                    try:
-                        entries = self.fp.entries()
-                    except OSError:
-                        # without the kernel's activity, nothing expires this round
-                        self.counts["fast_read_errors"] += 1
-                        continue
-                    self.apply(dp.fast_seen(((k, seen) for k, _, seen, _, _ in entries), now))
                 self.apply(dp.housekeeping(now))
         self.write_stats()
         if self.fp is not None:
@@ -228,7 +220,9 @@ class Agent:
                 if not self.fp.put(a.key, a.eth):
                     self.dp.fast_refused(a.key)
             elif kind is FastDel:
-                self.fp.delete(a.key)
+                self.dp.fast_left(a.key, self.fp.delete(a.key))
+            elif kind is FastRead:
+                self.apply(self.dp.fast_seen(self.fp.seen(a.keys), time.monotonic()))
 
     def tx(self, frame: bytes, data: bool = True, sock: socket.socket | None = None) -> None:
         """Send a frame; a dropped send (full queue, egress filter) is a lost frame."""
@@ -290,10 +284,10 @@ class Agent:
         if self.fp is not None:
             fast = self.fp.stats()
             out["counts"].update(fast_tx=fast["tx"], fast_pass=fast["pass"],
-                                 fast_miss=fast["miss"])
+                                 fast_miss=fast["miss"], fast_errors=self.fp.errors)
             out["fastpath"] = f"xdp ({self.fp.mode})"
         else:
-            out["counts"].update(fast_tx=0, fast_pass=0, fast_miss=0)
+            out["counts"].update(fast_tx=0, fast_pass=0, fast_miss=0, fast_errors=0)
             out["fastpath"] = "off" + (f" ({self.fastpath_error})" if self.fastpath_error else "")
         out["via_gateway_to"] = self.paths.lost()
         return out

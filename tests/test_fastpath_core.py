@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.conntrack import CtTimeouts
-from agents.datapath import FAST_STATES, Datapath, FastDel, FastPut
+from agents.datapath import FAST_STATES, Datapath, FastDel, FastPut, FastRead
 from agents.keys import flow_key, flow_key_raw
 from test_datapath import (ACK, C1, C2, FA, PA, RA, S1, S2, SA, SYN, Cluster, datapath,
                            fragments, icmp_error, maglev, nf_of, tcp, udp, view)
@@ -26,15 +26,21 @@ class Xdp:
         self.map: dict[bytes, bytes] = {}
         self.seen: dict[bytes, float] = {}
 
-    def apply(self, actions) -> list:
-        """Keep the map; the other actions."""
+    def apply(self, actions, dp: Datapath | None = None, now: float = 0.0) -> list:
+        """Keep the map and answer ``dp``'s deletes and reads (as agents.lb does); the
+        other actions."""
         rest = []
         for a in actions:
             if isinstance(a, FastPut):
                 self.map[a.key] = a.eth
             elif isinstance(a, FastDel):
                 self.map.pop(a.key, None)
-                self.seen.pop(a.key, None)
+                if dp is not None:
+                    dp.fast_left(a.key, self.seen.pop(a.key, 0.0))
+            elif isinstance(a, FastRead):
+                assert dp is not None, "a read outside housekeeping"
+                rest += self.apply(dp.fast_seen([(k, self.seen.get(k, 0.0)) for k in a.keys],
+                                                now), dp, now)
             else:
                 rest.append(a)
         return rest
@@ -60,9 +66,6 @@ class Xdp:
             return None
         self.seen[key] = now
         return eth + buf[12:]
-
-    def entries(self):
-        return [(k, self.seen.get(k, 0.0)) for k in self.map]
 
 
 def check_rule(dp: Datapath, xdp: Xdp) -> None:
@@ -124,8 +127,8 @@ def test_a_node_with_the_fast_path_forwards_and_tracks_as_one_without(mode, item
     for kind, item in items:
         if kind == "idle":
             now += item
-            xdp.apply(fast.fast_seen(xdp.entries(), now))
-            assert xdp.apply(fast.housekeeping(now)) == slow.housekeeping(now)
+            assert sorted(map(repr, xdp.apply(fast.housekeeping(now), fast, now))) == \
+                sorted(map(repr, slow.housekeeping(now)))
         elif kind == "view":
             epoch += 1
             if item == "add":
@@ -135,7 +138,7 @@ def test_a_node_with_the_fast_path_forwards_and_tracks_as_one_without(mode, item
                 if len(live) > 1:
                     states[live[0]] = "failed" if item == "fail" else "draining"
             v = view(epoch, list(states.items()), mode)
-            assert xdp.apply(fast.view(v, now)) == slow.view(v, now)
+            assert xdp.apply(fast.view(v, now), fast, now) == slow.view(v, now)
         else:
             now += 0.01
             expect = slow.packet(item, now)
@@ -143,7 +146,7 @@ def test_a_node_with_the_fast_path_forwards_and_tracks_as_one_without(mode, item
             if out is not None:
                 assert expect == [out], "the kernel forwarded what the agent would not"
             else:
-                assert xdp.apply(fast.packet(item, now)) == expect
+                assert xdp.apply(fast.packet(item, now), fast, now) == expect
         check_rule(fast, xdp)
         assert {k: (c.state, c.nf) for k, c in fast.conns.items()} == \
             {k: (c.state, c.nf) for k, c in slow.conns.items()}
@@ -190,16 +193,34 @@ def test_activity_in_the_map_keeps_an_idle_timeout_from_ending_a_connection():
         now = i * 0.25
         assert xdp.forward(udp(C1, S1, 5000, 53, i + 1), now) is not None
         if i % 2 == 0:
-            xdp.apply(dp.fast_seen(xdp.entries(), now))
-            xdp.apply(dp.housekeeping(now))
+            xdp.apply(dp.housekeeping(now), dp, now)
     assert key in dp.conns and key in xdp.map and dp.counts["deletes"] == 0
     last = 39 * 0.25
-    xdp.apply(dp.fast_seen(xdp.entries(), last + 2.9))
-    xdp.apply(dp.housekeeping(last + 2.9))         # 2.9 s idle: below 2 + LB_MARGIN
-    assert key in xdp.map
-    xdp.apply(dp.fast_seen(xdp.entries(), last + 3.1))
-    xdp.apply(dp.housekeeping(last + 3.1))
+    out = dp.housekeeping(last + 2.9)              # 2.9 s idle: below 2 + LB_MARGIN
+    assert out == [FastRead((key,))], "a connection the kernel forwards ends only once read"
+    xdp.apply(out, dp, last + 2.9)
+    assert key in dp.conns and key in xdp.map
+    xdp.apply(dp.housekeeping(last + 3.1), dp, last + 3.1)
     assert key not in dp.conns and key not in xdp.map and dp.counts["deletes"] == 1
+
+
+def test_a_connection_that_leaves_the_map_keeps_the_kernels_last_packet():
+    """Forwarded in the kernel longer than its idle timeout, then out of the map (a view
+    remaps it): its idle time counts from the kernel's last packet, not the agent's."""
+    t = CtTimeouts(udp=2, udp_stream=2)
+    dp, xdp = datapath("maglev", nfs=("nf1", "nf2"), fastpath=True, timeouts=t), Xdp()
+    for sport in range(6000, 7000):
+        key = flow_key(C1, S1, 17, sport, 53)
+        if maglev(("nf1", "nf2", "nf3"), key) != maglev(("nf1", "nf2"), key):
+            break
+    xdp.apply(dp.packet(udp(C1, S1, sport, 53), 0.0), dp, 0.0)
+    for i in range(1, 21):
+        assert xdp.forward(udp(C1, S1, sport, 53, i + 1), i * 0.5) is not None
+        xdp.apply(dp.housekeeping(i * 0.5), dp, i * 0.5)
+    xdp.apply(dp.view(view(2, ["nf1", "nf2", "nf3"], "maglev"), 10.1), dp, 10.1)
+    assert key not in xdp.map
+    assert xdp.apply(dp.housekeeping(10.5), dp, 10.5) == [] and key in dp.conns
+    assert dp.counts["deletes"] == 0
 
 
 def test_a_failed_nf_leaves_the_map_and_its_connections_are_decided_again():
@@ -239,10 +260,14 @@ def test_a_refused_put_is_tried_again_by_the_next_packet():
     assert [a for a in out if isinstance(a, FastPut)] == [FastPut(key, dp.fast[key])]
 
 
-def test_an_entry_the_core_does_not_hold_is_removed_from_the_map():
-    dp = datapath("chain", fastpath=True)
-    stray = flow_key(C2, S2, 6, 1, 2)
-    assert dp.fast_seen([(stray, 1.0)], 2.0) == [FastDel(stray)]
+def test_a_read_the_kernel_refused_ends_nothing():
+    t = CtTimeouts(udp=2, udp_stream=2)
+    dp, xdp = datapath("chain", fastpath=True, timeouts=t), Xdp()
+    key = flow_key(C1, S1, 17, 5001, 53)
+    xdp.apply(dp.packet(udp(C1, S1, 5001, 53), 0.0))
+    assert dp.housekeeping(10.0) == [FastRead((key,))]
+    assert dp.fast_seen([], 10.0) == [] and key in dp.conns     # not answered: asked again
+    assert dp.housekeeping(10.5) == [FastRead((key,))]
 
 
 def test_without_the_fast_path_nothing_changes():
