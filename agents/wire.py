@@ -14,7 +14,9 @@ except the hmac field itself (version, type and all the layers that follow).
 The scapy layers are the one definition of the format: ``Ether(frame)`` dissects a
 captured frame. ``encode``/``decode`` run per chain frame in the agents, so they do not go
 through scapy's (slow) packet objects: they use ``struct`` codecs compiled once, at import,
-from the layers' ``fields_desc``; the tests check both give the same bytes and values.
+from the layers' ``fields_desc``; the tests check both give the same bytes and values. The
+commonest chain frames (a Write, Answer, Ack or Gone, or a pure link ack) take hand-written
+fast paths instead, checked against those codecs (tests/test_wire_fast.py).
 
 Field conventions: integers are unsigned big-endian (versions, sequence numbers, epochs:
 64 bits); keys are bytes and names are UTF-8 text, each behind a 1-byte length (at most
@@ -442,27 +444,38 @@ _HEAD = struct.Struct("!BB")
 _HDR_LEN = _HEAD.size + HMAC_LEN
 
 
-# --- public API ----------------------------------------------------------------------------
+# --- authentication ----------------------------------------------------------------------
 
-_HMACS: dict[bytes, hmac.HMAC] = {}  # secret -> keyed HMAC to copy (keying costs a third)
+# secret -> SHA-256 states that have hashed its inner and outer pads, to copy per message.
+# HMAC (RFC 2104) is H(key ^ opad || H(key ^ ipad || data)), the key padded with zeros to the
+# hash's block (hashed first if longer): the same bytes as hmac.new(secret, data, sha256),
+# without the hmac module's Python-level wrapper around each copy, update and digest.
+_HMACS: dict[bytes, tuple] = {}
+_BAD_HMAC = "bad HMAC (wrong secret or tampered frame)"
 
 
 def _sign(secret: bytes, data: bytes) -> bytes:
     if type(secret) is not bytes or not secret:
         raise ValueError("the shared secret must be non-empty bytes")
-    base = _HMACS.get(secret)
-    if base is None:
+    pads = _HMACS.get(secret)
+    if pads is None:
         if len(_HMACS) >= 16:
             _HMACS.clear()
-        base = _HMACS[secret] = hmac.new(secret, digestmod=hashlib.sha256)
-    h = base.copy()
-    h.update(data)
-    return h.digest()
+        block = hashlib.sha256().block_size
+        key = (hashlib.sha256(secret).digest() if len(secret) > block else secret).ljust(block, b"\0")
+        pads = _HMACS[secret] = (hashlib.sha256(bytes(x ^ 0x36 for x in key)),
+                                 hashlib.sha256(bytes(x ^ 0x5C for x in key)))
+    inner = pads[0].copy()
+    inner.update(data)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
-def encode(msg, secret: bytes) -> bytes:
-    """Authenticated payload (the bytes after the Ethernet header) of a Frame, ViewMsg,
-    Heartbeat or Hello."""
+# --- generic encode/decode: every message, through the compiled codecs ------------------
+
+def _encode_generic(msg, secret: bytes) -> bytes:
+    """``encode`` through the compiled codecs (the tests compare the fast paths with it)."""
     code = _MSG_CODE.get(type(msg))
     if code is None:
         raise ValueError(f"cannot encode {type(msg).__name__}: only Frame, ViewMsg, Heartbeat and Hello "
@@ -475,15 +488,15 @@ def encode(msg, secret: bytes) -> bytes:
     return signed[:2] + _sign(secret, signed) + signed[2:]
 
 
-def decode(data: bytes, secret: bytes):
-    """Message from an authenticated payload; WireError on any bad, forged or tampered input."""
+def _decode_generic(data: bytes, secret: bytes):
+    """``decode`` through the compiled codecs (the tests compare the fast paths with it)."""
     try:
         buf = data if type(data) is bytes else bytes(memoryview(data))
         if len(buf) < _HDR_LEN:
             raise WireError(f"truncated: {len(buf)} bytes, the header alone is {_HDR_LEN}")
         signed = buf[:2] + buf[_HDR_LEN:]
         if not hmac.compare_digest(_sign(secret, signed), buf[2:_HDR_LEN]):
-            raise WireError("bad HMAC (wrong secret or tampered frame)")
+            raise WireError(_BAD_HMAC)
         version, code = _HEAD.unpack_from(signed)
         if version != VERSION:
             raise WireError(f"unsupported version {version} (expected {VERSION})")
@@ -512,6 +525,187 @@ def decode(data: bytes, secret: bytes):
         raise WireError(f"malformed payload: {e}") from None
 
 
+# --- fast paths: the hot chain frames -----------------------------------------------------
+#
+# Per connection, the agents exchange a handful of Frames carrying a Write, an Answer, an Ack
+# or a Gone, and pure link acks (no body). For these five shapes only, encode and decode are
+# written out by hand: the same bytes and values as the generic codecs, at about half their
+# cost. They take only what is plainly valid; anything else (another shape, a value of an
+# unexpected type or range, a malformed payload) goes to the generic path, which encodes it,
+# decodes it or says what is wrong, as for any message. tests/test_wire_fast.py checks both
+# paths agree; the layouts they assume are checked against the layers just below.
+
+_FAST_LAYOUTS = {  # name:kind of each field, in order (B, Q: unsigned integers)
+    FrameL: "src_len:B src:text src_inc:Q dst_inc:Q epoch:Q seq:Q ack:Q body_type:B",
+    WriteL: "key_len:B key:bytes ver:Q nf_len:B nf:text packet_len:B packet:bytes lookup:Q",
+    AnswerL: "key_len:B key:bytes ver:Q nf_len:B nf:text released:bool lookup:Q",
+    AckL: "key_len:B key:bytes ver:Q nf_len:B nf:text",
+    GoneL: "key_len:B key:bytes ver:Q",
+}
+
+
+def _layout(layer: type[Packet]) -> str:
+    def kind(field):
+        if isinstance(field, StrLenField):
+            return "text" if isinstance(field, TextLenField) else "bytes"
+        return "bool" if isinstance(field, BoolField) else field.fmt.lstrip("!")
+    return " ".join(f"{field.name}:{kind(field)}" for field in layer.fields_desc)
+
+
+for _layer, _expected in _FAST_LAYOUTS.items():
+    if _layout(_layer) != _expected:
+        raise TypeError(f"{_layer.__name__} changed ({_layout(_layer)}): update the fast paths")
+for _cls in (m.Frame, m.Write, m.Answer, m.Ack, m.Gone):  # made without __init__ (see _new)
+    if hasattr(_cls, "__post_init__") or hasattr(_cls, "__slots__"):
+        raise TypeError(f"{_cls.__name__} needs its __init__: update the fast paths")
+
+_FRAME_HEAD = _HEAD.pack(VERSION, _MSG_CODE[m.Frame])
+_FRAME_LONGS = struct.Struct("!QQQQQB")  # src_inc dst_inc epoch seq ack, body_type
+_QB = struct.Struct("!QB")  # ver, nf_len
+_BQ = struct.Struct("!BQ")  # released, lookup
+_Q = struct.Struct("!Q")
+_BYTE = [bytes((n,)) for n in range(256)]  # length bytes (IndexError beyond 255)
+_WRITE, _ANSWER, _ACK, _GONE = (_BODY_CODE[c] for c in (m.Write, m.Answer, m.Ack, m.Gone))
+_FAST_CODE = {type(None): 0, m.Write: _WRITE, m.Answer: _ANSWER, m.Ack: _ACK, m.Gone: _GONE}
+_FAST_BODIES = frozenset(_FAST_CODE.values())
+# Decoded dataclasses are made by filling a bare instance's __dict__: the same object as
+# their __init__ makes (a frozen dataclass's sets each field through object.__setattr__), at
+# well under half its cost. The check above fails the import if they gain a __post_init__.
+_new = object.__new__
+
+
+def _encode_fast(msg, secret: bytes) -> bytes | None:
+    """``encode`` of a Frame of a hot shape whose values are plainly valid; None otherwise."""
+    if type(msg) is not m.Frame:
+        return None
+    b = msg.body
+    code = _FAST_CODE.get(type(b))
+    if code is None:
+        return None
+    try:
+        src = msg.src
+        if type(src) is not str:
+            return None
+        src = src.encode()
+        if code == 0:
+            body = ()
+        else:
+            key = b.key
+            if type(key) is not bytes:
+                return None
+            if code == _GONE:
+                body = (_BYTE[len(key)], key, _Q.pack(b.ver))
+            else:
+                nf = b.nf
+                if type(nf) is not str:
+                    return None
+                nf = nf.encode()
+                body = (_BYTE[len(key)], key, _QB.pack(b.ver, len(nf)), nf)
+                if code == _ANSWER:
+                    released = b.released
+                    if type(released) is not bool:
+                        return None
+                    body += (_BQ.pack(released, b.lookup),)
+                elif code == _WRITE:
+                    packet = b.packet
+                    if type(packet) is not bytes:
+                        return None
+                    body += (_BYTE[len(packet)], packet, _Q.pack(b.lookup))
+        signed = b"".join((_FRAME_HEAD, _BYTE[len(src)], src,
+                           _FRAME_LONGS.pack(msg.src_inc, msg.dst_inc, msg.epoch, msg.seq, msg.ack,
+                                             code), *body))
+    except Exception:  # a length beyond 255, an integer out of range, a lone surrogate, ...
+        return None
+    return _FRAME_HEAD + _sign(secret, signed) + signed[2:]
+
+
+def _decode_fast(data: bytes, secret: bytes):
+    """``decode`` of an authentic, well-formed Frame of a hot shape; None for anything else
+    (another message, an unusual or malformed payload), WireError if its HMAC is wrong."""
+    if type(data) is not bytes or len(data) <= _HDR_LEN or data[:2] != _FRAME_HEAD:
+        return None
+    # the body type, after src and the five longs: not yet authentic, it only picks the path
+    at = _HDR_LEN + 1 + data[_HDR_LEN] + 40
+    if at >= len(data) or data[at] not in _FAST_BODIES:
+        return None
+    signed = _FRAME_HEAD + data[_HDR_LEN:]
+    try:
+        mac = _sign(secret, signed)
+    except ValueError:  # a bad secret
+        return None
+    if not hmac.compare_digest(mac, data[2:_HDR_LEN]):
+        raise WireError(_BAD_HMAC)
+    try:
+        return _parse_fast(signed)
+    except Exception:  # truncated, bad UTF-8, ...
+        return None
+
+
+def _parse_fast(s: bytes):
+    """The Frame in the signed bytes ``s`` (one of the hot shapes); None or an exception if
+    it is malformed. Slices do not check bounds: the final ``off == len(s)`` does, as each
+    one ends at or before ``off``."""
+    off = 3 + s[2]
+    src = s[3:off].decode()
+    src_inc, dst_inc, epoch, seq, ack, code = _FRAME_LONGS.unpack_from(s, off)
+    off += 41  # _FRAME_LONGS
+    if code == 0:
+        body = None
+    else:
+        end = off + 1 + s[off]
+        key = s[off + 1:end]
+        if code == _GONE:
+            (ver,) = _Q.unpack_from(s, end)
+            off = end + 8
+            body = _new(m.Gone)
+            body.__dict__.update(key=key, ver=ver)
+        else:
+            ver, n = _QB.unpack_from(s, end)
+            off = end + 9 + n  # _QB, nf
+            nf = s[end + 9:off].decode()
+            if code == _ACK:
+                body = _new(m.Ack)
+                body.__dict__.update(key=key, ver=ver, nf=nf)
+            elif code == _ANSWER:
+                released, lookup = _BQ.unpack_from(s, off)
+                off += 9
+                if released > 1:
+                    return None
+                body = _new(m.Answer)
+                body.__dict__.update(key=key, ver=ver, nf=nf, released=released == 1, lookup=lookup)
+            else:  # _WRITE
+                end = off + 1 + s[off]
+                packet = s[off + 1:end]
+                (lookup,) = _Q.unpack_from(s, end)
+                off = end + 8
+                body = _new(m.Write)
+                body.__dict__.update(key=key, ver=ver, nf=nf, packet=packet, lookup=lookup)
+    if off != len(s):
+        return None
+    frame = _new(m.Frame)
+    frame.__dict__.update(src=src, src_inc=src_inc, dst_inc=dst_inc, epoch=epoch, seq=seq, ack=ack,
+                          body=body)
+    return frame
+
+
+# --- public API ----------------------------------------------------------------------------
+
+def encode(msg, secret: bytes) -> bytes:
+    """Authenticated payload (the bytes after the Ethernet header) of a Frame, ViewMsg,
+    Heartbeat or Hello."""
+    payload = _encode_fast(msg, secret)
+    return _encode_generic(msg, secret) if payload is None else payload
+
+
+def decode(data: bytes, secret: bytes):
+    """Message from an authenticated payload; WireError on any bad, forged or tampered input."""
+    msg = _decode_fast(data, secret)
+    return _decode_generic(data, secret) if msg is None else msg
+
+
+_ETHERTYPE_BYTES = ETHERTYPE.to_bytes(2, "big")
+
+
 def frame_bytes(dst_mac: bytes, src_mac: bytes, msg, secret: bytes) -> bytes:
     """Whole Ethernet frame carrying ``msg``; ValueError if it exceeds the MTU."""
     if not (isinstance(dst_mac, bytes) and isinstance(src_mac, bytes)
@@ -521,4 +715,4 @@ def frame_bytes(dst_mac: bytes, src_mac: bytes, msg, secret: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"{type(msg).__name__} is {len(payload)} bytes, more than the "
                          f"{MAX_PAYLOAD}-byte MTU: send it in smaller pieces")
-    return dst_mac + src_mac + ETHERTYPE.to_bytes(2, "big") + payload
+    return dst_mac + src_mac + _ETHERTYPE_BYTES + payload
