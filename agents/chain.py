@@ -357,6 +357,11 @@ class _WatchedCache(dict):
         self.changes.update(self)
         super().clear()
 
+    def _unwatched(self, *_, **__):
+        raise NotImplementedError("ChainNode.cache: use [], del, pop or clear (they are watched)")
+
+    setdefault = update = popitem = __ior__ = _unwatched
+
 
 class ChainNode:
     """One LB node's share of the distributed connection table."""

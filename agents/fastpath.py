@@ -40,13 +40,11 @@ STAT_TX, STAT_PASS, STAT_MISS = range(3)      # the program's per-CPU counters
 
 # XDP attach modes: generic (the kernel's hook, after the driver: works on every interface)
 # and native (the driver's). A veth in native mode drops the frames its program sends back
-# out (XDP_TX) unless its peer has NAPI, i.e. an XDP program of its own: ``attach_pass``
-# gives the switch's side of the link one that passes everything.
+# out (XDP_TX) unless its peer has NAPI (an XDP program of its own): the testbed's veths to
+# the switch do not, so it uses generic.
 XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 2, 4
 ATTACH_MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
 
-_SYS_BPF = 321                                # x86_64
-_BPF_LINK_CREATE = 28
 _BPF_XDP = 37                                 # enum bpf_attach_type
 _BPF_ANY = 0
 
@@ -71,6 +69,8 @@ def _libbpf():
             ("bpf_program__fd", i, [vp]),
             ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
             ("bpf_map_delete_elem", i, [i, vp]),
+            ("bpf_map_lookup_and_delete_elem", i, [i, vp, vp]),
+            ("bpf_link_create", i, [i, i, ctypes.c_int, vp]),
             ("bpf_map_lookup_elem", i, [i, vp, vp]),
             ("libbpf_num_possible_cpus", i, []),
             ("libbpf_set_print", vp, [vp])):
@@ -80,13 +80,16 @@ def _libbpf():
     return lib
 
 
-def _link_create(prog_fd: int, ifindex: int, flags: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    attr = ctypes.create_string_buffer(struct.pack("=IIII", prog_fd, ifindex, _BPF_XDP, flags),
-                                       128)
-    fd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, attr, ctypes.c_uint(128))
+class _LinkOpts(ctypes.Structure):
+    """The head of libbpf's ``struct bpf_link_create_opts`` (``sz`` says how much of it)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+def _link_create(lib, prog_fd: int, ifindex: int, flags: int) -> int:
+    opts = _LinkOpts(ctypes.sizeof(_LinkOpts), flags, 0)
+    fd = lib.bpf_link_create(prog_fd, ifindex, _BPF_XDP, ctypes.byref(opts))
     if fd < 0:
-        err = ctypes.get_errno()
+        err = ctypes.get_errno() or -fd
         raise OSError(err, os.strerror(err))
     return fd
 
@@ -99,7 +102,7 @@ class FastPath:
         self._lib, self._obj, self._link = lib, obj, link_fd
         self._conns, self._stats = conns_fd, stats_fd
         self.mode, self.intf = mode, intf                # the attach mode that worked
-        self._cpus = max(1, lib.libbpf_num_possible_cpus())
+        self._cpus = lib.libbpf_num_possible_cpus()    # (checked by ``open``)
         self._key = ctypes.create_string_buffer(KEY_LEN)
         self._val = ctypes.create_string_buffer(ENTRY.size)
         self.errors = 0          # map updates (a full map) or reads the kernel refused
@@ -132,8 +135,10 @@ class FastPath:
             if not prog or conns < 0 or stats < 0:
                 raise FastPathError(f"{obj_path} lacks {PROGRAM} or its maps: rebuild it")
             prog_fd = lib.bpf_program__fd(prog)
+            if lib.libbpf_num_possible_cpus() < 1:
+                raise FastPathError("libbpf cannot count this machine's CPUs")
             try:
-                link = _link_create(prog_fd, ifindex, ATTACH_MODES[attach])
+                link = _link_create(lib, prog_fd, ifindex, ATTACH_MODES[attach])
             except OSError as e:
                 raise FastPathError(f"cannot attach XDP ({attach}) to {intf}: "
                                     f"{e.strerror}") from None
@@ -155,6 +160,8 @@ class FastPath:
         self._val.raw = ENTRY.pack(eth, seen, packets, nbytes)
         if self._lib.bpf_map_update_elem(self._conns, self._key, self._val, _BPF_ANY) != 0:
             self.errors += 1
+            # refused means not in the map: an entry there before must not forward on
+            self._lib.bpf_map_delete_elem(self._conns, self._key)
             return False
         return True
 
@@ -162,11 +169,15 @@ class FastPath:
         """Stop forwarding ``key``; when the kernel last forwarded one of its packets (as
         ``seen``: 0.0 if never or not in the map), which the agent's tracking must keep."""
         self._key.raw = key
-        seen = 0.0
-        if self._lib.bpf_map_lookup_elem(self._conns, self._key, self._val) == 0:
-            seen = ENTRY.unpack(self._val.raw)[1] / 1e9
-        self._lib.bpf_map_delete_elem(self._conns, self._key)   # ENOENT: already gone
-        return seen
+        if self._lib.bpf_map_lookup_and_delete_elem(self._conns, self._key, self._val) == 0:
+            return ENTRY.unpack(self._val.raw)[1] / 1e9
+        if ctypes.get_errno() != errno.ENOENT:            # (ENOENT: not there)
+            self.errors += 1
+            if self._lib.bpf_map_delete_elem(self._conns, self._key) != 0 \
+                    and ctypes.get_errno() != errno.ENOENT:
+                raise FastPathError(f"cannot remove a connection from the fast path's map: "
+                                    f"{os.strerror(ctypes.get_errno())}")
+        return 0.0
 
     def seen(self, keys) -> list[tuple[bytes, float]]:
         """(key, when the kernel last forwarded one of its packets, in time.monotonic()

@@ -34,7 +34,7 @@ from agents import wire
 from agents.chain import VARIANTS, Send
 from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.datapath import IPV4, Datapath, Decided, FastDel, FastPut, FastRead
-from agents.fastpath import ATTACH_MODES, FASTPATHS, FastPath, FastPathError
+from agents.fastpath import FASTPATHS, FastPath, FastPathError
 from agents.keys import key_str
 from agents.messages import Frame, Heartbeat, Hello, ViewMsg
 from agents.paths import ClusterPaths
@@ -53,7 +53,7 @@ HOUSEKEEPING = 0.5     # connection expiry
 class Agent:
     def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
                  log_dir: str, timeouts: CtTimeouts = CtTimeouts(), cluster_intf: str = "",
-                 variant: str = VARIANTS[0], fastpath: str = "off", xdp_mode: str = "generic"):
+                 variant: str = VARIANTS[0], fastpath: str = "off"):
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
         # per peer: how chain frames reach it, (sock, dst, src) on the LB cluster network
         # (while ``paths`` says it works) and through the gateway
@@ -74,7 +74,7 @@ class Agent:
         self.fastpath_error = ""
         if fastpath == "xdp":
             try:
-                self.fp = FastPath.open(intf, xdp_mode)
+                self.fp = FastPath.open(intf)
             except FastPathError as e:
                 self.fastpath_error = str(e)
                 print(f"{name}: fast path off: {e}; every packet goes through the agent",
@@ -354,9 +354,6 @@ def main(argv=None) -> int:
     p.add_argument("--log-dir", required=True)
     p.add_argument("--fastpath", choices=FASTPATHS, default="off",
                    help="forward established connections in the kernel (XDP), or not")
-    p.add_argument("--xdp-mode", choices=tuple(ATTACH_MODES), default="generic",
-                   help="XDP attach mode (native: the switch's side of the link must have an "
-                        "XDP program, agents.fastpath)")
     p.add_argument("--ct-timeouts", default="",
                    help="conntrack timeouts, as the NFs have them (agents.conntrack): "
                         "name=seconds,... (default: the kernel's)")
@@ -369,7 +366,7 @@ def main(argv=None) -> int:
         with open(args.secret_file, "rb") as f:
             secret = f.read()
         agent = Agent(args.name, args.intf, secret, args.mode, args.run_dir, args.log_dir,
-                      timeouts, args.cluster_intf, args.variant, args.fastpath, args.xdp_mode)
+                      timeouts, args.cluster_intf, args.variant, args.fastpath)
     except OSError as e:
         print(f"agents.lb: error: {e}", file=sys.stderr)
         return 1
