@@ -155,13 +155,14 @@ def parse_timeouts(text: str) -> CtTimeouts:
 class Conn:
     """One connection as this LB node tracks it: its state, when it last saw a packet of it,
     and the NF its packets went to (``nf``, '' until decided)."""
-    __slots__ = ("state", "seen", "nf", "fins")
+    __slots__ = ("state", "seen", "nf", "fins", "fast")
 
     def __init__(self, state: int, now: float, nf: str = ""):
         self.state = state
         self.seen = now
         self.nf = nf
         self.fins = 0           # bit 1: the key's low endpoint sent a FIN, bit 2: the high one
+        self.fast = 0           # packets seen while the fast path could take it (agents.datapath)
 
     @classmethod
     def first(cls, proto: int, flags: int, low: bool, now: float) -> "Conn":

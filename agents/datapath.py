@@ -14,11 +14,13 @@ from another LB node), ``view`` (the controller's membership view), ``tick`` (en
   ``FastDel`` with ``fast_left``, the last packet the kernel forwarded); ``FastRead``: the
   connections whose last packets in the kernel the shell must read (``fast_seen``).
 
-The fast path holds exactly the connections whose next packet without SYN, FIN or RST this
-core would forward unchanged to the same NF without changing its tracking: TCP connections
+The fast path holds only connections whose next packet without SYN, FIN or RST this core
+would forward unchanged to the same NF without changing its tracking: TCP connections
 established or half closed, UDP; decided (chain: cached at this node with the NF its packets
 went to; local: in the node's table; maglev and hash: the NF the current view maps them to);
-to a usable NF. Whatever may change that (a packet the kernel passed up, a decision, a
+to a usable NF; and it takes each such connection once it has crossed this core
+``fast_after`` times established (or UDP), so that short and closing ones stay here. Whatever may change that (a packet
+the kernel passed up, a decision, a
 cached answer changed or dropped by the engine, a view, an expiry) re-checks the connections
 it touches. The kernel passes everything else up (SYN, FIN, RST, fragments, ICMP, options).
 Their activity comes back through ``fast_seen`` (the map's last-seen times of the
@@ -76,6 +78,11 @@ _FAILED = "failed"
 # tracker states whose packets without SYN, FIN or RST change nothing in the tracking
 FAST_STATES = frozenset((ESTABLISHED, FIN_WAIT, OTHER))
 FAST_PROTOS = (6, 17)       # what the XDP program forwards (agents/fastpath.bpf.c)
+# packets a connection shows this core while the fast path could take it (established, or
+# UDP), before it goes in the map: a short connection (a request and its response) ends
+# before, and costs no map update and removal, which cost more than forwarding its few
+# packets here; nor does one that is closing (half closed: it stays if it is in the map)
+FAST_AFTER = 8
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ class Datapath:
     def __init__(self, name: str, mode: str, mac: bytes,
                  timeouts: CtTimeouts = CtTimeouts(), *, frag_timeout: float = FRAG_TIMEOUT,
                  max_buffered: int = MAX_BUFFERED, incarnation: int = 0,
-                 variant: str = VARIANTS[0], fastpath: bool = False):
+                 variant: str = VARIANTS[0], fastpath: bool = False,
+                 fast_after: int = FAST_AFTER):
         self.name, self.mode, self.mac = name, mode, mac
         self.incarnation = incarnation     # of this process's chain node (ChainNode)
         self.variant = variant             # of the chain protocol (View.variant)
@@ -137,6 +145,7 @@ class Datapath:
         # the fast path's map as this core has it (key -> Ethernet addresses), None if off;
         # the keys to check again, and the ones whose cached chain answer changed
         self.fast: dict[bytes, bytes] | None = {} if fastpath else None
+        self.fast_after = fast_after
         self._dirty: set[bytes] = set()
         self._cache_changes: set[bytes] | None = set() if fastpath else None
         self.epoch = 0
@@ -485,6 +494,13 @@ class Datapath:
             eth = self._fast_eth(key)
             if eth == fast.get(key):
                 continue
+            if eth is not None and key not in fast:
+                c = self.conns[key]
+                if c.state == FIN_WAIT:
+                    continue
+                c.fast += 1
+                if c.fast < self.fast_after:
+                    continue
             if eth is None:
                 del fast[key]
                 self.counts["fast_del"] += 1

@@ -223,7 +223,7 @@ def test_real_traffic_chain_moves_nothing_and_every_application_completes(fastpa
     if fastpath == "xdp":      # most packets forwarded in the kernel, by every agent
         assert float(summary["lb_fast_pct"]) > 80, summary["lb_fast_pct"]
         assert all(a["fastpath"] == "xdp (generic)" for a in agents)
-        assert sum(a["counts"]["fast_put"] for a in agents) > len(apps) / 2
+        assert sum(a["counts"]["fast_put"] for a in agents) >= len(params["flows"])
     else:
         assert float(summary["lb_fast_pct"]) == 0
         assert all(a["fastpath"] == "off" and a["counts"]["fast_tx"] == 0 for a in agents)

@@ -1,4 +1,4 @@
-"""The fast path's side of the packet logic (agents.datapath, ``fastpath=True``), sans-I/O.
+"""The fast path's side of the packet logic (agents.datapath, ``fastpath=True, fast_after=1``), sans-I/O.
 
 The kernel's program is modelled by ``Xdp``: a map that FastPut / FastDel actions keep, and
 the rule of agents/fastpath.bpf.c for which packets it forwards. The main property is
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.conntrack import CtTimeouts
-from agents.datapath import FAST_STATES, Datapath, FastDel, FastPut, FastRead
+from agents.datapath import FAST_AFTER, FAST_STATES, Datapath, FastDel, FastPut, FastRead
 from agents.keys import flow_key, flow_key_raw
 from test_datapath import (ACK, C1, C2, FA, PA, RA, S1, S2, SA, SYN, Cluster, datapath,
                            fragments, icmp_error, maglev, nf_of, tcp, udp, view)
@@ -116,11 +116,11 @@ TIMEOUTS = CtTimeouts(tcp_established=10, tcp_fin_wait=5, tcp_close_wait=5, tcp_
 
 
 @pytest.mark.parametrize("mode", ["chain", "local", "maglev", "hash"])
-@settings(max_examples=80, deadline=None)
-@given(items=events())
-def test_a_node_with_the_fast_path_forwards_and_tracks_as_one_without(mode, items):
+@settings(max_examples=60, deadline=None)
+@given(items=events(), after=st.sampled_from([1, FAST_AFTER]))
+def test_a_node_with_the_fast_path_forwards_and_tracks_as_one_without(mode, items, after):
     nfs = ["nf1", "nf2", "nf3"]
-    fast = datapath(mode, nfs=nfs, fastpath=True, timeouts=TIMEOUTS)
+    fast = datapath(mode, nfs=nfs, fastpath=True, fast_after=after, timeouts=TIMEOUTS)
     slow = datapath(mode, nfs=nfs, timeouts=TIMEOUTS)
     xdp = Xdp()
     now, epoch, states = 0.0, 1, {n: "active" for n in nfs}
@@ -164,7 +164,7 @@ def _open(dp: Datapath, xdp: Xdp, t: float, sport: int) -> bytes:
 
 
 def test_an_established_connection_enters_the_map_and_both_fins_or_a_reset_end_it():
-    dp, xdp = datapath("chain", fastpath=True), Xdp()
+    dp, xdp = datapath("chain", fastpath=True, fast_after=1), Xdp()
     key = flow_key(C1, S1, 6, 40000, 80)
     xdp.apply(dp.packet(tcp(C1, S1, 40000, 80, SYN), 0.0))
     xdp.apply(dp.packet(tcp(S1, C1, 80, 40000, SA), 0.001))
@@ -183,9 +183,29 @@ def test_an_established_connection_enters_the_map_and_both_fins_or_a_reset_end_i
     assert key2 not in xdp.map
 
 
+def test_a_connection_enters_the_map_after_fast_after_packets_and_a_short_one_never():
+    dp, xdp = datapath("chain", fastpath=True), Xdp()
+    key = _open(dp, xdp, 0.0, 40100)                   # the handshake's ACK: 1
+    for i in range(2, FAST_AFTER):
+        xdp.apply(dp.packet(tcp(C1, S1, 40100, 80, PA, 10 + i, b"q"), 0.01 * i), dp)
+        assert key not in xdp.map
+    xdp.apply(dp.packet(tcp(S1, C1, 80, 40100, PA, 20, b"r"), 0.1), dp)
+    assert key in xdp.map and dp.counts["fast_put"] == 1
+    short = _open(dp, xdp, 1.0, 40101)                 # a request, its response, both FINs
+    for flags, src in ((PA, C1), (PA, S1), (FA, C1), (FA, S1)):
+        pkt = tcp(C1, S1, 40101, 80, flags, 30) if src == C1 else tcp(S1, C1, 80, 40101, flags, 31)
+        xdp.apply(dp.packet(pkt, 1.1), dp)
+    assert short not in xdp.map and dp.counts["fast_put"] == 1 and dp.counts["fast_del"] == 0
+    half = _open(dp, xdp, 2.0, 40102)                  # half closed before it qualified
+    xdp.apply(dp.packet(tcp(C1, S1, 40102, 80, FA, 40), 2.1), dp)
+    for i in range(2 * FAST_AFTER):
+        xdp.apply(dp.packet(tcp(S1, C1, 80, 40102, PA, 50 + i, b"s"), 2.2), dp)
+    assert half not in xdp.map
+
+
 def test_activity_in_the_map_keeps_an_idle_timeout_from_ending_a_connection():
     t = CtTimeouts(udp=2, udp_stream=2)
-    dp, xdp = datapath("chain", fastpath=True, timeouts=t), Xdp()
+    dp, xdp = datapath("chain", fastpath=True, fast_after=1, timeouts=t), Xdp()
     key = flow_key(C1, S1, 17, 5000, 53)
     xdp.apply(dp.packet(udp(C1, S1, 5000, 53), 0.0))
     assert key in xdp.map
@@ -208,7 +228,7 @@ def test_a_connection_that_leaves_the_map_keeps_the_kernels_last_packet():
     """Forwarded in the kernel longer than its idle timeout, then out of the map (a view
     remaps it): its idle time counts from the kernel's last packet, not the agent's."""
     t = CtTimeouts(udp=2, udp_stream=2)
-    dp, xdp = datapath("maglev", nfs=("nf1", "nf2"), fastpath=True, timeouts=t), Xdp()
+    dp, xdp = datapath("maglev", nfs=("nf1", "nf2"), fastpath=True, fast_after=1, timeouts=t), Xdp()
     for sport in range(6000, 7000):
         key = flow_key(C1, S1, 17, sport, 53)
         if maglev(("nf1", "nf2", "nf3"), key) != maglev(("nf1", "nf2"), key):
@@ -224,7 +244,7 @@ def test_a_connection_that_leaves_the_map_keeps_the_kernels_last_packet():
 
 
 def test_a_failed_nf_leaves_the_map_and_its_connections_are_decided_again():
-    dp, xdp = datapath("chain", nfs=("nf1", "nf2"), fastpath=True), Xdp()
+    dp, xdp = datapath("chain", nfs=("nf1", "nf2"), fastpath=True, fast_after=1), Xdp()
     keys = [_open(dp, xdp, 0.0, 41000 + i) for i in range(12)]
     on = {k: nf_of(xdp.map[k]) for k in keys}
     assert set(on.values()) == {"nf1", "nf2"}
@@ -241,7 +261,7 @@ def test_a_failed_nf_leaves_the_map_and_its_connections_are_decided_again():
 
 
 def test_maglev_moves_what_a_view_remaps_and_the_map_follows():
-    dp, xdp = datapath("maglev", nfs=("nf1", "nf2"), fastpath=True), Xdp()
+    dp, xdp = datapath("maglev", nfs=("nf1", "nf2"), fastpath=True, fast_after=1), Xdp()
     keys = [_open(dp, xdp, 0.0, 42000 + i) for i in range(30)]
     xdp.apply(dp.view(view(2, ["nf1", "nf2", "nf3"], "maglev"), 1.0))
     remapped = {k for k in keys if maglev(("nf1", "nf2", "nf3"), k) != maglev(("nf1", "nf2"), k)}
@@ -250,7 +270,7 @@ def test_maglev_moves_what_a_view_remaps_and_the_map_follows():
 
 
 def test_a_refused_put_is_tried_again_by_the_next_packet():
-    dp, xdp = datapath("local", fastpath=True), Xdp()
+    dp, xdp = datapath("local", fastpath=True, fast_after=1), Xdp()
     key = _open(dp, xdp, 0.0, 43000)
     assert key in dp.fast
     dp.fast_refused(key)                           # the kernel's map was full
@@ -262,7 +282,7 @@ def test_a_refused_put_is_tried_again_by_the_next_packet():
 
 def test_a_read_the_kernel_refused_ends_nothing():
     t = CtTimeouts(udp=2, udp_stream=2)
-    dp, xdp = datapath("chain", fastpath=True, timeouts=t), Xdp()
+    dp, xdp = datapath("chain", fastpath=True, fast_after=1, timeouts=t), Xdp()
     key = flow_key(C1, S1, 17, 5001, 53)
     xdp.apply(dp.packet(udp(C1, S1, 5001, 53), 0.0))
     assert dp.housekeeping(10.0) == [FastRead((key,))]
@@ -291,7 +311,7 @@ class FastCluster(Cluster):
 
 def test_a_cached_answer_the_chain_drops_leaves_the_map(monkeypatch):
     monkeypatch.setattr("test_datapath.Datapath",
-                        lambda *a, **kw: Datapath(*a, fastpath=True, **kw))
+                        lambda *a, **kw: Datapath(*a, fastpath=True, fast_after=1, **kw))
     cl = FastCluster(nfs=("nf1", "nf2"))
     lb1, lb2 = cl.dps["lb1"], cl.dps["lb2"]
     for sport in range(44000, 49000):
