@@ -19,13 +19,12 @@ would forward unchanged to the same NF without changing its tracking: TCP connec
 established or half closed, UDP; decided (chain: cached at this node with the NF its packets
 went to; local: in the node's table; maglev and hash: the NF the current view maps them to);
 to a usable NF; and it takes each such connection once it has crossed this core
-``fast_after`` times established (or UDP), so that short and closing ones stay here. Whatever may change that (a packet
-the kernel passed up, a decision, a
-cached answer changed or dropped by the engine, a view, an expiry) re-checks the connections
-it touches. The kernel passes everything else up (SYN, FIN, RST, fragments, ICMP, options).
-Their activity comes back through ``fast_seen`` (the map's last-seen times of the
-connections that would end otherwise: ``FastRead``), so idle timeouts hold as if every packet
-had crossed this core.
+``fast_after`` times established (or UDP), so that short and closing ones stay here.
+Whatever may change that (a packet the kernel passed up, a decision, a cached answer changed
+or dropped by the engine, a view, an expiry) re-checks the connections it touches. The
+kernel passes everything else up (SYN, FIN, RST, fragments, ICMP, options). Their activity
+comes back through ``fast_seen`` (the map's last-seen times of the connections that would
+end otherwise: ``FastRead``), so idle timeouts hold as if every packet had crossed this core.
 
 What belongs to a connection, as the NF's conntrack sees it:
 
