@@ -206,8 +206,6 @@ class Datapath:
             sport = dport = flags = 0
         src, dst = buf[26:30], buf[30:34]
         key = flow_key_raw(src, dst, proto, sport, dport)
-        if self.fast is not None:
-            self._dirty.add(key)
         c = self.conns.get(key)
         if c is None or c.state == RELATED:
             nf = c.nf if c is not None else ""
@@ -226,9 +224,13 @@ class Datapath:
             if hit is not None and c.nf is hit[1]:
                 mac = self.nf_mac.get(c.nf)
                 if mac is not None:
-                    if self._dirty:
-                        return [mac + self.mac + buf[12:]] + self._fast_flush()
-                    return mac + self.mac + buf[12:]
+                    fast = self.fast
+                    if fast is None or self._fast_unchanged(key, c, flags, fast):
+                        return mac + self.mac + buf[12:]
+                    self._dirty.add(key)
+                    return [mac + self.mac + buf[12:]] + self._fast_flush()
+        if self.fast is not None:
+            self._dirty.add(key)
         out = self._route(key, c, buf, now)
         if self._dirty:
             out += self._fast_flush()
@@ -484,6 +486,18 @@ class Datapath:
             return None
         mac = self.nf_mac.get(c.nf)
         return None if mac is None else mac + self.mac
+
+    def _fast_unchanged(self, key: bytes, c: Conn, flags: int, fast: dict) -> bool:
+        """For a packet the hot path forwards: whether ``_fast_flush`` would change nothing
+        for ``key`` but count it (which this does), so that it need not run."""
+        if key in fast:
+            return not flags & 0x07              # only SYN, FIN or RST change its tracking
+        if c.state not in FAST_STATES or c.state == FIN_WAIT:
+            return True
+        if c.fast + 1 < self.fast_after:
+            c.fast += 1                          # as _fast_flush counts it
+            return True
+        return False
 
     def _fast_flush(self) -> list:
         """Bring the fast path in step for the keys marked to check."""
