@@ -225,10 +225,19 @@ class Datapath:
                 mac = self.nf_mac.get(c.nf)
                 if mac is not None:
                     fast = self.fast
-                    if fast is None or self._fast_unchanged(key, c, flags, fast):
+                    if fast is None:
                         return mac + self.mac + buf[12:]
-                    self._dirty.add(key)
-                    return [mac + self.mac + buf[12:]] + self._fast_flush()
+                    # the fast path changes only by a SYN, FIN or RST of a connection in it,
+                    # or by the packet that lets one in (``_fast_counts``)
+                    if key in fast:
+                        if not flags & 0x07:
+                            return mac + self.mac + buf[12:]
+                    elif c.state not in FAST_STATES or not self._fast_counts(c):
+                        return mac + self.mac + buf[12:]
+                    change = self._fast_check(key, counted=True)
+                    if change is None:
+                        return mac + self.mac + buf[12:]
+                    return [mac + self.mac + buf[12:], change]
         if self.fast is not None:
             self._dirty.add(key)
         out = self._route(key, c, buf, now)
@@ -487,41 +496,34 @@ class Datapath:
         mac = self.nf_mac.get(c.nf)
         return None if mac is None else mac + self.mac
 
-    def _fast_unchanged(self, key: bytes, c: Conn, flags: int, fast: dict) -> bool:
-        """For a packet the hot path forwards: whether ``_fast_flush`` would change nothing
-        for ``key`` but count it (which this does), so that it need not run."""
-        if key in fast:
-            return not flags & 0x07              # only SYN, FIN or RST change its tracking
-        if c.state not in FAST_STATES or c.state == FIN_WAIT:
-            return True
-        if c.fast + 1 < self.fast_after:
-            c.fast += 1                          # as _fast_flush counts it
-            return True
-        return False
+    def _fast_counts(self, c: Conn) -> bool:
+        """Count a packet of connection ``c``, allowed in the fast path but not in it, toward
+        its entry; whether it enters now (never from FIN_WAIT: it is closing)."""
+        if c.state == FIN_WAIT:
+            return False
+        c.fast += 1
+        return c.fast >= self.fast_after
+
+    def _fast_check(self, key: bytes, counted: bool = False) -> FastPut | FastDel | None:
+        """Bring the fast path in step for ``key``: the change, if any (``counted``: the
+        packet that lets it in was counted already)."""
+        fast = self.fast
+        eth = self._fast_eth(key)
+        if eth == fast.get(key):
+            return None
+        if eth is None:
+            del fast[key]
+            self.counts["fast_del"] += 1
+            return FastDel(key)
+        if key not in fast and not counted and not self._fast_counts(self.conns[key]):
+            return None
+        fast[key] = eth
+        self.counts["fast_put"] += 1
+        return FastPut(key, eth)
 
     def _fast_flush(self) -> list:
         """Bring the fast path in step for the keys marked to check."""
-        out: list = []
-        fast = self.fast
-        for key in self._dirty:
-            eth = self._fast_eth(key)
-            if eth == fast.get(key):
-                continue
-            if eth is not None and key not in fast:
-                c = self.conns[key]
-                if c.state == FIN_WAIT:
-                    continue
-                c.fast += 1
-                if c.fast < self.fast_after:
-                    continue
-            if eth is None:
-                del fast[key]
-                self.counts["fast_del"] += 1
-                out.append(FastDel(key))
-            else:
-                fast[key] = eth
-                self.counts["fast_put"] += 1
-                out.append(FastPut(key, eth))
+        out = [a for a in map(self._fast_check, self._dirty) if a is not None]
         self._dirty.clear()
         return out
 

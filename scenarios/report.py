@@ -692,8 +692,9 @@ def _outage_text(o: Mapping[str, Any]) -> str:
 
 
 def _fast_pct(counts: Optional[Mapping[str, int]]) -> float:
-    total = (counts or {}).get("forwarded", 0) + (counts or {}).get("fast_tx", 0)
-    return round(100.0 * counts["fast_tx"] / total, 2) if total else math.nan
+    """The share (%) of the LB agents' forwarded packets that the kernel forwarded."""
+    fast, slow = (counts or {}).get("fast_tx", 0), (counts or {}).get("forwarded", 0)
+    return round(100.0 * fast / (fast + slow), 2) if fast + slow else math.nan
 
 
 def build_summary(flows_df: pd.DataFrame, events=(), meta: Optional[Mapping[str, Any]] = None,

@@ -188,13 +188,14 @@ def _detections(tb: Testbed, log) -> dict:
     return found
 
 
-def _lb_counts(tb: Testbed) -> dict:
-    """The data packets the LB agents alive now forwarded: through the agent (``forwarded``)
-    and in the kernel (``fast_tx``)."""
-    out = {"forwarded": 0, "fast_tx": 0}
+def _lb_counts(tb: Testbed, names=("forwarded", "fast_tx"), timeout: float = 1.0) -> dict:
+    """Counters of the LB agents alive now, summed (an agent that does not answer counts
+    nothing): by default the data packets forwarded through the agent (``forwarded``) and in
+    the kernel (``fast_tx``)."""
+    out = dict.fromkeys(names, 0)
     for lb in tb.lbs:
         try:
-            counts = query(str(RUN_DIR), lb, "status", timeout=1.0)["counts"]
+            counts = query(str(RUN_DIR), lb, "status", timeout=timeout)["counts"]
         except (OSError, ValueError, KeyError):
             continue
         for k in out:
@@ -204,12 +205,7 @@ def _lb_counts(tb: Testbed) -> dict:
 
 def _sample(tb: Testbed, now: float) -> dict:
     """One timeline row: the view, table entries held (all replicas) and deletes so far."""
-    deletes = 0
-    for lb in tb.lbs:
-        try:
-            deletes += query(str(RUN_DIR), lb, "status", timeout=0.5)["counts"]["deletes"]
-        except (OSError, ValueError, KeyError):
-            pass
+    deletes = _lb_counts(tb, ("deletes",), timeout=0.5)["deletes"]
     try:
         v = tb.rest("GET", "/view", wait_restart=0)     # (a controller down: a gap)
     except (TestbedFailure, OSError):

@@ -248,6 +248,15 @@ def test_summary_without_events_or_connections():
     assert s["scenario"] == "unit" and s["events"] == ""
 
 
+def test_summary_reports_the_fast_paths_share_and_setting():
+    df = rp.build_flows(META, [planned("x", C1, 5201)], {}, {"nf1": dump("nf1", [])})
+    s = rp.build_summary(df, [], {**META, "fastpath": "xdp"},
+                         lb_counts={"forwarded": 30, "fast_tx": 970}).iloc[0]
+    assert s["fastpath"] == "xdp" and s["lb_fast_pct"] == pytest.approx(97.0)
+    assert pd.isna(rp.build_summary(df, [], lb_counts={"forwarded": 0, "fast_tx": 0})
+                   .iloc[0]["lb_fast_pct"])
+
+
 def test_events_accept_mappings_and_reject_garbage():
     evs = rp.normalize_events([{"time_s": 3, "name": "b"}, (1, "a", None)])
     assert evs == [(1.0, "a", ""), (3.0, "b", "")]
