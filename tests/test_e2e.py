@@ -188,7 +188,18 @@ def test_scale_out_maglev_moves_connections():
     run_dir, flows, summary, params = _run("scale-out", "maglev")
     moved = flows[flows["moved"].astype(str).eq("True")]
     assert int(summary["moved"]) == len(moved) > 0, "stateless Maglev re-maps live connections"
-    assert moved["nfs_seen"].str.contains("nf4").all()
+    # Each move is the Maglev table's own: the connection's NFs are the one the table of the
+    # three first NFs names and the one the table with nf4 names. Most moves go to nf4; a few
+    # keys (about 1 in 4,000) change between two of the old NFs, as Maglev's tables do.
+    from agents.keys import PROTO_NAMES, flow_key
+    from agents.maglev import Maglev
+    numbers = {name: number for number, name in PROTO_NAMES.items()}
+    before, after = Maglev(["nf1", "nf2", "nf3"]), Maglev(["nf1", "nf2", "nf3", "nf4"])
+    for m in moved.itertuples():
+        key = flow_key(m.client_ip, m.server_ip, numbers[m.proto], int(m.client_port),
+                       int(m.server_port))
+        assert set(m.nfs_seen.split(";")) == {before.lookup(key), after.lookup(key)}, m
+    assert moved["nfs_seen"].str.contains("nf4").mean() > 0.5
     _nothing_left_behind()
 
 
