@@ -174,6 +174,27 @@ def test_a_tcp_connection_enters_the_map_established_and_leaves_at_its_end(tb):
     wait_for("the closed connection to leave every map", lambda: not where(tb, key), 3)
 
 
+def test_the_benchs_nf_path_crosses_one_nf_and_no_lb_node(tb):
+    """``max_throughput_nf_path``'s baseline: with ``Session.nf_path`` the switch sends a
+    client's traffic, both directions, through one NF and no LB node."""
+    from bench.testbed_bench import COOKIE, QUICK, Session
+    s = Session(tb, QUICK, lambda *_: None)
+    code = (f"import socket\nc = socket.create_connection(('{topo.ip_of('s1')}', {TCP_PORT}), "
+            f"timeout=5)\nfor i in range(400):\n    c.sendall(b'z' * 1000); c.recv(1000)\n"
+            f"c.close()\n")
+    hosts = list(tb.lbs) + ["nf1", "nf2"]
+    with s.nf_path():
+        before = {h: s.port_rx(h) for h in hosts}
+        assert tb.net["c1"].popen([sys.executable, "-c", code]).wait(20) == 0
+        after = {h: s.port_rx(h) for h in hosts}
+    # 400 requests and 400 answers cross nf1; the other ports see only the control plane's
+    # frames meanwhile (heartbeats, probes)
+    grew = {h for h in hosts if after[h] - before[h] >= 800}
+    assert grew == {"nf1"}, (before, after)
+    assert not s.ofctl("dump-flows", topo.SWITCH, f"cookie={COOKIE}/-1").splitlines()[1:], \
+        "the rules leave with the context"
+
+
 def test_an_nf_that_fails_leaves_every_map(tb):
     sender = udp_sender(tb, 40003, 12.0, every=0.02)
     key = flow_key(topo.ip_of("c1"), topo.ip_of("s1"), 17, 40003, UDP_PORT)
