@@ -17,6 +17,11 @@ it. A unix socket
 Fast path (``--fastpath xdp``): an XDP program on the data interface forwards the packets of
 the connections the packet logic puts in its map, in the kernel (``agents.fastpath``); the
 rest still come here. Where it cannot be loaded, the agent says why once and runs without it.
+
+First-packet timings (``--trace-first``): for every SYN, SYN-ACK and chain Write, Answer,
+insert request or query it handles, the agent notes the kernel's receive time (SO_TIMESTAMPNS),
+when its ``select`` returned, when it read the frame, when each frame it sent because of it
+left, and the CPU time it took (``FirstTrace``); ``<log-dir>/<name>.first.jsonl`` at exit.
 """
 from __future__ import annotations
 
@@ -48,12 +53,61 @@ CHAIN = struct.pack("!H", wire.ETHERTYPE)
 TICK = 0.02            # engine timers
 HEARTBEAT = 0.1        # to the controller
 HOUSEKEEPING = 0.5     # connection expiry
+SO_TIMESTAMPNS = 35    # SCM_TIMESTAMPNS as well
+TCP_SYN, TCP_ACK = 0x02, 0x10
+TRACED = ("syn", "synack", "Write", "Answer", "InsertReq", "Query")
+
+
+class FirstTrace:
+    """Timings of the frames on a new connection's path through this agent (``--trace-first``):
+    one record per traced frame in, ``{"in": kind, "kernel_ns", "woke_ns", "read_ns",
+    "done_ns", "cpu_ns", "out": [[kind, sent_ns], ...]}``; ``in`` is ``syn`` or ``synack``
+    (the TCP handshake's IPv4 packets) or the chain body's class name, ``out`` kinds are
+    ``data`` (a frame to an NF) or the class of the chain body sent."""
+
+    def __init__(self, path: str):
+        self.path, self.records = path, []
+        self.woke_ns = 0
+        self.current: dict | None = None     # the record of the frame being handled
+
+    @staticmethod
+    def kind(buf: bytes) -> str:
+        """``syn``/``synack`` for an IPv4 TCP SYN or SYN-ACK without IP options, else ''."""
+        if buf[12:14] == IPV4 and len(buf) >= 48 and buf[14] == 0x45 and buf[23] == 6:
+            flags = buf[47] & (TCP_SYN | TCP_ACK)
+            return "syn" if flags == TCP_SYN else "synack" if flags == TCP_SYN | TCP_ACK else ""
+        return ""
+
+    def start(self, kind: str, kernel_ns: int) -> None:
+        self.current = {"in": kind, "kernel_ns": kernel_ns, "woke_ns": self.woke_ns,
+                        "read_ns": time.time_ns(), "cpu_ns": time.thread_time_ns(), "out": []}
+
+    def chain_in(self, body) -> None:
+        """The frame being handled is a chain frame carrying ``body``."""
+        if self.current is not None and not self.current["in"]:
+            self.current["in"] = type(body).__name__
+
+    def sent(self, kind: str) -> None:
+        if self.current is not None:
+            self.current["out"].append([kind, time.time_ns()])
+
+    def end(self) -> None:
+        rec, self.current = self.current, None
+        if rec is not None and rec["in"] in TRACED:
+            rec["done_ns"] = time.time_ns()
+            rec["cpu_ns"] = time.thread_time_ns() - rec["cpu_ns"]
+            self.records.append(rec)
+
+    def write(self) -> None:
+        with open(self.path, "w") as f:
+            for rec in self.records:
+                f.write(json.dumps(rec) + "\n")
 
 
 class Agent:
     def __init__(self, name: str, intf: str, secret: bytes, mode: str, run_dir: str,
                  log_dir: str, timeouts: CtTimeouts = CtTimeouts(), cluster_intf: str = "",
-                 variant: str = VARIANTS[0], fastpath: str = "off"):
+                 variant: str = VARIANTS[0], fastpath: str = "off", trace_first: bool = False):
         self.name, self.intf, self.secret, self.mode = name, intf, secret, mode
         # per peer: how chain frames reach it, (sock, dst, src) on the LB cluster network
         # (while ``paths`` says it works) and through the gateway
@@ -107,6 +161,12 @@ class Agent:
         os.chmod(self.ctl_path, 0o600)
         self.ctl.listen(4)
         self.ctl.setblocking(False)
+        self.trace: FirstTrace | None = None
+        if trace_first:
+            self.trace = FirstTrace(os.path.join(log_dir, f"{name}.first.jsonl"))
+            for sock in (self.sock, self.csock):
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.running = True
 
     # ------------------------------------------------------------------ main loop
@@ -116,6 +176,8 @@ class Agent:
         socks = [s for s in (self.sock, self.csock) if s is not None]
         watched = socks + [self.ctl]
         dp = self.dp
+        trace = self.trace
+        drain = self.drain if trace is None else self.drain_traced
         while self.running:
             now = time.monotonic()
             timeout = max(0.0, min(next_tick, next_hb, next_house) - now)
@@ -124,9 +186,11 @@ class Agent:
             except InterruptedError:
                 continue
             now = time.monotonic()
+            if trace is not None:
+                trace.woke_ns = time.time_ns()
             for sock in socks:
                 if sock in ready:
-                    n = self.drain(sock, now)
+                    n = drain(sock, now)
                     if sock is self.csock:
                         self.counts["cluster_rx"] += n
             if self.ctl in ready:
@@ -142,6 +206,8 @@ class Agent:
                 next_house = now + HOUSEKEEPING
                 self.apply(dp.housekeeping(now))
         self.write_stats()
+        if trace is not None:
+            trace.write()
         if self.fp is not None:
             self.fp.close()
 
@@ -182,6 +248,37 @@ class Agent:
             self.counts["tx_errors"] += errors
         return n
 
+    def drain_traced(self, sock: socket.socket, now: float) -> int:
+        """``drain`` with ``--trace-first``: each frame read with its kernel receive time and
+        handled on the general path, its timings noted (``FirstTrace``)."""
+        trace = self.trace
+        n = 0
+        while n < 512:
+            try:
+                buf, anc, _, _ = sock.recvmsg(65535, 64)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.counts["rx_errors"] += 1
+                break
+            n += 1
+            kernel_ns = 0
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                    sec, nsec = struct.unpack("qq", data[:16])
+                    kernel_ns = sec * 1_000_000_000 + nsec
+            trace.start(trace.kind(buf), kernel_ns)
+            if buf[12:14] != IPV4:
+                self.control(buf, now, sock is self.csock)
+            else:
+                out = self.dp.forward(buf, now)
+                if type(out) is bytes:
+                    self.apply((out,))
+                elif out:
+                    self.apply(out)
+            trace.end()
+        return n
+
     def control(self, buf: bytes, now: float, cluster: bool = False) -> None:
         """A frame that is not IPv4: the chain protocol (chain frames, views, hellos; a hello
         counts only over the cluster network, ``cluster``)."""
@@ -193,6 +290,8 @@ class Agent:
                 self.counts["bad_frames"] += 1
                 return
             if isinstance(msg, Frame):
+                if self.trace is not None:
+                    self.trace.chain_in(msg.body)
                 self.apply(self.dp.chain(msg, now))
             elif isinstance(msg, ViewMsg):
                 self.on_view(msg, now)
@@ -204,6 +303,8 @@ class Agent:
             kind = type(a)
             if kind is bytes:
                 self.tx(a)
+                if self.trace is not None:
+                    self.trace.sent("data")
             elif kind is Send:
                 if self.paths.via_cluster(a.dst):
                     route = self.lb_via_cluster.get(a.dst)
@@ -213,6 +314,8 @@ class Agent:
                 if route is not None:
                     sock, dst, src = route
                     self.tx(wire.frame_bytes(dst, src, a.msg, self.secret), data=False, sock=sock)
+                    if self.trace is not None:
+                        self.trace.sent(type(a.msg.body).__name__)
             elif kind is Decided:
                 self.decisions_log.write(
                     f"{time.time():.6f},{key_str(a.key)},{a.nf},{self.mode}\n")
@@ -354,6 +457,9 @@ def main(argv=None) -> int:
     p.add_argument("--log-dir", required=True)
     p.add_argument("--fastpath", choices=FASTPATHS, default="off",
                    help="forward established connections in the kernel (XDP), or not")
+    p.add_argument("--trace-first", action="store_true",
+                   help="note the timings of every frame on a new connection's path "
+                        "(<log-dir>/<name>.first.jsonl at exit; slower: for measurements)")
     p.add_argument("--ct-timeouts", default="",
                    help="conntrack timeouts, as the NFs have them (agents.conntrack): "
                         "name=seconds,... (default: the kernel's)")
@@ -366,7 +472,7 @@ def main(argv=None) -> int:
         with open(args.secret_file, "rb") as f:
             secret = f.read()
         agent = Agent(args.name, args.intf, secret, args.mode, args.run_dir, args.log_dir,
-                      timeouts, args.cluster_intf, args.variant, args.fastpath)
+                      timeouts, args.cluster_intf, args.variant, args.fastpath, args.trace_first)
     except OSError as e:
         print(f"agents.lb: error: {e}", file=sys.stderr)
         return 1

@@ -106,7 +106,7 @@ QUICK = Plan(connect_samples=30, connect_rounds=1, datapath_window_s=1.5, datapa
 
 GROUPS = ("datapath", "datapath-off", "maglev", "chain-L1", "chain-L2", "chain-L3", "chain-L3-patent",
           "chain-N5", "chain-N8", "chain-N5-patent", "chain-N8-patent", "chain", "chain-off",
-          "arrivals", "entries")
+          "first-packet", "arrivals", "entries")
 CONNECT_GROUPS = {   # group -> (mode, LB nodes, chain length, connect label, chain variant)
     "maglev": ("maglev", 3, 3, "maglev", VARIANTS[0]),
     "chain-L1": ("chain", 3, 1, "L1_N3", "steered"), "chain-L2": ("chain", 3, 2, "L2_N3", "steered"),
@@ -325,11 +325,14 @@ def profiled(s: Session, lb: str, name: str, seconds: float):
 
 
 @contextmanager
-def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, log):
-    """A running Testbed; waits (polling) while another run holds the machine's lock."""
+def open_testbed(params: TestbedParams, mode: str, run_dir: Path, plan: Plan, log,
+                 trace_first: bool = False):
+    """A running Testbed (its agents noting first-packet timings if ``trace_first``); waits
+    (polling) while another run holds the machine's lock."""
     deadline = time.monotonic() + plan.lock_wait_s
     while True:
-        tb = Testbed(params, mode, run_dir, log=lambda msg: log(f"   {msg}"))
+        tb = Testbed(params, mode, run_dir, log=lambda msg: log(f"   {msg}"),
+                     trace_first=trace_first)
         try:
             tb.__enter__()
             break
@@ -735,6 +738,19 @@ def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log,
                     pool(res.connect, "direct", connect_ms(s, "direct", samples))
             for started in servers:
                 s.stop(started)
+    elif group == "first-packet":
+        for mode, label in (("maglev", "maglev"), ("chain", "chain")):
+            with open_testbed(base_params(), mode, tb_dir / mode, plan, log,
+                              trace_first=True) as tb:
+                s = Session(tb, plan, log)
+                servers = s.servers(("s1",))
+                connect_ms(s, f"first-packet-{label}", samples)
+                for started in servers:
+                    s.stop(started)
+            records = []
+            for path in sorted((tb_dir / mode / "logs").glob("*.first.jsonl")):
+                records += [json.loads(line) for line in path.read_text().splitlines()]
+            res.rows += first_packet_stages(records, label)
     elif group in ("chain", "chain-off"):
         params = TestbedParams(clients=4, servers=2, lbs=4, nfs=3, spare_nfs=1, spare_lbs=0,
                                chain_len=3, fastpath="off" if group == "chain-off" else "xdp")
@@ -903,6 +919,45 @@ def first_packet_hops(variant: str, lbs: int, chain_len: int) -> float:
     if variant == "patent":
         return L + 1 - 1 / lbs
     return L - 1
+
+
+FIRST_STAGES = (  # stage -> (frame in, the frame out that the new connection waits for)
+    ("syn", "syn", ("Write", "data")),          # the head (maglev: the LB node) takes the SYN
+    ("mid_write", "Write", ("Write",)),         # a middle node passes the Write on
+    ("tail_write", "Write", ("data",)),         # the tail commits and forwards the SYN
+    ("answer", "Answer", ()),                   # the head learns the decision
+    ("synack", "synack", ("data",)),            # the SYN-ACK at the head
+)
+
+
+def first_packet_stages(records: list[dict], label: str) -> list[Row]:
+    """Per stage of a new connection's path through the agents (``FIRST_STAGES``), from the
+    agents' ``--trace-first`` records: p50 of the time from the kernel's receive to the frame
+    the connection waits for leaving (``first_packet_us_<label>_<stage>``; for the Answer,
+    until its handling ended), of the wake-up (kernel receive to ``select`` returning: the
+    scheduler's share) and of the CPU the agent spent on it."""
+    rows = []
+    for stage, kind_in, waits_for in FIRST_STAGES:
+        total, wake, cpu = [], [], []
+        for r in records:
+            if r["in"] != kind_in or not r["kernel_ns"]:
+                continue
+            outs = [t for kind, t in r["out"] if kind in waits_for]
+            if kind_in == "Write" and not outs:
+                continue               # the other role's Write
+            if waits_for and not outs:
+                continue               # sent nothing the connection waits for (a retry)
+            end = outs[0] if outs else r["done_ns"]
+            total.append((end - r["kernel_ns"]) / 1e3)
+            wake.append((r["woke_ns"] - r["kernel_ns"]) / 1e3)
+            cpu.append(r["cpu_ns"] / 1e3)
+        if not total:
+            continue
+        name = f"first_packet_us_{label}_{stage}"
+        rows += [Row(name, m.percentile(total, 50), "us"),
+                 Row(f"{name}_wake", m.percentile(wake, 50), "us"),
+                 Row(f"{name}_cpu", m.percentile(cpu, 50), "us")]
+    return rows
 
 
 def connect_rows(samples: dict) -> list[Row]:

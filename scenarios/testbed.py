@@ -188,8 +188,10 @@ class Testbed:
     __test__ = False
 
     def __init__(self, params: TestbedParams, mode: str, run_dir: Path, chain_loss_pct: int = 0,
-                 log=say, lock: "Lock | None" = None, timeouts: CtTimeouts = CtTimeouts()):
+                 log=say, lock: "Lock | None" = None, timeouts: CtTimeouts = CtTimeouts(),
+                 trace_first: bool = False):
         self.params = params.validate()
+        self.trace_first = trace_first        # the agents note first-packet timings
         self.timeouts = timeouts              # the NFs' conntrack and the LB nodes' alike
         self.mode = mode
         self.run_dir = Path(run_dir)
@@ -444,7 +446,8 @@ class Testbed:
                          "--secret-file", str(self.secret_file), "--mode", self.mode,
                          "--variant", self.params.variant, "--fastpath", self.params.fastpath,
                          "--run-dir", str(RUN_DIR), "--log-dir", str(self.logs),
-                         "--ct-timeouts", self.timeouts.spec()], host=host, append=restart)
+                         "--ct-timeouts", self.timeouts.spec()]
+                   + (["--trace-first"] if self.trace_first else []), host=host, append=restart)
 
     def wait_agents_current(self, timeout: float) -> dict:
         """Until every LB in the view heartbeats the current epoch."""

@@ -185,6 +185,38 @@ def test_connect_rows():
     assert rows["connect_ms_p50_L3_N3"].ratio is None
 
 
+def _rec(kind_in, kernel, woke, read, outs, cpu, done=None):
+    us = 1000
+    return {"in": kind_in, "kernel_ns": kernel * us, "woke_ns": woke * us, "read_ns": read * us,
+            "done_ns": (done or read + 50) * us, "cpu_ns": cpu * us,
+            "out": [[k, t * us] for k, t in outs]}
+
+
+def test_first_packet_stages_from_the_agents_records():
+    records = [
+        _rec("syn", 10, 40, 45, [("Write", 300), ("data", 400)], 200),
+        _rec("syn", 1000, 1030, 1030, [("Write", 1200)], 150),
+        _rec("Write", 310, 330, 331, [("Write", 500)], 160),         # a middle node
+        _rec("Write", 510, 520, 520, [("Answer", 600), ("data", 650), ("Ack", 700)], 130),
+        _rec("Answer", 610, 700, 700, [], 30, done=740),
+        _rec("synack", 900, 910, 911, [("data", 960)], 40),
+        _rec("synack", 0, 910, 911, [("data", 960)], 40),            # no kernel time: skipped
+        _rec("Query", 0, 1, 2, [], 5),                                 # not a stage
+    ]
+    rows = {r.metric: r.value for r in tbb.first_packet_stages(records, "chain")}
+    # the SYN: until its Write left (not the later data frame); p50 of 290 and 200
+    assert rows["first_packet_us_chain_syn"] == pytest.approx(245)
+    assert rows["first_packet_us_chain_syn_wake"] == pytest.approx(30)
+    assert rows["first_packet_us_chain_syn_cpu"] == pytest.approx(175)
+    assert rows["first_packet_us_chain_mid_write"] == pytest.approx(190)   # 310 -> 500
+    assert rows["first_packet_us_chain_tail_write"] == pytest.approx(140)  # 510 -> data 650
+    assert rows["first_packet_us_chain_answer"] == pytest.approx(130)      # until handled
+    assert rows["first_packet_us_chain_synack"] == pytest.approx(60)
+    assert rows["first_packet_us_chain_synack_wake"] == pytest.approx(10)
+    assert len(rows) == 15
+    assert tbb.first_packet_stages([], "maglev") == []
+
+
 def test_pooled_rounds_give_the_percentiles_of_all_samples():
     c = {}
     tbb.pool(c, "maglev", {"ms": [1.0, 2.0], "errors": 0, "n": 2})
