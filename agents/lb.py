@@ -41,7 +41,7 @@ from agents.conntrack import CtTimeouts, parse_timeouts
 from agents.datapath import IPV4, Datapath, Decided, FastDel, FastPut, FastRead
 from agents.fastpath import FASTPATHS, FastPath, FastPathError
 from agents.keys import key_str
-from agents.messages import Frame, Heartbeat, Hello, ViewMsg
+from agents.messages import Answer, Frame, Heartbeat, Hello, InsertReq, Query, ViewMsg, Write
 from agents.paths import ClusterPaths
 from agents.modes import MODES
 
@@ -55,7 +55,8 @@ HEARTBEAT = 0.1        # to the controller
 HOUSEKEEPING = 0.5     # connection expiry
 SO_TIMESTAMPNS = 35    # SCM_TIMESTAMPNS as well
 TCP_SYN, TCP_ACK = 0x02, 0x10
-TRACED = ("syn", "synack", "Write", "Answer", "InsertReq", "Query")
+SYN, SYNACK, DATA = "syn", "synack", "data"      # FirstTrace's kinds besides chain bodies
+TRACED = (SYN, SYNACK) + tuple(c.__name__ for c in (Write, Answer, InsertReq, Query))
 
 
 class FirstTrace:
@@ -75,7 +76,7 @@ class FirstTrace:
         """``syn``/``synack`` for an IPv4 TCP SYN or SYN-ACK without IP options, else ''."""
         if buf[12:14] == IPV4 and len(buf) >= 48 and buf[14] == 0x45 and buf[23] == 6:
             flags = buf[47] & (TCP_SYN | TCP_ACK)
-            return "syn" if flags == TCP_SYN else "synack" if flags == TCP_SYN | TCP_ACK else ""
+            return SYN if flags == TCP_SYN else SYNACK if flags == TCP_SYN | TCP_ACK else ""
         return ""
 
     def start(self, kind: str, kernel_ns: int) -> None:
@@ -304,7 +305,7 @@ class Agent:
             if kind is bytes:
                 self.tx(a)
                 if self.trace is not None:
-                    self.trace.sent("data")
+                    self.trace.sent(DATA)
             elif kind is Send:
                 if self.paths.via_cluster(a.dst):
                     route = self.lb_via_cluster.get(a.dst)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from agents import lb as lb_agent
 from agents.chain import VARIANTS
+from agents.messages import Answer, Write
 from bench import Row
 from bench import measure as m
 from scenarios.arrivals import ARRIVAL_PORT, ArrivalBatch, plan_arrivals
@@ -808,7 +809,7 @@ def nf_path_row(s: Session, rows: list[Row]) -> Row:
     """``max_throughput`` (from ``rows``) against the same flows on the NF path. Run last: the
     NFs then carry unpaced TCP straight from the edge, and under it the controller's health
     probes of an NF can go unanswered long enough to mark it failed (seen on this machine)."""
-    lb = next(r for r in rows if r.metric.startswith("max_throughput"))
+    lb = next(r for r in rows if r.metric == "max_throughput")
     with s.nf_path():
         nf = throughput(s, "max-nf", 0, s.plan.throughput_s, lbs=False)
     return Row("max_throughput_nf_path", lb.value, "Mbit/s", "NF path (no LB)", nf / 1e6)
@@ -934,12 +935,13 @@ def first_packet_hops(variant: str, lbs: int, chain_len: int) -> float:
     return L - 1
 
 
-FIRST_STAGES = (  # stage -> (frame in, the frame out that the new connection waits for)
-    ("syn", "syn", ("Write", "data")),          # the head (maglev: the LB node) takes the SYN
-    ("mid_write", "Write", ("Write",)),         # a middle node passes the Write on
-    ("tail_write", "Write", ("data",)),         # the tail commits and forwards the SYN
-    ("answer", "Answer", ()),                   # the head learns the decision
-    ("synack", "synack", ("data",)),            # the SYN-ACK at the head
+_WRITE, _ANSWER = Write.__name__, Answer.__name__
+FIRST_STAGES = (  # stage -> (frame in, the frames out the new connection waits for: the first)
+    ("syn", lb_agent.SYN, (_WRITE, lb_agent.DATA)),  # the head (maglev: the LB node): the SYN
+    ("mid_write", _WRITE, (_WRITE,)),                 # a middle node passes the Write on
+    ("tail_write", _WRITE, (lb_agent.DATA,)),         # the tail commits and forwards the SYN
+    ("answer", _ANSWER, ()),                          # the head learns the decision
+    ("synack", lb_agent.SYNACK, (lb_agent.DATA,)),    # the SYN-ACK at the head
 )
 
 
@@ -956,7 +958,7 @@ def first_packet_stages(records: list[dict], label: str) -> list[Row]:
             if r["in"] != kind_in or not r["kernel_ns"]:
                 continue
             outs = [t for kind, t in r["out"] if kind in waits_for]
-            if kind_in == "Write" and not outs:
+            if kind_in == _WRITE and not outs:
                 continue               # the other role's Write
             if waits_for and not outs:
                 continue               # sent nothing the connection waits for (a retry)
