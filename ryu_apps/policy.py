@@ -153,6 +153,9 @@ class NFMember:
     failed_at: float | None = None
     detected: bool = False            # failed by its probes (not told: remove_nf)
     seen: bool = False                # it returned a probe once (restored: it had)
+    probes_sent: int = 0
+    probes_back: int = 0              # returned, late ones (after it failed) too
+    probe_rtt_max: float = 0.0        # seconds, the slowest probe that returned
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,8 @@ class Policy:
         m = self.nfs.get(nf)
         if sent is None or sent[0] != nf or m is None or m.port != port:
             return []                   # not a probe of ours (or of another NF, or too old)
+        m.probes_back += 1
+        m.probe_rtt_max = max(m.probe_rtt_max, now - sent[1])
         if m.last_ok is None or sent[1] > m.last_ok:
             m.last_ok = sent[1]
         m.seen = True
@@ -412,6 +417,7 @@ class Policy:
                 if m.state != "failed":
                     self._probe_seq += 1
                     self._probes[self._probe_seq] = (m.name, now)
+                    m.probes_sent += 1
                     acts.append(SendProbe(m.name, m.mac, m.port, self._probe_seq))
         return acts
 
@@ -507,7 +513,9 @@ class Policy:
                     for m in self.lbs.values()],
             "nfs": [{"name": n.name, "mac": n.mac, "port": n.port, "state": n.state,
                      "failed_age": age(n.failed_at), "detected": n.detected,
-                     "last_probe_ok_age": age(n.last_ok)}
+                     "last_probe_ok_age": age(n.last_ok), "probes_sent": n.probes_sent,
+                     "probes_back": n.probes_back,
+                     "probe_rtt_max_ms": round(n.probe_rtt_max * 1e3, 3)}
                     for n in self.nfs.values()],
             "probe_interval": self.probe_interval, "nf_detect_timeout": self.nf_detect_timeout,
             "edges": [{"name": e.name, "mac": e.mac, "port": e.port} for e in self.edges.values()],

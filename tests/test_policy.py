@@ -256,7 +256,8 @@ def test_heartbeat_records_state_for_the_view(pol):
     assert st_["lbs"][1]["last_heartbeat_age"] is None
     assert st_["steering"] == [11]
     assert st_["nfs"][0] == {"name": "nf1", "mac": mac(4, 1), "port": 21, "state": "active",
-                             "failed_age": None, "detected": False, "last_probe_ok_age": None}
+                             "failed_age": None, "detected": False, "last_probe_ok_age": None,
+                             "probes_sent": 0, "probes_back": 0, "probe_rtt_max_ms": 0.0}
     assert {e["name"] for e in st_["edges"]} == {"c1", "c2", "s1"}
 
 
@@ -479,6 +480,34 @@ def test_every_nf_is_probed_every_interval_and_answering_ones_stay_active():
     assert len({p.seq for p in sent}) == len(sent)
     assert (sent[0].mac, sent[0].port) == (mac(4, 1), 21)
     assert all(n.state == "active" for n in pol.nfs.values()) and pol.epoch == 1
+
+
+def test_probe_counts_and_the_slowest_return_are_in_the_state():
+    pol = probing()
+    # nf1 answers every probe after 10 ms, nf2 every other one after 40 ms
+    due, t, nf2_probes = [], 0.0, 0
+    for _ in range(20):
+        t = round(t + PROBE_INTERVAL, 6)
+        for when, p in [d for d in due if d[0] <= t]:
+            due.remove((when, p))
+            pol.probe_reply(p.nf, p.seq, p.port, when)
+        up_all(pol, t)
+        for p in of(pol.tick(t), SendProbe):
+            if p.nf == "nf1":
+                due.append((t + 0.01, p))
+            else:
+                nf2_probes += 1
+                if nf2_probes % 2:
+                    due.append((t + 0.04, p))
+    nfs = {n["name"]: n for n in pol.state(t)["nfs"]}
+    assert nfs["nf1"]["probes_sent"] == nfs["nf2"]["probes_sent"] >= 19
+    assert nfs["nf1"]["probes_back"] >= nfs["nf1"]["probes_sent"] - 1
+    assert abs(nfs["nf2"]["probes_back"] - nfs["nf2"]["probes_sent"] / 2) <= 1
+    assert nfs["nf1"]["probe_rtt_max_ms"] == pytest.approx(10, abs=0.01)
+    assert nfs["nf2"]["probe_rtt_max_ms"] == pytest.approx(40, abs=0.01)
+    # a probe's reply that comes back from another port is not counted
+    pol.probe_reply("nf1", 10 ** 9, 21, t)
+    assert pol.state(t)["nfs"][0]["probes_back"] == nfs["nf1"]["probes_back"]
 
 
 def test_an_nf_that_stops_forwarding_is_failed_within_the_bound():
