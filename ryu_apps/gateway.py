@@ -207,7 +207,8 @@ class Gateway(app_manager.OSKenApp):
 
     def _ticker(self):
         while True:
-            hub.sleep(TICK)
+            # no slower than the probes are due (a probe interval below TICK is kept)
+            hub.sleep(min(TICK, self.policy.probe_interval))
             try:
                 self.apply(self.policy.tick(time.monotonic()))
             except Exception:  # keep ticking; the log says what broke

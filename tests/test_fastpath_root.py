@@ -195,6 +195,23 @@ def test_the_benchs_nf_path_crosses_one_nf_and_no_lb_node(tb):
         "the rules leave with the context"
 
 
+def test_the_controller_probes_every_nf_at_the_probe_interval(tb):
+    """The controller's loop runs as often as probes are due (PROBE_INTERVAL is below its
+    other timers' period): the NFs' probe counts grow at that rate, and they come back."""
+    from ryu_apps.policy import PROBE_INTERVAL
+
+    def counts():
+        return {n["name"]: (n["probes_sent"], n["probes_back"])
+                for n in tb.rest("GET", "/view")["nfs"]}
+    before, t0 = counts(), time.monotonic()
+    wait_for("a second of probes", lambda: time.monotonic() - t0 >= 1.0, 2, 0.05)
+    after, dt = counts(), time.monotonic() - t0
+    for nf, (sent, back) in after.items():
+        rate = (sent - before[nf][0]) / dt
+        assert 0.6 / PROBE_INTERVAL <= rate <= 1.2 / PROBE_INTERVAL, (nf, rate)
+        assert back - before[nf][1] >= 0.5 * (sent - before[nf][0]), (nf, before, after)
+
+
 def test_an_nf_that_fails_leaves_every_map(tb):
     sender = udp_sender(tb, 40003, 12.0, every=0.02)
     key = flow_key(topo.ip_of("c1"), topo.ip_of("s1"), 17, 40003, UDP_PORT)
