@@ -958,10 +958,8 @@ def first_packet_stages(records: list[dict], label: str) -> list[Row]:
             if r["in"] != kind_in or not r["kernel_ns"]:
                 continue
             outs = [t for kind, t in r["out"] if kind in waits_for]
-            if kind_in == _WRITE and not outs:
-                continue               # the other role's Write
             if waits_for and not outs:
-                continue               # sent nothing the connection waits for (a retry)
+                continue               # the other role's Write, or a retry that sent nothing
             end = outs[0] if outs else r["done_ns"]
             total.append((end - r["kernel_ns"]) / 1e3)
             wake.append((r["woke_ns"] - r["kernel_ns"]) / 1e3)
