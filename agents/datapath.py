@@ -429,7 +429,9 @@ class Datapath:
         return out
 
     def _engine(self, actions) -> list:
-        """The engine's actions as this node's: held packets first, then the rest in order."""
+        """The engine's actions as this node's: held packets first, then the rest in order
+        (as the tail: the Answer to the asker before the first packet it forwards, as that
+        packet's reply comes back to the asker, which must know the decision by then)."""
         frames, rest = [], []
         for a in actions:
             kind = type(a)

@@ -20,12 +20,14 @@ rest still come here. Where it cannot be loaded, the agent says why once and run
 
 First-packet timings (``--trace-first``): for every SYN, SYN-ACK and chain Write, Answer,
 insert request or query it handles, the agent notes the kernel's receive time (SO_TIMESTAMPNS),
-when its ``select`` returned, when it read the frame, when each frame it sent because of it
-left, and the CPU time it took (``FirstTrace``); ``<log-dir>/<name>.first.jsonl`` at exit.
+when its ``select`` returned, and, on the wall and CPU clocks, when it read the frame, decoded
+it, handled it, built and sent each frame it sent because of it (``FirstTrace``);
+``<log-dir>/<name>.first.jsonl`` at exit.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import select
@@ -55,16 +57,27 @@ HEARTBEAT = 0.1        # to the controller
 HOUSEKEEPING = 0.5     # connection expiry
 SO_TIMESTAMPNS = 35    # SCM_TIMESTAMPNS as well
 TCP_SYN, TCP_ACK = 0x02, 0x10
+# the cyclic collector's first generation runs once per this many allocations (Python's
+# default: 700, a collection every few new connections, on their first packet's path); what
+# the agent built before its loop is frozen out of every collection
+GC_GEN0 = 20_000
 SYN, SYNACK, DATA = "syn", "synack", "data"      # FirstTrace's kinds besides chain bodies
 TRACED = (SYN, SYNACK) + tuple(c.__name__ for c in (Write, Answer, InsertReq, Query))
 
 
 class FirstTrace:
     """Timings of the frames on a new connection's path through this agent (``--trace-first``):
-    one record per traced frame in, ``{"in": kind, "kernel_ns", "woke_ns", "read_ns",
-    "done_ns", "cpu_ns", "out": [[kind, sent_ns], ...]}``; ``in`` is ``syn`` or ``synack``
-    (the TCP handshake's IPv4 packets) or the chain body's class name, ``out`` kinds are
-    ``data`` (a frame to an NF) or the class of the chain body sent."""
+    one record per traced frame in, ``{"in": kind, "kernel_ns", "woke_ns", "marks": [[label,
+    wall_ns, cpu_ns], ...]}``. ``in`` is ``syn`` or ``synack`` (the TCP handshake's IPv4
+    packets) or the chain body's class name; ``kernel_ns`` the kernel's receive time,
+    ``woke_ns`` when ``select`` returned; the marks, in order, with the wall clock and the
+    thread's CPU clock: ``read`` (the frame read), ``decoded`` (a chain frame parsed and its
+    HMAC checked), ``handled`` (the packet logic returned), per frame sent ``encoded`` (a chain
+    frame built and signed) and ``sent <kind>`` (``data``: to an NF, or the class of the chain
+    body), ``done``."""
+
+    READ, DECODED, HANDLED, ENCODED, DONE = "read", "decoded", "handled", "encoded", "done"
+    SENT = "sent "
 
     def __init__(self, path: str):
         self.path, self.records = path, []
@@ -81,22 +94,25 @@ class FirstTrace:
 
     def start(self, kind: str, kernel_ns: int) -> None:
         self.current = {"in": kind, "kernel_ns": kernel_ns, "woke_ns": self.woke_ns,
-                        "read_ns": time.time_ns(), "cpu_ns": time.thread_time_ns(), "out": []}
+                        "marks": [[self.READ, time.time_ns(), time.thread_time_ns()]]}
+
+    def mark(self, label: str) -> None:
+        if self.current is not None:
+            self.current["marks"].append([label, time.time_ns(), time.thread_time_ns()])
 
     def chain_in(self, body) -> None:
-        """The frame being handled is a chain frame carrying ``body``."""
+        """The frame being handled is a chain frame carrying ``body`` (parsed and checked)."""
         if self.current is not None and not self.current["in"]:
             self.current["in"] = type(body).__name__
+        self.mark(self.DECODED)
 
     def sent(self, kind: str) -> None:
-        if self.current is not None:
-            self.current["out"].append([kind, time.time_ns()])
+        self.mark(self.SENT + kind)
 
     def end(self) -> None:
         rec, self.current = self.current, None
         if rec is not None and rec["in"] in TRACED:
-            rec["done_ns"] = time.time_ns()
-            rec["cpu_ns"] = time.thread_time_ns() - rec["cpu_ns"]
+            rec["marks"].append([self.DONE, time.time_ns(), time.thread_time_ns()])
             self.records.append(rec)
 
     def write(self) -> None:
@@ -173,8 +189,13 @@ class Agent:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> None:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
         next_tick = next_hb = next_house = time.monotonic()
-        socks = [s for s in (self.sock, self.csock) if s is not None]
+        # the cluster network's frames first: an Answer read before the packets it decides
+        # sends them at once, one read after them holds them until the next round
+        socks = [s for s in (self.csock, self.sock) if s is not None]
         watched = socks + [self.ctl]
         dp = self.dp
         trace = self.trace
@@ -273,6 +294,7 @@ class Agent:
                 self.control(buf, now, sock is self.csock)
             else:
                 out = self.dp.forward(buf, now)
+                trace.mark(trace.HANDLED)
                 if type(out) is bytes:
                     self.apply((out,))
                 elif out:
@@ -291,9 +313,14 @@ class Agent:
                 self.counts["bad_frames"] += 1
                 return
             if isinstance(msg, Frame):
-                if self.trace is not None:
-                    self.trace.chain_in(msg.body)
-                self.apply(self.dp.chain(msg, now))
+                trace = self.trace
+                if trace is None:
+                    self.apply(self.dp.chain(msg, now))
+                else:
+                    trace.chain_in(msg.body)
+                    out = self.dp.chain(msg, now)
+                    trace.mark(trace.HANDLED)
+                    self.apply(out)
             elif isinstance(msg, ViewMsg):
                 self.on_view(msg, now)
             elif isinstance(msg, Hello) and cluster:
@@ -314,7 +341,10 @@ class Agent:
                     self.counts["via_gateway"] += 1
                 if route is not None:
                     sock, dst, src = route
-                    self.tx(wire.frame_bytes(dst, src, a.msg, self.secret), data=False, sock=sock)
+                    frame = wire.frame_bytes(dst, src, a.msg, self.secret)
+                    if self.trace is not None:
+                        self.trace.mark(FirstTrace.ENCODED)
+                    self.tx(frame, data=False, sock=sock)
                     if self.trace is not None:
                         self.trace.sent(type(a.msg.body).__name__)
             elif kind is Decided:

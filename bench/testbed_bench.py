@@ -43,8 +43,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
+
 from agents import lb as lb_agent
 from agents.chain import VARIANTS
+from agents.lb import FirstTrace
 from agents.messages import Answer, Write
 from bench import Row
 from bench import measure as m
@@ -54,6 +57,7 @@ from scenarios.traffic import Arrivals, Flow, Traffic, listening, start_size_ser
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of
 
+FIRST_PACKET_CSV = "first_packet.csv"   # the first-packet group's breakdown, in the run folder
 COOKIE = "0xbe0c"            # every flow this benchmark installs at gw
 SERVER_PORTS = (9000, 9001, 9002, 9003)
 
@@ -743,6 +747,7 @@ def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log,
             for started in servers:
                 s.stop(started)
     elif group == "first-packet":
+        breakdowns = []
         for mode, label in (("maglev", "maglev"), ("chain", "chain")):
             with open_testbed(base_params(), mode, tb_dir / mode, plan, log,
                               trace_first=True) as tb:
@@ -754,7 +759,14 @@ def run_group(group: str, run_dir: Path, plan: Plan, res: Results, log,
             records = []
             for path in sorted((tb_dir / mode / "logs").glob("*.first.jsonl")):
                 records += [json.loads(line) for line in path.read_text().splitlines()]
-            res.rows += first_packet_stages(records, label)
+            breakdowns.append(first_packet_breakdown(records, label))
+            res.rows += first_packet_stages(breakdowns[-1])
+        breakdown = pd.concat(breakdowns, ignore_index=True)
+        breakdown.to_csv(run_dir / FIRST_PACKET_CSV, index=False)
+        log("   where a new connection's first packet spends its time in the agents "
+            f"(p50, microseconds; {FIRST_PACKET_CSV}):")
+        for line in format_breakdown(breakdown).splitlines():
+            log("   " + line)
     elif group in ("chain", "chain-off"):
         params = TestbedParams(clients=4, servers=2, lbs=4, nfs=3, spare_nfs=1, spare_lbs=0,
                                chain_len=3, fastpath="off" if group == "chain-off" else "xdp")
@@ -945,32 +957,93 @@ FIRST_STAGES = (  # stage -> (frame in, the frames out the new connection waits 
 )
 
 
-def first_packet_stages(records: list[dict], label: str) -> list[Row]:
-    """Per stage of a new connection's path through the agents (``FIRST_STAGES``), from the
-    agents' ``--trace-first`` records: p50 of the time from the kernel's receive to the frame
-    the connection waits for leaving (``first_packet_us_<label>_<stage>``; for the Answer,
-    until its handling ended), of the wake-up (kernel receive to ``select`` returning: the
-    scheduler's share) and of the CPU the agent spent on it."""
+SEGMENTS = ("wake", "queue", "decode", "engine", "encode", "send", "finish")
+"""Where a stage's time goes, from the kernel's receive to the frame the connection waits for
+leaving (``FirstTrace`` marks): ``wake`` until ``select`` returned (the scheduler's share),
+``queue`` until the frame was read (frames read before it), ``decode`` parsing a chain frame
+and checking its HMAC, ``engine`` the packet logic, ``encode`` building and signing the chain
+frames sent up to it, ``send`` the send calls up to it (the waited frame's included),
+``finish`` what ran after the last of those (for the Answer: until its handling ended). Beside
+them, ``cpu`` is the agent's CPU from the read to that point and ``preempted`` the rest of
+that wall time (the agent runnable or in the kernel, not on a CPU)."""
+
+
+def stage_segments(rec: dict, waits_for: tuple[str, ...]) -> dict | None:
+    """One record's stage broken into ``SEGMENTS`` (plus ``total``, ``cpu``, ``preempted``),
+    in microseconds; None if the record has no kernel time or sent none of ``waits_for``."""
+    if not rec["kernel_ns"]:
+        return None
+    marks = rec["marks"]
+    sent = FirstTrace.SENT
+    end = next((i for i, (label, _, _) in enumerate(marks)
+                if label.startswith(sent) and label[len(sent):] in waits_for), None)
+    if end is None:
+        if waits_for:
+            return None                  # the other role's Write, or a retry that sent nothing
+        end = len(marks) - 1             # until the handling ended
+    seg = dict.fromkeys(SEGMENTS, 0.0)
+    read_wall, read_cpu = marks[0][1], marks[0][2]
+    seg["wake"] = rec["woke_ns"] - rec["kernel_ns"]
+    seg["queue"] = read_wall - rec["woke_ns"]
+    handled = False
+    for (_, prev, _), (label, wall, _) in zip(marks[:end], marks[1:end + 1]):
+        if label == FirstTrace.DECODED:
+            part = "decode"
+        elif label == FirstTrace.HANDLED:
+            part, handled = "engine", True
+        elif label == FirstTrace.ENCODED:
+            part = "encode"
+        elif label.startswith(sent) and handled:
+            part = "send"
+        else:
+            part = "finish"
+        seg[part] += wall - prev
+    wall, cpu = marks[end][1], marks[end][2] - read_cpu
+    seg["total"] = wall - rec["kernel_ns"]
+    seg["cpu"] = cpu
+    seg["preempted"] = (wall - read_wall) - cpu
+    return {k: v / 1e3 for k, v in seg.items()}
+
+
+def first_packet_breakdown(records: list[dict], label: str) -> pd.DataFrame:
+    """Per stage of a new connection's path through the agents (``FIRST_STAGES``): the p50 of
+    each of its segments (``stage_segments``) over the agents' records, and how many."""
     rows = []
     for stage, kind_in, waits_for in FIRST_STAGES:
-        total, wake, cpu = [], [], []
         for r in records:
-            if r["in"] != kind_in or not r["kernel_ns"]:
-                continue
-            outs = [t for kind, t in r["out"] if kind in waits_for]
-            if waits_for and not outs:
-                continue               # the other role's Write, or a retry that sent nothing
-            end = outs[0] if outs else r["done_ns"]
-            total.append((end - r["kernel_ns"]) / 1e3)
-            wake.append((r["woke_ns"] - r["kernel_ns"]) / 1e3)
-            cpu.append(r["cpu_ns"] / 1e3)
-        if not total:
-            continue
-        name = f"first_packet_us_{label}_{stage}"
-        rows += [Row(name, m.percentile(total, 50), "us"),
-                 Row(f"{name}_wake", m.percentile(wake, 50), "us"),
-                 Row(f"{name}_cpu", m.percentile(cpu, 50), "us")]
+            if r["in"] == kind_in:
+                seg = stage_segments(r, waits_for)
+                if seg is not None:
+                    rows.append({"label": label, "stage": stage, **seg})
+    cols = ["total", *SEGMENTS, "cpu", "preempted"]
+    if not rows:
+        return pd.DataFrame(columns=["label", "stage", "n", *cols])
+    df = pd.DataFrame(rows)
+    order = [stage for stage, _, _ in FIRST_STAGES]
+    out = df.groupby(["label", "stage"], sort=False)[cols].median()
+    out.insert(0, "n", df.groupby(["label", "stage"], sort=False).size())
+    out = out.reset_index()
+    out["rank"] = out["stage"].map(order.index)
+    return out.sort_values("rank").drop(columns="rank").reset_index(drop=True)
+
+
+def first_packet_stages(breakdown: pd.DataFrame) -> list[Row]:
+    """``first_packet_us_<label>_<stage>`` rows (with ``_wake`` and ``_cpu``) from a
+    ``first_packet_breakdown``: p50 of the time from the kernel's receive to the frame the
+    connection waits for leaving, of its wake-up and of the agent's CPU until then."""
+    rows = []
+    for r in breakdown.itertuples():
+        name = f"first_packet_us_{r.label}_{r.stage}"
+        rows += [Row(name, r.total, "us"), Row(f"{name}_wake", r.wake, "us"),
+                 Row(f"{name}_cpu", r.cpu, "us")]
     return rows
+
+
+def format_breakdown(breakdown: pd.DataFrame) -> str:
+    """The breakdown as a table of microseconds (a stage a line)."""
+    if breakdown.empty:
+        return "(no first-packet records)"
+    return breakdown.to_string(index=False, float_format=lambda v: f"{v:.0f}")
 
 
 def connect_rows(samples: dict) -> list[Row]:

@@ -185,36 +185,79 @@ def test_connect_rows():
     assert rows["connect_ms_p50_L3_N3"].ratio is None
 
 
-def _rec(kind_in, kernel, woke, read, outs, cpu, done=None):
+def _rec(kind_in, kernel, woke, marks):
+    """A FirstTrace record; marks: (label, wall us, cpu us) after the read (its first)."""
     us = 1000
-    return {"in": kind_in, "kernel_ns": kernel * us, "woke_ns": woke * us, "read_ns": read * us,
-            "done_ns": (done or read + 50) * us, "cpu_ns": cpu * us,
-            "out": [[k, t * us] for k, t in outs]}
+    return {"in": kind_in, "kernel_ns": kernel * us, "woke_ns": woke * us,
+            "marks": [[label, wall * us, cpu * us] for label, wall, cpu in marks]}
 
 
-def test_first_packet_stages_from_the_agents_records():
+def _chain_write(kernel, woke, read, decoded, handled, sends, done):
+    """A chain frame's record: sends as (kind, encoded at, sent at), cpu = wall - 10 us."""
+    marks = [("read", read, 0), ("decoded", decoded, decoded - read - 10),
+             ("handled", handled, handled - read - 10)]
+    for kind, encoded, sent in sends:
+        if encoded is not None:
+            marks.append(("encoded", encoded, encoded - read - 10))
+        marks.append((f"sent {kind}", sent, sent - read - 10))
+    return _rec("Write", kernel, woke, marks + [("done", done, done - read - 10)])
+
+
+def test_first_packet_stages_break_each_stage_down_from_the_agents_records():
     records = [
-        _rec("syn", 10, 40, 45, [("Write", 300), ("data", 400)], 200),
-        _rec("syn", 1000, 1030, 1030, [("Write", 1200)], 150),
-        _rec("Write", 310, 330, 331, [("Write", 500)], 160),         # a middle node
-        _rec("Write", 510, 520, 520, [("Answer", 600), ("data", 650), ("Ack", 700)], 130),
-        _rec("Answer", 610, 700, 700, [], 30, done=740),
-        _rec("synack", 900, 910, 911, [("data", 960)], 40),
-        _rec("synack", 0, 910, 911, [("data", 960)], 40),            # no kernel time: skipped
-        _rec("Query", 0, 1, 2, [], 5),                                 # not a stage
+        # the SYN: until its Write left (not the later data frame); p50 of 290 and 200
+        _rec("syn", 10, 40, [("read", 45, 0), ("handled", 200, 150), ("encoded", 250, 190),
+                             ("sent Write", 300, 230), ("sent data", 400, 300),
+                             ("done", 420, 310)]),
+        _rec("syn", 1000, 1030, [("read", 1030, 0), ("handled", 1100, 70),
+                                 ("encoded", 1150, 110), ("sent Write", 1200, 150),
+                                 ("done", 1210, 155)]),
+        # a middle node: 310 -> its Write out at 500
+        _chain_write(310, 330, 331, 350, 420, [("Write", 450, 500)], 520),
+        # the tail: 510 -> the data frame at 650, after the Answer
+        _chain_write(510, 520, 520, 530, 580, [("Answer", 600, 610), ("data", None, 650),
+                                               ("Ack", 680, 700)], 720),
+        _rec("Answer", 610, 700, [("read", 700, 0), ("decoded", 705, 5), ("handled", 730, 25),
+                                  ("done", 740, 30)]),
+        _rec("synack", 900, 910, [("read", 911, 0), ("handled", 940, 25),
+                                  ("sent data", 960, 45), ("done", 970, 50)]),
+        _rec("synack", 0, 910, [("read", 911, 0), ("done", 970, 50)]),   # no kernel time
+        _rec("Query", 0, 1, [("read", 2, 0), ("done", 5, 3)]),          # not a stage
     ]
-    rows = {r.metric: r.value for r in tbb.first_packet_stages(records, "chain")}
-    # the SYN: until its Write left (not the later data frame); p50 of 290 and 200
+    bd = tbb.first_packet_breakdown(records, "chain")
+    assert list(bd["stage"]) == ["syn", "mid_write", "tail_write", "answer", "synack"]
+    assert list(bd["n"]) == [2, 1, 1, 1, 1]
+    by = bd.set_index("stage")
+    assert by.loc["syn", "total"] == pytest.approx(245)
+    assert by.loc["syn", "wake"] == pytest.approx(30)
+    assert by.loc["syn", "engine"] == pytest.approx((155 + 70) / 2)
+    assert by.loc["syn", "encode"] == pytest.approx(50)
+    assert by.loc["syn", "send"] == pytest.approx(50)          # the data frame came later
+    assert by.loc["syn", "cpu"] == pytest.approx((230 + 150) / 2)
+    assert by.loc["syn", "preempted"] == pytest.approx((255 - 230 + 170 - 150) / 2)
+    mid = by.loc["mid_write"]
+    assert (mid["total"], mid["wake"], mid["queue"], mid["decode"], mid["engine"],
+            mid["encode"], mid["send"]) == pytest.approx((190, 20, 1, 19, 70, 30, 50))
+    tail = by.loc["tail_write"]
+    assert tail["total"] == pytest.approx(140)                  # 510 -> data 650
+    assert (tail["encode"], tail["send"]) == pytest.approx((20, 10 + 40))
+    assert tail["cpu"] == pytest.approx(650 - 520 - 10)
+    assert tail["preempted"] == pytest.approx(10)
+    assert by.loc["answer", "total"] == pytest.approx(130)     # until handled
+    assert by.loc["answer", "finish"] == pytest.approx(10)
+    assert by.loc["synack", "total"] == pytest.approx(60)
+    for stage in bd["stage"]:                                    # the segments add up
+        row = by.loc[stage]
+        if row["n"] == 1:
+            assert sum(row[k] for k in tbb.SEGMENTS) == pytest.approx(row["total"])
+    rows = {r.metric: r.value for r in tbb.first_packet_stages(bd)}
     assert rows["first_packet_us_chain_syn"] == pytest.approx(245)
     assert rows["first_packet_us_chain_syn_wake"] == pytest.approx(30)
-    assert rows["first_packet_us_chain_syn_cpu"] == pytest.approx(175)
-    assert rows["first_packet_us_chain_mid_write"] == pytest.approx(190)   # 310 -> 500
-    assert rows["first_packet_us_chain_tail_write"] == pytest.approx(140)  # 510 -> data 650
-    assert rows["first_packet_us_chain_answer"] == pytest.approx(130)      # until handled
-    assert rows["first_packet_us_chain_synack"] == pytest.approx(60)
-    assert rows["first_packet_us_chain_synack_wake"] == pytest.approx(10)
+    assert rows["first_packet_us_chain_synack_cpu"] == pytest.approx(45)
     assert len(rows) == 15
-    assert tbb.first_packet_stages([], "maglev") == []
+    empty = tbb.first_packet_breakdown([], "maglev")
+    assert empty.empty and tbb.first_packet_stages(empty) == []
+    assert "syn" in tbb.format_breakdown(bd) and "no first-packet" in tbb.format_breakdown(empty)
 
 
 def test_pooled_rounds_give_the_percentiles_of_all_samples():

@@ -525,6 +525,30 @@ def _chain_key(cluster: Cluster, sport0: int, pred=lambda key: True):
     raise AssertionError("no such key")
 
 
+def test_the_tail_answers_the_asker_before_it_forwards_the_first_packet():
+    """The tail commits, sends the Answer, then the first packet: its reply returns to the
+    asker (the head), which holds it until the Answer comes. Sent the other way round, the
+    Answer lost that race in most new connections on the testbed (the SYN-ACK held at the
+    head in 114 of 205, against 42 of 205 in this order)."""
+    cl = Cluster(chain_len=3)
+    sport, key = _chain_key(cl, 46000)
+    syn = tcp(C1, S1, sport, 80, SYN, 1)
+    assert frames(cl.packet("lb1", syn)) == []
+    tail_actions = None
+    while cl.queue:
+        src, send = cl.queue.popleft()
+        out = cl.feed(send.dst, cl.dps[send.dst].chain(send.msg, cl.now))
+        if frames(out):
+            tail_actions = out
+    tail = cl.dps["lb1"].node.view.chain(key)[-1]
+    assert tail != "lb1" and cl.frames_of([syn]) == [(tail, cl.frames_of([syn])[0][1])]
+    kinds = [type(a.msg.body).__name__ if isinstance(a, Send) else type(a).__name__
+             for a in tail_actions]
+    assert kinds.index("Answer") < kinds.index("bytes")
+    answer = next(a for a in tail_actions if isinstance(a, Send) and a.dst == "lb1")
+    assert type(answer.msg.body).__name__ == "Answer"
+
+
 def test_chain_connection_lifecycle():
     cl = Cluster()
     sport, key = _chain_key(cl, 45000)

@@ -2,8 +2,6 @@
 against the generic codecs: the same bytes, the same values, the same refusals."""
 import copy
 import dataclasses
-import hashlib
-import hmac
 import pickle
 
 import pytest
@@ -13,6 +11,7 @@ from agents import messages as m
 from agents import wire
 from agents.keys import flow_key
 from agents.wire import WireError
+from test_wire import _mac
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 K4 = flow_key("10.0.1.1", "10.0.2.1", 6, 40000, 5201)
@@ -86,7 +85,7 @@ def signed_part(payload: bytes) -> bytes:
 
 def sign(signed: bytes, secret: bytes = SECRET) -> bytes:
     """A payload with a valid HMAC (computed by the hmac module) over arbitrary content."""
-    return signed[:2] + hmac.new(secret, signed, hashlib.sha256).digest() + signed[2:]
+    return signed[:2] + _mac(secret, signed) + signed[2:]
 
 
 def check_decode(data: bytes, secret: bytes = SECRET):
@@ -110,7 +109,7 @@ def test_fast_matches_generic(shape_name, data, secret):
     fast = wire._encode_fast(msg, secret)
     assert fast is not None, "a hot frame must take the fast path"
     assert fast == wire._encode_generic(msg, secret) == wire.encode(msg, secret)
-    assert fast == sign(signed_part(fast), secret)  # HMAC-SHA256 over the same bytes
+    assert fast == sign(signed_part(fast), secret)  # the MAC over the same bytes
     assert wire.frame_bytes(b"\xaa" * 6, b"\xbb" * 6, msg, secret) == \
         b"\xaa" * 6 + b"\xbb" * 6 + b"\x88\xb5" + fast
     got = wire._decode_fast(fast, secret)
@@ -161,8 +160,9 @@ def test_fast_decoded_objects_are_ordinary_dataclasses():
 
 @settings(max_examples=200)
 @given(secret=st.binary(min_size=1, max_size=300), data=st.binary(max_size=400))
-def test_sign_is_hmac_sha256(secret, data):
-    assert wire._sign(secret, data) == hmac.new(secret, data, hashlib.sha256).digest()
+def test_sign_is_keyed_blake2b(secret, data):
+    assert wire._sign(secret, data) == _mac(secret, data)
+    assert wire._sign(secret, data) != _mac(secret + b"x", data)
 
 
 # --- encoding: what the fast path leaves to the generic one -------------------------------
