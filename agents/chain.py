@@ -126,6 +126,7 @@ from typing import Union
 from agents.messages import (Ack, Answer, Body, DeleteReq, Frame, Gone, InsertReq, Query,
                              Sync, SyncDone, SyncEntry, Write)
 from agents.steering import flow_hash, scores, seed
+from agents.native import native as _native
 
 __all__ = ["VARIANTS", "View", "Send", "Decision", "Forward", "Action", "ChainNode", "Frame"]
 
@@ -248,6 +249,14 @@ class View:
         return tuple(reversed(picked))
 
     def _steered_chain(self, key: bytes) -> tuple[str, ...]:
+        seeds, ties, names = self._seeds
+        if _native is not None:                # the same ranking, compiled (agents.native)
+            c = _native.steered_chain(key, seeds, ties, names, self.chain_len)
+            if c is not None:
+                return c
+        return self._steered_chain_py(key)
+
+    def _steered_chain_py(self, key: bytes) -> tuple[str, ...]:
         seeds, ties, names = self._seeds
         fh = flow_hash(key)
         if fh is None:                         # a key the gateway does not hash (not IPv4)

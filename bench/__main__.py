@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from agents.native import status as native_status
 from bench import REPO, format_table, new_run_dir, point_latest, write_csv
 
 CSV_NAME = "bench.csv"
@@ -100,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== bench: {', '.join(groups)}{' (quick plan)' if args.quick else ''}")
     print(f"   results: {run_dir}")
     print(f"   machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}")
+    print(f"   first-packet helpers (agents/native.c): {native_status}")
     res = tbb.run_all(groups, run_dir, plan, print)
     elapsed = time.monotonic() - started
     path = save(run_dir, res.rows, {
-        "machine": info, "groups": groups, "plan": plan.asdict(), "elapsed_s": round(elapsed, 1),
+        "machine": info, "native": native_status, "groups": groups, "plan": plan.asdict(), "elapsed_s": round(elapsed, 1),
         "failures": res.failures,
         "command": "python -m bench --quick" if args.quick else "sudo make bench"})
     print()

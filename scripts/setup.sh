@@ -5,7 +5,9 @@
 #   3. .venv from Debian's python3 (--system-site-packages, so Mininet imports)
 #      holding the pinned Python dependencies of pyproject.toml,
 #   4. the in-kernel fast path (agents/fastpath.bpf.c -> build/fastpath.bpf.o) with Debian's
-#      clang and libbpf headers (rebuilt when the source is newer).
+#      clang and libbpf headers, and the first packet's compiled helpers (agents/native.c ->
+#      build/_chainlb_native*.so) with clang and the Python headers (each rebuilt when its
+#      source is newer).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +16,7 @@ STAMP="$VENV/.chainlb-deps"
 SYS_PY=/usr/bin/python3
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl
 PACKAGES=(mininet openvswitch-switch iperf3 ethtool nftables conntrack iputils-ping
-          tcpdump iproute2 python3-venv tmux procps nginx-light curl clang libbpf-dev libbpf1
+          tcpdump iproute2 python3-venv python3-dev tmux procps nginx-light curl clang libbpf-dev libbpf1
           bpftool)
 POLICY_RC=/usr/sbin/policy-rc.d
 
@@ -120,9 +122,27 @@ build_fastpath() {
     run mv "$obj.tmp" "$obj"
 }
 
+build_native() {
+    local src="$REPO/agents/native.c" so
+    so="$("$VENV/bin/python" -c 'from agents.native import PATH; print(PATH)')" \
+        || die "cannot tell where agents/native.c's module goes"
+    if [[ -f "$so" && "$so" -nt "$src" ]]; then
+        say "first-packet helpers: built"
+        return
+    fi
+    say "building the first-packet helpers ($so)"
+    local inc
+    inc="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    [[ -f "$inc/Python.h" ]] || die "$inc/Python.h missing: install python3-dev"
+    run mkdir -p "$REPO/build"
+    run clang -O2 -g -Wall -Werror -fPIC -shared -I"$inc" "$src" -o "$so.tmp"
+    run mv "$so.tmp" "$so"
+}
+
 check_platform
 install_packages
 start_ovs
 make_venv
 build_fastpath
+(cd "$REPO" && build_native)
 say "done"

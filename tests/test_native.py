@@ -1,0 +1,61 @@
+"""The first packet's compiled helpers (agents/native.c, ``agents.native``) against the
+Python they replace (``agents.steering``, ``View._steered_chain_py``): the same hash, the same
+chains, and None for whatever they leave to Python. ``make setup`` builds them."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.chain import View
+from agents.keys import flow_key
+from agents.native import native, status
+from agents.steering import flow_hash
+
+built = pytest.mark.skipif(native is None, reason=f"agents/native.c: {status}")
+
+members = st.lists(st.sampled_from([f"lb{i}" for i in range(1, 17)]), min_size=1, max_size=12,
+                   unique=True)
+ipv4_keys = st.builds(lambda proto, a, b, p, q: flow_key(a, b, proto, p, q),
+                      st.sampled_from([1, 6, 17, 47, 132]),
+                      st.ip_addresses(v=4).map(str), st.ip_addresses(v=4).map(str),
+                      st.integers(0, 65535), st.integers(0, 65535))
+
+
+@built
+@settings(max_examples=400)
+@given(key=st.one_of(ipv4_keys, st.binary(max_size=40)))
+def test_the_flow_hash_is_ovs_hash_as_steering_computes_it(key):
+    assert native.flow_hash(key) == flow_hash(key)
+
+
+@built
+@settings(max_examples=300)
+@given(names=members, chain_len=st.integers(1, 14), key=ipv4_keys, data=st.data())
+def test_steered_chains_are_the_python_ranking(names, chain_len, key, data):
+    slots = data.draw(st.permutations(names + [""] * data.draw(st.integers(0, 3))))
+    for steering in (tuple(slots), ()):          # by the gateway's slots, and by name
+        v = View(1, tuple(names), chain_len, steering)
+        assert v.chain(key) == v._steered_chain_py(key)
+        assert len(v.chain(key)) == min(chain_len, len(names))
+
+
+@built
+def test_what_it_does_not_take_is_left_to_python():
+    v = View(1, ("lb1", "lb2", "lb3"), 2, ("lb1", "lb2", "lb3"))
+    seeds, ties, names = v._seeds
+    ipv6 = flow_key("2001:db8::1", "2001:db8::2", 6, 1, 2)
+    assert native.steered_chain(ipv6, seeds, ties, names, 2) is None
+    assert native.steered_chain(bytearray(13), seeds, ties, names, 2) is None
+    assert native.steered_chain(bytes(13), list(seeds), ties, names, 2) is None
+    assert native.steered_chain(bytes(13), seeds, ties[:2], names, 2) is None
+    assert native.steered_chain(bytes(13), (2**40,) + seeds[1:], ties, names, 2) is None
+    assert native.steered_chain(bytes(13), seeds, ties, names, 0) == ()
+    assert v.chain(ipv6) == v._steered_chain_py(ipv6) and len(v.chain(ipv6)) == 2
+    with pytest.raises(TypeError):
+        native.steered_chain(bytes(13), seeds)
+
+
+def test_it_is_built_where_setup_ran():
+    """The agents run the compiled ranking (a missing build would fall back silently)."""
+    assert native is not None, f"agents/native.c: {status}: run make setup"
