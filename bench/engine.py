@@ -9,7 +9,12 @@ Every figure stands next to a plain-dict baseline measured in the same run:
 - frames and bytes per insert (each frame through ``wire.encode`` + 14 bytes of Ethernet
   header) vs one frame carrying the raw key and NF name;
 - memory per stored entry per replica (tracemalloc around a cluster whose frames go through
-  ``wire.encode``/``decode``, so every node holds its own copies) vs ``{key: nf}``.
+  ``wire.encode``/``decode``, so every node holds its own copies) vs ``{key: nf}``;
+- a new connection's first packet through three LB nodes' packet logic (``Datapath``, frames
+  through ``wire`` as the agents send them), per stage, with the caches cold (a 32 MB copy
+  before each frame, as the agents find them: compare the testbed's ``first-packet`` group)
+  vs the same stage warm; and two of its parts cold: the frame MAC (keyed BLAKE2b) vs
+  HMAC-SHA256, ranking a new key's chain (``agents.native``) vs the same in Python.
 
 Writes ``results/bench-engine/<run-id>/engine.csv``, points ``results/bench-engine/latest``
 at it and prints a table. Needs neither root nor a network.
@@ -28,6 +33,8 @@ from pathlib import Path
 from agents import lb as lb_agent
 from agents import wire
 from agents.chain import ChainNode, Decision, Send, View
+from agents.datapath import Datapath
+from agents.messages import LBInfo, NFInfo, ViewMsg
 from agents.keys import flow_key_raw
 from bench import REPO, Row, format_table, new_run_dir, point_latest, write_csv
 
@@ -231,6 +238,158 @@ def bench_memory(n: int) -> list[Row]:
     return [Row("memory_per_entry_bytes", used / replicas, "bytes", "dict {key: nf}", base / n)]
 
 
+# --- the first packet, cold ------------------------------------------------------------------
+
+_EVICT = 32 << 20     # bytes copied before a cold frame: more than this machine's caches
+
+
+class _Evict:
+    """Empties the CPU caches (as far as a copy can): what a connect 10 ms after the last
+    finds in an agent on a shared 2-vCPU machine."""
+
+    def __init__(self):
+        self.buf, self.a, self.b = bytearray(_EVICT), bytes(_EVICT), b"\x01" * _EVICT
+
+    def __call__(self) -> None:
+        self.buf[:] = self.b if self.buf[0] == 0 else self.a
+
+
+def _syn(dst_mac: bytes, sport: int) -> bytes:
+    """A TCP SYN 10.0.1.1:sport -> 10.0.2.1:80 (checksums unset: nothing here reads them)."""
+    ip = bytes((0x45, 0, 0, 40, 0, 1, 0, 0, 64, 6, 0, 0, 10, 0, 1, 1, 10, 0, 2, 1))
+    tcp = sport.to_bytes(2, "big") + (80).to_bytes(2, "big") + bytes(8) + \
+        bytes((0x50, 0x02)) + (64240).to_bytes(2, "big") + bytes(4)
+    return dst_mac + bytes.fromhex("0200000000fe") + b"\x08\x00" + ip + tcp
+
+
+class FirstPacket:
+    """Three LB nodes' packet logic in chain mode (L=3, steered), joined the agents' way:
+    every chain frame encoded, signed, decoded and checked (``wire``)."""
+
+    STAGES = ("head_syn", "middle_write", "tail_write", "head_answer")
+
+    def __init__(self, secret: bytes = SECRET):
+        self.secret, self.now = secret, 1.0
+        self.macs = {m: bytes((2, 0, 0, 0, 3, i + 1)) for i, m in enumerate(MEMBERS)}
+        view = ViewMsg(1, 3, "chain",
+                       tuple(LBInfo(m, self.macs[m].hex(":"), port=i + 1, slot=i + 1)
+                             for i, m in enumerate(MEMBERS)),
+                       (NFInfo(NF, "02:00:00:00:04:01", "active"),))
+        self.dps = {m: Datapath(m, "chain", self.macs[m]) for m in MEMBERS}
+        self.pending: deque = deque()
+        for m, dp in self.dps.items():
+            self._queue(m, dp.view(view, self.now))
+        for _ in range(10):                      # until every node is synced
+            self.now += lb_agent.TICK
+            for m, dp in self.dps.items():
+                self._queue(m, dp.tick(self.now))
+            self._settle()
+        self.sport = 1024
+
+    def _frame(self, src: str, send: Send) -> bytes:
+        return wire.frame_bytes(self.macs[send.dst], self.macs[src], send.msg, self.secret)
+
+    def _queue(self, src: str, actions) -> None:
+        self.pending.extend((src, a) for a in actions if type(a) is Send)
+
+    def _settle(self) -> None:
+        while self.pending:
+            src, send = self.pending.popleft()
+            msg = wire.decode(self._frame(src, send)[14:], self.secret)
+            self._queue(send.dst, self.dps[send.dst].chain(msg, self.now))
+
+    def _handle(self, node: str, frame: bytes) -> list[tuple[str, bytes]]:
+        """What an agent does with a frame: the chain frames it sends, built."""
+        dp = self.dps[node]
+        if frame[12:14] == b"\x08\x00":
+            out = dp.packet(frame, self.now)
+        else:
+            out = dp.chain(wire.decode(frame[14:], self.secret), self.now)
+        sent = []
+        for a in out:
+            if type(a) is Send:
+                sent.append((a.dst, self._frame(node, a)))
+        return sent
+
+    def connection(self, evict=None) -> dict[str, float]:
+        """One new connection's first packet, stage by stage: microseconds each (``evict``
+        runs before each frame)."""
+        self.sport = self.sport % 60000 + 1
+        key = flow_key_raw(bytes((10, 0, 1, 1)), bytes((10, 0, 2, 1)), 6, self.sport, 80)
+        head, middle, tail = self.dps[MEMBERS[0]].node.view.chain(key)
+        syn = _syn(self.macs[head], self.sport)
+        times, frames, untimed = {}, [(head, syn, "head_syn")], []
+        while frames:
+            node, frame, stage = frames.pop(0)
+            if evict is not None:
+                evict()
+            t = time.perf_counter_ns()
+            out = self._handle(node, frame)
+            times[stage] = (time.perf_counter_ns() - t) / 1e3
+            for dst, f in out:
+                body = type(wire.decode(f[14:], self.secret).body).__name__
+                nxt = {("Write", middle): "middle_write", ("Write", tail): "tail_write",
+                       ("Answer", head): "head_answer"}.get((body, dst))
+                if nxt is not None:
+                    frames.append((dst, f, nxt))
+                else:
+                    untimed.append((dst, f))
+        # the acks, untimed, then the timers, as the agents' next ticks would run them
+        for dst, f in untimed:
+            self._queue(dst, self.dps[dst].chain(wire.decode(f[14:], self.secret), self.now))
+        self._settle()
+        self.now += 0.01
+        for m, dp in self.dps.items():
+            self._queue(m, dp.tick(self.now))
+        self._settle()
+        if set(times) != set(self.STAGES):
+            raise RuntimeError(f"a first packet took stages {sorted(times)}, not {self.STAGES}")
+        return times
+
+
+def bench_first_packet(n: int) -> list[Row]:
+    fp, evict = FirstPacket(), _Evict()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            fp.connection()
+        warm = [fp.connection() for _ in range(n)]
+        cold = [fp.connection(evict) for _ in range(n)]
+    finally:
+        gc.enable()
+    rows = []
+    for stage in FirstPacket.STAGES:
+        w = sorted(t[stage] for t in warm)[n // 2]
+        c = sorted(t[stage] for t in cold)[n // 2]
+        rows.append(Row(f"first_packet_cold_us_{stage}", c, "us", "the same, warm", w))
+    return rows + _cold_parts(n, evict)
+
+
+def _cold_p50(fn, n: int, evict) -> float:
+    times = []
+    for i in range(n):
+        evict()
+        t = time.perf_counter_ns()
+        fn(i)
+        times.append((time.perf_counter_ns() - t) / 1e3)
+    return sorted(times)[n // 2]
+
+
+def _cold_parts(n: int, evict) -> list[Row]:
+    import hashlib
+    import hmac
+    data = bytes(range(256))[:150]           # about a Write carrying a SYN
+    mac = _cold_p50(lambda i: wire._sign(SECRET, data), n, evict)
+    sha = _cold_p50(lambda i: hmac.new(SECRET, data, hashlib.sha256).digest(), n, evict)
+    view = View(1, MEMBERS, 3, MEMBERS)
+    keys = make_keys(n, seed=5)
+    ranked = _cold_p50(lambda i: view._steered_chain(keys[i]), n, evict)
+    ranked_py = _cold_p50(lambda i: view._steered_chain_py(keys[i]), n, evict)
+    return [Row("frame_mac_cold_us", mac, "us", "HMAC-SHA256, cold", sha),
+            Row("chain_rank_cold_us", ranked, "us", "in Python, cold", ranked_py)]
+
+
 def run(scale: float = 1.0, repeat: int = 3) -> list[Row]:
     """Every measurement; ``scale`` multiplies the numbers of keys."""
     def size(n):
@@ -238,7 +397,8 @@ def run(scale: float = 1.0, repeat: int = 3) -> list[Row]:
     return [*bench_cached_lookups(size(20_000), repeat),
             *bench_inserts(size(5_000), repeat),
             *bench_wire(size(2_000)),
-            *bench_memory(size(10_000))]
+            *bench_memory(size(10_000)),
+            *bench_first_packet(size(200))]
 
 
 def main(argv: list[str] | None = None) -> int:

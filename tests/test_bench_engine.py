@@ -96,13 +96,27 @@ def test_engine_cluster_replicates_every_insert():
     assert cluster.frames > cluster.data_frames > 0 and cluster.bytes > 0
 
 
+def test_the_first_packet_takes_the_chain_and_every_node_learns_the_decision():
+    fp = engine.FirstPacket()
+    for _ in range(3):
+        times = fp.connection()
+        assert set(times) == set(engine.FirstPacket.STAGES) and min(times.values()) > 0
+    # the three connections are decided, committed on every replica, cached at their heads
+    for m, dp in fp.dps.items():
+        assert len(dp.node.replica()) == 3, m
+        assert not dp.buffered and dp.node.synced, m
+    assert sum(len(dp.node.cache) for dp in fp.dps.values()) >= 3
+
+
 def test_engine_main_writes_csv_and_prints_table(tmp_path, capsys):
     assert engine.main(["--out", str(tmp_path), "--run-id", "t", "--scale", "0.001", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     rows = read_csv(tmp_path / "latest" / engine.CSV_NAME)
     metrics = [r.metric for r in rows]
     assert metrics == ["cached_lookups_per_s", "committed_inserts_per_s", "frames_per_insert",
-                       "data_frames_per_insert", "bytes_per_insert", "memory_per_entry_bytes"]
+                       "data_frames_per_insert", "bytes_per_insert", "memory_per_entry_bytes",
+                       *(f"first_packet_cold_us_{s}" for s in engine.FirstPacket.STAGES),
+                       "frame_mac_cold_us", "chain_rank_cold_us"]
     assert all(r.value > 0 and r.baseline_value and r.baseline for r in rows)
     for m in metrics:
         assert m in out
