@@ -1,12 +1,15 @@
 """The first packet's compiled helpers (agents/native.c, ``agents.native``) against the
-Python they replace (``agents.steering``, ``View._steered_chain_py``): the same hash, the same
-chains, and None for whatever they leave to Python. ``make setup`` builds them."""
+Python they replace (``agents.steering``, ``View._steered_chain_py``, hashlib's BLAKE2b): the
+same hash, the same chains, the same MACs, and None for whatever they leave to Python. ``make setup`` builds them."""
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents import wire
 from agents.chain import View
 from agents.keys import flow_key
 from agents.native import native, status
@@ -38,6 +41,26 @@ def test_steered_chains_are_the_python_ranking(names, chain_len, key, data):
         v = View(1, tuple(names), chain_len, steering)
         assert v.chain(key) == v._steered_chain_py(key)
         assert len(v.chain(key)) == min(chain_len, len(names))
+
+
+@built
+@settings(max_examples=300)
+@given(key=st.binary(min_size=1, max_size=64), data=st.one_of(
+    st.binary(max_size=600), st.sampled_from([b"", bytes(127), bytes(128), bytes(129),
+                                             bytes(256), bytes(257)])))
+def test_the_mac_is_keyed_blake2b_256(key, data):
+    assert native.mac(key, data) == hashlib.blake2b(data, key=key, digest_size=32).digest()
+
+
+@built
+def test_the_mac_leaves_other_arguments_to_python():
+    assert native.mac(b"", b"data") is None and native.mac(bytes(65), b"data") is None
+    assert native.mac(bytearray(b"k"), b"data") is None and native.mac(b"k", "data") is None
+    with pytest.raises(TypeError):
+        native.mac(b"k")
+    # the wire's MAC is the compiled one where it can be, Python's where it cannot
+    assert wire._sign(b"k" * 64, b"x") == native.mac(b"k" * 64, b"x")
+    assert wire._sign(b"k" * 65, b"x") == native.mac(wire.mac_key(b"k" * 65), b"x")
 
 
 @built
