@@ -176,3 +176,27 @@ def top_frames(collapsed: str, n: int = 15) -> tuple[int, list[tuple[float, str]
     def top(d):
         return [(100 * c / total, f) for f, c in sorted(d.items(), key=lambda x: -x[1])[:n]]
     return total, (top(own) if total else []), (top(incl) if total else [])
+
+
+def cpu_steal(stat: str) -> tuple[int, int]:
+    """(all CPU time, the part stolen by the hypervisor) in clock ticks, from /proc/stat's
+    aggregate ``cpu`` line: a virtual machine's CPUs run other guests for the steal time."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            try:
+                ticks = [int(x) for x in fields[1:]]
+            except ValueError:
+                break
+            if len(ticks) < 8:
+                break
+            # user nice system idle iowait irq softirq steal [guest guest_nice]: the guest
+            # times are already counted in user and nice
+            return sum(ticks[:8]), ticks[7]
+    raise ParseError("no aggregate cpu line with a steal field in /proc/stat")
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time stolen between two ``cpu_steal`` readings (NaN if none passed)."""
+    total = after[0] - before[0]
+    return (after[1] - before[1]) / total if total > 0 else math.nan

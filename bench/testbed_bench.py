@@ -1116,10 +1116,19 @@ def schedule(groups, rounds: int) -> list[tuple[str, int]]:
     return out
 
 
+def host_cpu() -> tuple[int, int] | None:
+    """``measure.cpu_steal`` of this machine now, or None where /proc/stat does not say."""
+    try:
+        return m.cpu_steal(Path("/proc/stat").read_text())
+    except (OSError, m.ParseError):
+        return None
+
+
 def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
     res = Results()
+    first = host_cpu()
     for group, rnd in schedule(groups, plan.connect_rounds):
-        t = time.monotonic()
+        t, cpu = time.monotonic(), host_cpu()
         name = f"{group}-round{rnd}" if rnd else group
         log(f"== {group}" + (f" (round {rnd} of {plan.connect_rounds})" if rnd else ""))
         try:
@@ -1129,7 +1138,15 @@ def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
             res.rows += getattr(e, "rows", [])
             res.failures.append(f"{name}: {e}")
             log(f"   FAILED: {e}")
-        log(f"   ({time.monotonic() - t:.0f} s)")
+        now = host_cpu()
+        share = m.steal_share(cpu, now) if cpu and now else math.nan
+        steal = "" if math.isnan(share) else f", {share:.1%} of the CPU time stolen by the host"
+        log(f"   ({time.monotonic() - t:.0f} s{steal})")
+    last = host_cpu()
+    share = m.steal_share(first, last) if first and last else math.nan
+    if not math.isnan(share):
+        # the machines are shared: a run with much steal time has slower, noisier figures
+        res.rows.append(Row("host_steal_share", share, "of CPU time"))
     res.rows += connect_rows(res.connect)
     res.rows += fastpath_rows(res)
     rank = {name: i for i, name in enumerate(ORDER)}

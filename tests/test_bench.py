@@ -531,6 +531,22 @@ def test_a_group_that_fails_midway_keeps_what_it_measured(monkeypatch, tmp_path)
         raise tbb.BenchError("arrivals: the cluster did not recover",
                              [tbb.Row("max_arrival_cps", 1300, "connections/s")])
     monkeypatch.setattr(tbb, "run_group", group)
-    res = tbb.run_all(["arrivals"], tmp_path, tbb.QUICK, log=lambda *_: None)
-    assert [r.metric for r in res.rows] == ["max_arrival_cps"] and res.rows[0].value == 1300
+    readings = iter([(1000, 10), (1000, 10), (1400, 110), (1400, 110)])
+    monkeypatch.setattr(tbb, "host_cpu", lambda: next(readings))
+    logged = []
+    res = tbb.run_all(["arrivals"], tmp_path, tbb.QUICK, log=logged.append)
+    assert [r.metric for r in res.rows] == ["max_arrival_cps", "host_steal_share"]
+    assert res.rows[0].value == 1300 and res.rows[1].value == pytest.approx(0.25)
     assert res.failures == ["arrivals: arrivals: the cluster did not recover"]
+    assert any("25.0% of the CPU time stolen by the host" in line for line in logged)
+
+
+def test_steal_time_from_proc_stat():
+    stat = ("cpu  100 5 50 800 10 0 5 30 7 0\n"       # guest (7) is inside user already
+            "cpu0 50 2 25 400 5 0 2 15 3 0\nintr 12345\n")
+    assert m.cpu_steal(stat) == (1000, 30)
+    assert m.steal_share((1000, 30), (1200, 80)) == pytest.approx(0.25)
+    assert math.isnan(m.steal_share((1000, 30), (1000, 30)))
+    for bad in ("", "cpu0 1 2 3 4 5 6 7 8\n", "cpu  1 2 3 4 5 6 7\n", "cpu  a b c d e f g h\n"):
+        with pytest.raises(m.ParseError):
+            m.cpu_steal(bad)
