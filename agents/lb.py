@@ -73,7 +73,7 @@ class FirstTrace:
     packets) or the chain body's class name; ``kernel_ns`` the kernel's receive time,
     ``woke_ns`` when ``select`` returned; the marks, in order, with the wall clock and the
     thread's CPU clock: ``read`` (the frame read), ``decoded`` (a chain frame parsed and its
-    HMAC checked), ``handled`` (the packet logic returned), per frame sent ``encoded`` (a chain
+    MAC checked), ``handled`` (the packet logic returned), per frame sent ``encoded`` (a chain
     frame built and signed) and ``sent <kind>`` (``data``: to an NF, or the class of the chain
     body), ``done``."""
 

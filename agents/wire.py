@@ -13,9 +13,9 @@ itself (version, type and all the layers that follow): keyed BLAKE2b (RFC 7693, 
 mode is a MAC, as in WireGuard) with a 32-byte digest, keyed with the cluster's shared secret
 (a secret longer than BLAKE2b's 64-byte key is hashed to 64 bytes first). Version 3 used
 HMAC-SHA256: OpenSSL's code and state behind each HMAC made it the costliest step of a chain
-frame on a new connection's path, about 45 us with the agent's caches cold (a frame's first
-packet finds them so), against 22 us for BLAKE2b in Python's hashlib, and 10 us for the same
-BLAKE2b compiled (``agents.native``, where ``make setup`` built it).
+frame on a new connection's path with the agent's caches cold (as a frame's first packet finds
+them): 66 us, against 32 for BLAKE2b in Python's hashlib and 17 for the same BLAKE2b compiled
+(``agents.native``, where ``make setup`` built it; ``make bench-engine``, frame_mac_cold_us).
 
 The scapy layers are the one definition of the format: ``Ether(frame)`` dissects a
 captured frame. ``encode``/``decode`` run per chain frame in the agents, so they do not go
@@ -455,7 +455,7 @@ _HDR_LEN = _HEAD.size + HMAC_LEN
 
 # secret -> the BLAKE2b key it gives (itself when it fits in a key)
 _KEYS: dict[bytes, bytes] = {}
-_BAD_HMAC = "bad HMAC (wrong secret or tampered frame)"
+_BAD_HMAC = "bad MAC (wrong secret or tampered frame)"
 _blake2b = hashlib.blake2b
 _MAX_KEY = hashlib.blake2b.MAX_KEY_SIZE
 _KEY_PERSON = b"chainlb key"          # the hash of a long secret differs from any other hash
@@ -633,7 +633,7 @@ def _encode_fast(msg, secret: bytes) -> bytes | None:
 
 def _decode_fast(data: bytes, secret: bytes):
     """``decode`` of an authentic, well-formed Frame of a hot shape; None for anything else
-    (another message, an unusual or malformed payload), WireError if its HMAC is wrong."""
+    (another message, an unusual or malformed payload), WireError if its MAC is wrong."""
     if type(data) is not bytes or len(data) <= _HDR_LEN or data[:2] != _FRAME_HEAD:
         return None
     # the body type, after src and the five longs: not yet authentic, it only picks the path

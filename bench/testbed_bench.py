@@ -961,7 +961,7 @@ SEGMENTS = ("wake", "queue", "decode", "engine", "encode", "send", "finish")
 """Where a stage's time goes, from the kernel's receive to the frame the connection waits for
 leaving (``FirstTrace`` marks): ``wake`` until ``select`` returned (the scheduler's share),
 ``queue`` until the frame was read (frames read before it), ``decode`` parsing a chain frame
-and checking its HMAC, ``engine`` the packet logic, ``encode`` building and signing the chain
+and checking its MAC, ``engine`` the packet logic, ``encode`` building and signing the chain
 frames sent up to it, ``send`` the send calls up to it (the waited frame's included),
 ``finish`` what ran after the last of those (for the Answer: until its handling ended). Beside
 them, ``cpu`` is the agent's CPU from the read to that point and ``preempted`` the rest of

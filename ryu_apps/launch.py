@@ -4,7 +4,7 @@ Options: ``--ofp-port 6653`` (OpenFlow listen port), ``--rest-port 8080``,
 ``--host 127.0.0.1`` (both listen there), ``--log FILE`` (default: stderr), ``-v`` (debug).
 The config file is JSON::
 
-    {"secret_file": "/run/chainlb/secret",     # HMAC key: the file's raw bytes, mode 0600
+    {"secret_file": "/run/chainlb/secret",     # MAC key: the file's raw bytes, mode 0600
      "chain_len": 3, "mode": "chain",          # chain | maglev | local | hash
      "heartbeat_timeout": 0.5,                 # optional; also join_timeout, repush_interval
      "edge_ports": {"c1": {"mac": "02:00:00:00:01:01", "port": 1}, ...},   # clients, servers
@@ -39,7 +39,7 @@ class ConfigError(Exception):
 
 
 def load_secret(path: object) -> bytes:
-    """The shared HMAC key: the raw bytes of a non-empty file readable by its owner only."""
+    """The shared MAC key: the raw bytes of a non-empty file readable by its owner only."""
     if not isinstance(path, str) or not path:
         raise ConfigError("config 'secret_file' must be a path to the shared secret")
     try:
