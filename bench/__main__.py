@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     res = tbb.run_all(groups, run_dir, plan, print)
     elapsed = time.monotonic() - started
     path = save(run_dir, res.rows, {
-        "machine": info, "native": native_status, "groups": groups, "plan": plan.asdict(), "elapsed_s": round(elapsed, 1),
-        "failures": res.failures,
+        "machine": info, "native": native_status, "groups": groups, "plan": plan.asdict(),
+        "elapsed_s": round(elapsed, 1), "failures": res.failures,
         "command": "python -m bench --quick" if args.quick else "sudo make bench"})
     print()
     print(format_table(res.rows))

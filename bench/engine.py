@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import hmac
 import random
+import statistics
 import sys
 import time
 import tracemalloc
@@ -360,8 +363,8 @@ def bench_first_packet(n: int) -> list[Row]:
         gc.enable()
     rows = []
     for stage in FirstPacket.STAGES:
-        w = sorted(t[stage] for t in warm)[n // 2]
-        c = sorted(t[stage] for t in cold)[n // 2]
+        w = statistics.median(t[stage] for t in warm)
+        c = statistics.median(t[stage] for t in cold)
         rows.append(Row(f"first_packet_cold_us_{stage}", c, "us", "the same, warm", w))
     return rows + _cold_parts(n, evict)
 
@@ -373,12 +376,10 @@ def _cold_p50(fn, n: int, evict) -> float:
         t = time.perf_counter_ns()
         fn(i)
         times.append((time.perf_counter_ns() - t) / 1e3)
-    return sorted(times)[n // 2]
+    return statistics.median(times)
 
 
 def _cold_parts(n: int, evict) -> list[Row]:
-    import hashlib
-    import hmac
     data = bytes(range(256))[:150]           # about a Write carrying a SYN
     mac = _cold_p50(lambda i: wire._sign(SECRET, data), n, evict)
     sha = _cold_p50(lambda i: hmac.new(SECRET, data, hashlib.sha256).digest(), n, evict)

@@ -1124,6 +1124,12 @@ def host_cpu() -> tuple[int, int] | None:
         return None
 
 
+def host_steal(before, after) -> float:
+    """The share of CPU time the host stole between two ``host_cpu`` readings (NaN if either
+    is missing or no time passed)."""
+    return m.steal_share(before, after) if before and after else math.nan
+
+
 def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
     res = Results()
     first = host_cpu()
@@ -1138,12 +1144,10 @@ def run_all(groups, run_dir: Path, plan: Plan, log) -> Results:
             res.rows += getattr(e, "rows", [])
             res.failures.append(f"{name}: {e}")
             log(f"   FAILED: {e}")
-        now = host_cpu()
-        share = m.steal_share(cpu, now) if cpu and now else math.nan
+        share = host_steal(cpu, host_cpu())
         steal = "" if math.isnan(share) else f", {share:.1%} of the CPU time stolen by the host"
         log(f"   ({time.monotonic() - t:.0f} s{steal})")
-    last = host_cpu()
-    share = m.steal_share(first, last) if first and last else math.nan
+    share = host_steal(first, host_cpu())
     if not math.isnan(share):
         # the machines are shared: a run with much steal time has slower, noisier figures
         res.rows.append(Row("host_steal_share", share, "of CPU time"))
