@@ -18,9 +18,21 @@
  *     1 to 64 bytes; None for any other argument. Cold, Python's hashlib call costs about
  *     25 us of a frame's first packet, most of it in the interpreter's argument handling
  *     and objects, not in the hash.
+ * frame_types(version, frame_code, Frame, write_code, Write, answer_code, Answer, ack_code,
+ *             Ack, gone_code, Gone)
+ *     What the two calls below build and read: agents.wire's codes and agents.messages'
+ *     classes, passed in once by agents.wire (their owners).
+ * frame_encode(msg, key) -> payload bytes, or None
+ * frame_decode(data, key) -> Frame, False (a wrong MAC), or None
+ *     agents.wire's fast paths (a Frame with a Write, Answer, Ack or Gone body, or none),
+ *     compiled: the same bytes and values as wire's Python fast paths, which run where these
+ *     return None (anything they do not take: another shape, an unusual type or value, a
+ *     malformed payload). ``key`` is the frame MAC's BLAKE2b key (wire.mac_key). Cold, the
+ *     Python codec costs 25 to 45 us a chain frame, at each node on a new connection's path.
  *
  * The arithmetic is steering.py's, word for word, and RFC 7693's; tests/test_native.py
- * checks both against Python (the steering module, hashlib).
+ * checks both against Python (the steering module, hashlib), and tests/test_wire_fast.py
+ * checks the codec against wire's generic one.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -282,12 +294,397 @@ static PyObject *native_mac(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyBytes_FromStringAndSize((const char *)out, B2_OUT);
 }
 
+/* --- the hot chain frames' codec (agents.wire's fast paths) ------------------------------ */
+
+#define HDR 34            /* version, type, MAC */
+#define MAC_LEN 32
+#define SIGNED_MAX 2048   /* a hot frame's signed part is at most about 1,100 bytes */
+
+enum { F_WRITE, F_ANSWER, F_ACK, F_GONE, F_BODIES };
+
+static int frame_ready;
+static unsigned char frame_version, frame_code_byte, body_code[F_BODIES];
+static PyObject *frame_cls, *body_cls[F_BODIES], *empty_args;
+/* interned attribute names */
+static PyObject *s_src, *s_src_inc, *s_dst_inc, *s_epoch, *s_seq, *s_ack, *s_body, *s_key,
+    *s_ver, *s_nf, *s_packet, *s_released, *s_lookup;
+
+static int intern_names(void)
+{
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&s_src, "src"}, {&s_src_inc, "src_inc"}, {&s_dst_inc, "dst_inc"}, {&s_epoch, "epoch"},
+        {&s_seq, "seq"}, {&s_ack, "ack"}, {&s_body, "body"}, {&s_key, "key"}, {&s_ver, "ver"},
+        {&s_nf, "nf"}, {&s_packet, "packet"}, {&s_released, "released"}, {&s_lookup, "lookup"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return -1;
+    }
+    if (empty_args == NULL && (empty_args = PyTuple_New(0)) == NULL)
+        return -1;
+    return 0;
+}
+
+static int byte_of(PyObject *o, unsigned char *out)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > 255) {
+        PyErr_SetString(PyExc_ValueError, "a code is one byte");
+        return -1;
+    }
+    *out = (unsigned char)v;
+    return 0;
+}
+
+static PyObject *native_frame_types(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 + 2 * F_BODIES) {
+        PyErr_SetString(PyExc_TypeError, "frame_types(version, frame_code, Frame, write_code, "
+                        "Write, answer_code, Answer, ack_code, Ack, gone_code, Gone)");
+        return NULL;
+    }
+    if (intern_names() < 0 || byte_of(args[0], &frame_version) < 0
+        || byte_of(args[1], &frame_code_byte) < 0)
+        return NULL;
+    PyObject *classes[1 + F_BODIES] = {args[2]};
+    for (int i = 0; i < F_BODIES; i++) {
+        if (byte_of(args[3 + 2 * i], &body_code[i]) < 0)
+            return NULL;
+        classes[1 + i] = args[4 + 2 * i];
+    }
+    for (int i = 0; i <= F_BODIES; i++) {
+        if (!PyType_Check(classes[i])) {
+            PyErr_SetString(PyExc_TypeError, "frame_types takes the message classes");
+            return NULL;
+        }
+    }
+    Py_INCREF(classes[0]);
+    Py_XSETREF(frame_cls, classes[0]);
+    for (int i = 0; i < F_BODIES; i++) {
+        Py_INCREF(classes[1 + i]);
+        Py_XSETREF(body_cls[i], classes[1 + i]);
+    }
+    frame_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* --- encode */
+
+typedef struct {
+    unsigned char buf[SIGNED_MAX];
+    size_t n;
+} out_t;
+
+static int put(out_t *o, const void *p, size_t n)
+{
+    if (o->n + n > SIGNED_MAX)
+        return -1;
+    memcpy(o->buf + o->n, p, n);
+    o->n += n;
+    return 0;
+}
+
+static int put_byte(out_t *o, unsigned char b) { return put(o, &b, 1); }
+
+static int put_u64(out_t *o, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (unsigned char)v;
+    return put(o, b, 8);
+}
+
+/* attribute ``name`` of ``obj`` (a new reference), or NULL with no error set */
+static PyObject *attr(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+/* an unsigned 64-bit attribute, as struct's "Q" takes an int (bool included) */
+static int put_q_attr(out_t *o, PyObject *obj, PyObject *name)
+{
+    PyObject *v = attr(obj, name);
+    if (v == NULL)
+        return -1;
+    int ok = PyLong_Check(v);
+    uint64_t x = ok ? PyLong_AsUnsignedLongLong(v) : 0;
+    Py_DECREF(v);
+    if (!ok || (x == (uint64_t)-1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    return put_u64(o, x);
+}
+
+/* a length byte and the UTF-8 of an exact str attribute (at most 255 bytes) */
+static int put_text_attr(out_t *o, PyObject *obj, PyObject *name)
+{
+    PyObject *v = attr(obj, name);
+    if (v == NULL)
+        return -1;
+    int rc = -1;
+    if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(v, &n);
+        if (u == NULL)
+            PyErr_Clear();           /* a lone surrogate */
+        else if (n <= 255 && put_byte(o, (unsigned char)n) == 0)
+            rc = put(o, u, (size_t)n);
+    }
+    Py_DECREF(v);
+    return rc;
+}
+
+/* a length byte and an exact bytes attribute (at most 255 bytes) */
+static int put_bytes_attr(out_t *o, PyObject *obj, PyObject *name)
+{
+    PyObject *v = attr(obj, name);
+    if (v == NULL)
+        return -1;
+    int rc = -1;
+    if (PyBytes_CheckExact(v) && PyBytes_GET_SIZE(v) <= 255
+        && put_byte(o, (unsigned char)PyBytes_GET_SIZE(v)) == 0)
+        rc = put(o, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+    Py_DECREF(v);
+    return rc;
+}
+
+static int mac_key_ok(PyObject *key)
+{
+    return PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) >= 1
+        && PyBytes_GET_SIZE(key) <= B2_MAX_KEY;
+}
+
+static PyObject *native_frame_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "frame_encode(msg, key)");
+        return NULL;
+    }
+    PyObject *msg = args[0], *key = args[1];
+    if (!frame_ready || (PyObject *)Py_TYPE(msg) != frame_cls || !mac_key_ok(key))
+        Py_RETURN_NONE;
+    PyObject *body = attr(msg, s_body);
+    if (body == NULL)
+        Py_RETURN_NONE;
+    int shape = -1;                  /* -1: none (a pure link ack) */
+    if (body != Py_None) {
+        for (int i = 0; i < F_BODIES; i++)
+            if ((PyObject *)Py_TYPE(body) == body_cls[i])
+                shape = i;
+        if (shape < 0) {
+            Py_DECREF(body);
+            Py_RETURN_NONE;
+        }
+    }
+    out_t o;
+    o.n = 0;
+    int bad = put_byte(&o, frame_version) || put_byte(&o, frame_code_byte)
+        || put_text_attr(&o, msg, s_src) || put_q_attr(&o, msg, s_src_inc)
+        || put_q_attr(&o, msg, s_dst_inc) || put_q_attr(&o, msg, s_epoch)
+        || put_q_attr(&o, msg, s_seq) || put_q_attr(&o, msg, s_ack)
+        || put_byte(&o, shape < 0 ? 0 : body_code[shape]);
+    if (!bad && shape >= 0) {
+        bad = put_bytes_attr(&o, body, s_key) || put_q_attr(&o, body, s_ver);
+        if (!bad && shape != F_GONE)
+            bad = put_text_attr(&o, body, s_nf);
+        if (!bad && shape == F_ANSWER) {
+            PyObject *r = attr(body, s_released);
+            bad = r == NULL || !PyBool_Check(r) || put_byte(&o, r == Py_True)
+                || put_q_attr(&o, body, s_lookup);
+            Py_XDECREF(r);
+        } else if (!bad && shape == F_WRITE) {
+            bad = put_bytes_attr(&o, body, s_packet) || put_q_attr(&o, body, s_lookup);
+        }
+    }
+    Py_DECREF(body);
+    if (bad)
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(o.n + MAC_LEN));
+    if (out == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    p[0] = o.buf[0];
+    p[1] = o.buf[1];
+    b2_keyed(p + 2, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
+             o.buf, o.n);
+    memcpy(p + 2 + MAC_LEN, o.buf + 2, o.n - 2);
+    return out;
+}
+
+/* --- decode */
+
+static uint64_t be64(const unsigned char *p)
+{
+    uint64_t x = 0;
+    for (int i = 0; i < 8; i++)
+        x = x << 8 | p[i];
+    return x;
+}
+
+/* a new instance of ``cls`` (object.__new__) with ``n`` attributes set past its
+ * __setattr__ (a frozen dataclass's own __init__ sets them so); steals ``vals`` */
+static PyObject *build(PyObject *cls, PyObject **names, PyObject **vals, int n)
+{
+    PyObject *obj = NULL;
+    for (int i = 0; i < n; i++)
+        if (vals[i] == NULL)
+            goto done;
+    obj = PyBaseObject_Type.tp_new((PyTypeObject *)cls, empty_args, NULL);
+    for (int i = 0; obj != NULL && i < n; i++) {
+        if (PyObject_GenericSetAttr(obj, names[i], vals[i]) < 0)
+            Py_CLEAR(obj);
+    }
+done:
+    for (int i = 0; i < n; i++)
+        Py_XDECREF(vals[i]);
+    return obj;
+}
+
+/* UTF-8 text, or NULL with no error set (malformed) */
+static PyObject *text(const unsigned char *p, size_t n)
+{
+    PyObject *v = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "strict");
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear();
+    return v;
+}
+
+/* the body at s[off:len] of shape ``shape``, or NULL (no error set: malformed) */
+static PyObject *parse_body(int shape, const unsigned char *s, size_t off, size_t len)
+{
+    if (off >= len)
+        return NULL;
+    size_t end = off + 1 + s[off];
+    if (shape == F_GONE) {
+        if (end + 8 != len)
+            return NULL;
+        PyObject *names[] = {s_key, s_ver};
+        PyObject *vals[] = {PyBytes_FromStringAndSize((const char *)s + off + 1, s[off]),
+                            PyLong_FromUnsignedLongLong(be64(s + end))};
+        return build(body_cls[F_GONE], names, vals, 2);
+    }
+    if (end + 9 > len)
+        return NULL;
+    uint64_t ver = be64(s + end);
+    size_t nf_at = end + 9, after = nf_at + s[end + 8];
+    if (after > len)
+        return NULL;
+    if (shape == F_ACK) {
+        if (after != len)
+            return NULL;
+        PyObject *names[] = {s_key, s_ver, s_nf};
+        PyObject *vals[] = {PyBytes_FromStringAndSize((const char *)s + off + 1, s[off]),
+                            PyLong_FromUnsignedLongLong(ver), text(s + nf_at, after - nf_at)};
+        return build(body_cls[F_ACK], names, vals, 3);
+    }
+    if (shape == F_ANSWER) {
+        if (after + 9 != len || s[after] > 1)
+            return NULL;
+        PyObject *released = s[after] ? Py_True : Py_False;
+        Py_INCREF(released);
+        PyObject *names[] = {s_key, s_ver, s_nf, s_released, s_lookup};
+        PyObject *vals[] = {PyBytes_FromStringAndSize((const char *)s + off + 1, s[off]),
+                            PyLong_FromUnsignedLongLong(ver), text(s + nf_at, after - nf_at),
+                            released, PyLong_FromUnsignedLongLong(be64(s + after + 1))};
+        return build(body_cls[F_ANSWER], names, vals, 5);
+    }
+    /* F_WRITE */
+    if (after >= len)
+        return NULL;
+    size_t pend = after + 1 + s[after];
+    if (pend + 8 != len)
+        return NULL;
+    PyObject *names[] = {s_key, s_ver, s_nf, s_packet, s_lookup};
+    PyObject *vals[] = {PyBytes_FromStringAndSize((const char *)s + off + 1, s[off]),
+                        PyLong_FromUnsignedLongLong(ver), text(s + nf_at, after - nf_at),
+                        PyBytes_FromStringAndSize((const char *)s + after + 1, s[after]),
+                        PyLong_FromUnsignedLongLong(be64(s + pend))};
+    return build(body_cls[F_WRITE], names, vals, 5);
+}
+
+static PyObject *native_frame_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "frame_decode(data, key)");
+        return NULL;
+    }
+    PyObject *data = args[0], *key = args[1];
+    if (!frame_ready || !PyBytes_CheckExact(data) || !mac_key_ok(key))
+        Py_RETURN_NONE;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    size_t n = (size_t)PyBytes_GET_SIZE(data);
+    if (n <= HDR || n - MAC_LEN > SIGNED_MAX || d[0] != frame_version || d[1] != frame_code_byte)
+        Py_RETURN_NONE;
+    /* the body type, after src and the five longs: not yet authentic, it only picks the path */
+    size_t at = HDR + 1 + d[HDR] + 40;
+    if (at >= n)
+        Py_RETURN_NONE;
+    int shape = d[at] ? -2 : -1;
+    for (int i = 0; i < F_BODIES; i++)
+        if (d[at] == body_code[i])
+            shape = i;
+    if (shape == -2)
+        Py_RETURN_NONE;
+    /* the signed part: version and type, then everything after the MAC */
+    unsigned char s[SIGNED_MAX], mac[MAC_LEN];
+    size_t len = n - MAC_LEN;
+    s[0] = d[0];
+    s[1] = d[1];
+    memcpy(s + 2, d + HDR, n - HDR);
+    b2_keyed(mac, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
+             s, len);
+    unsigned char diff = 0;
+    for (int i = 0; i < MAC_LEN; i++)
+        diff |= mac[i] ^ d[2 + i];
+    if (diff)
+        Py_RETURN_FALSE;
+    /* src, then the five longs and the body type (at <= n - 1 puts them inside s) */
+    size_t off = 3 + (size_t)s[2];
+    PyObject *body = Py_None;
+    Py_INCREF(body);
+    if (shape >= 0) {
+        Py_DECREF(body);
+        body = parse_body(shape, s, off + 41, len);
+        if (body == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+    } else if (off + 41 != len) {
+        Py_DECREF(body);
+        Py_RETURN_NONE;
+    }
+    const unsigned char *l = s + off;
+    PyObject *names[] = {s_src, s_src_inc, s_dst_inc, s_epoch, s_seq, s_ack, s_body};
+    PyObject *vals[] = {text(s + 3, s[2]), PyLong_FromUnsignedLongLong(be64(l)),
+                        PyLong_FromUnsignedLongLong(be64(l + 8)),
+                        PyLong_FromUnsignedLongLong(be64(l + 16)),
+                        PyLong_FromUnsignedLongLong(be64(l + 24)),
+                        PyLong_FromUnsignedLongLong(be64(l + 32)), body};
+    PyObject *frame = build(frame_cls, names, vals, 7);
+    if (frame == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return frame;
+}
+
 static PyMethodDef methods[] = {
     {"flow_hash", native_flow_hash, METH_O, "OVS's symmetric L3/L4 hash of an IPv4 key"},
     {"steered_chain", (PyCFunction)(void (*)(void))native_steered_chain, METH_FASTCALL,
      "the chain of an IPv4 key in a steered view, or None"},
     {"mac", (PyCFunction)(void (*)(void))native_mac, METH_FASTCALL,
      "keyed BLAKE2b-256 of data (a key of 1 to 64 bytes), or None"},
+    {"frame_types", (PyCFunction)(void (*)(void))native_frame_types, METH_FASTCALL,
+     "the codes and classes frame_encode and frame_decode use"},
+    {"frame_encode", (PyCFunction)(void (*)(void))native_frame_encode, METH_FASTCALL,
+     "the payload of a hot chain frame, or None"},
+    {"frame_decode", (PyCFunction)(void (*)(void))native_frame_decode, METH_FASTCALL,
+     "the Frame in a hot chain frame's payload, False for a wrong MAC, or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -470,13 +470,19 @@ def mac_key(secret: bytes) -> bytes:
     return hashlib.blake2b(secret, digest_size=_MAX_KEY, person=_KEY_PERSON).digest()
 
 
-def _sign(secret: bytes, data: bytes) -> bytes:
+def _key_of(secret: bytes) -> bytes:
+    """``mac_key(secret)``, remembered; ValueError for a bad secret."""
     key = _KEYS.get(secret) if type(secret) is bytes else None
     if key is None:
         key = mac_key(secret)
         if len(_KEYS) >= 16:
             _KEYS.clear()
         _KEYS[secret] = key
+    return key
+
+
+def _sign(secret: bytes, data: bytes) -> bytes:
+    key = _key_of(secret)
     if _native is not None:                    # the same bytes, compiled (agents.native)
         mac = _native.mac(key, data)
         if mac is not None:
@@ -584,10 +590,29 @@ _FAST_BODIES = frozenset(_FAST_CODE.values())
 # their __init__ makes (a frozen dataclass's sets each field through object.__setattr__), at
 # well under half its cost. The check above fails the import if they gain a __post_init__.
 _new = object.__new__
+# the same two paths compiled (agents/native.c), told the codes and classes they build
+_codec = _native if _native is not None and hasattr(_native, "frame_types") else None
+if _codec is not None:
+    _codec.frame_types(VERSION, _MSG_CODE[m.Frame], m.Frame, _WRITE, m.Write, _ANSWER, m.Answer,
+                       _ACK, m.Ack, _GONE, m.Gone)
 
 
 def _encode_fast(msg, secret: bytes) -> bytes | None:
-    """``encode`` of a Frame of a hot shape whose values are plainly valid; None otherwise."""
+    """``encode`` of a Frame of a hot shape whose values are plainly valid; None otherwise
+    (compiled where agents.native is built, else ``_encode_fast_py``)."""
+    if _codec is not None:
+        try:
+            key = _key_of(secret)
+        except ValueError:
+            return None
+        payload = _codec.frame_encode(msg, key)
+        if payload is not None:
+            return payload
+    return _encode_fast_py(msg, secret)
+
+
+def _encode_fast_py(msg, secret: bytes) -> bytes | None:
+    """``_encode_fast`` in Python."""
     if type(msg) is not m.Frame:
         return None
     b = msg.body
@@ -633,7 +658,23 @@ def _encode_fast(msg, secret: bytes) -> bytes | None:
 
 def _decode_fast(data: bytes, secret: bytes):
     """``decode`` of an authentic, well-formed Frame of a hot shape; None for anything else
-    (another message, an unusual or malformed payload), WireError if its MAC is wrong."""
+    (another message, an unusual or malformed payload), WireError if its MAC is wrong
+    (compiled where agents.native is built, else ``_decode_fast_py``)."""
+    if _codec is not None:
+        try:
+            key = _key_of(secret)
+        except ValueError:
+            return None
+        msg = _codec.frame_decode(data, key)
+        if msg is False:
+            raise WireError(_BAD_HMAC)
+        if msg is not None:
+            return msg
+    return _decode_fast_py(data, secret)
+
+
+def _decode_fast_py(data: bytes, secret: bytes):
+    """``_decode_fast`` in Python."""
     if type(data) is not bytes or len(data) <= _HDR_LEN or data[:2] != _FRAME_HEAD:
         return None
     # the body type, after src and the five longs: not yet authentic, it only picks the path

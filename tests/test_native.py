@@ -9,11 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents import messages as m
 from agents import wire
 from agents.chain import View
 from agents.keys import flow_key
 from agents.native import native, status
 from agents.steering import flow_hash
+from test_wire_fast import SAMPLES, hot_frames, mutate, mutations, secrets, shape
 
 built = pytest.mark.skipif(native is None, reason=f"agents/native.c: {status}")
 
@@ -77,6 +79,68 @@ def test_what_it_does_not_take_is_left_to_python():
     assert v.chain(ipv6) == v._steered_chain_py(ipv6) and len(v.chain(ipv6)) == 2
     with pytest.raises(TypeError):
         native.steered_chain(bytes(13), seeds)
+
+
+@built
+@settings(max_examples=400)
+@given(msg=hot_frames, secret=secrets)
+def test_the_frame_codec_is_the_python_one(msg, secret):
+    key = wire.mac_key(secret)
+    payload = native.frame_encode(msg, key)
+    assert payload is not None and payload == wire._encode_fast_py(msg, secret)
+    got = native.frame_decode(payload, key)
+    assert shape(got) == shape(wire._decode_fast_py(payload, secret)) == shape(msg)
+
+
+def python_decode(data, secret):
+    try:
+        return shape(wire._decode_fast_py(data, secret))
+    except wire.WireError:
+        return False
+
+
+@built
+@settings(max_examples=1500)
+@given(hot_frames, secrets, st.lists(mutations, min_size=1, max_size=3), st.booleans())
+def test_the_frame_decoder_takes_what_python_takes(msg, secret, edits, resign):
+    """Corrupted payloads (the MAC wrong) and authentic malformed ones: the compiled decoder
+    gives Python's Frame, says False where Python says the MAC is wrong, or leaves it (None)."""
+    key = wire.mac_key(secret)
+    data = wire._encode_fast_py(msg, secret)
+    target = data[:2] + data[wire._HDR_LEN:] if resign else data
+    for op, pos, byte in edits:
+        target = mutate(target, op, pos, byte)
+    if resign:
+        target = target[:2] + native.mac(key, target) + target[2:]
+    got = native.frame_decode(target, key)
+    if got is not None:
+        assert (got if got is False else shape(got)) == python_decode(target, secret)
+
+
+@built
+def test_the_frame_codec_leaves_other_arguments_to_python():
+    msg, key = SAMPLES[0], wire.mac_key(b"k")
+    data = native.frame_encode(msg, key)
+    assert native.frame_encode(msg, b"") is None and native.frame_encode(msg, bytes(65)) is None
+    assert native.frame_encode(m.Heartbeat("lb1", 1, 1), key) is None
+    assert native.frame_encode(m.Frame("lb1", 1, 1, 1, 1, 1, m.Query(b"k", "nf1")), key) is None
+    assert native.frame_decode(bytearray(data), key) is None and native.frame_decode(data, b"") is None
+    assert native.frame_decode(data[:-1], key) is False               # the MAC covers every byte
+    assert native.frame_decode(data, wire.mac_key(b"j")) is False
+    with pytest.raises(TypeError):
+        native.frame_decode(data)
+
+
+@built
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda f: type(f.body).__name__)
+def test_the_wire_codes_hot_frames_compiled(msg, monkeypatch):
+    data = wire.encode(msg, b"k")
+
+    def python(*args):
+        raise AssertionError("Python fast path taken")
+    monkeypatch.setattr(wire, "_encode_fast_py", python)
+    monkeypatch.setattr(wire, "_decode_fast_py", python)
+    assert wire.encode(msg, b"k") == data and wire.decode(data, b"k") == msg
 
 
 def test_it_is_built_where_setup_ran():

@@ -1,7 +1,10 @@
 """Fast paths of agents.wire (hot chain frames: a Write, Answer, Ack or Gone body, or none)
-against the generic codecs: the same bytes, the same values, the same refusals."""
+against the generic codecs: the same bytes, the same values, the same refusals. Each test
+takes both fast paths: ``_encode_fast``/``_decode_fast`` (compiled where agents.native is
+built) and ``_encode_fast_py``/``_decode_fast_py``."""
 import copy
 import dataclasses
+import itertools
 import pickle
 
 import pytest
@@ -93,9 +96,10 @@ def check_decode(data: bytes, secret: bytes = SECRET):
     path alone accepts nothing the generic one refuses."""
     generic = outcome(wire._decode_generic, data, secret)
     assert outcome(wire.decode, data, secret) == generic
-    fast = outcome(wire._decode_fast, data, secret)
-    if fast != ("value", shape(None)):  # None: left to the generic path
-        assert fast == generic
+    for fast_path in (wire._decode_fast, wire._decode_fast_py):
+        fast = outcome(fast_path, data, secret)
+        if fast != ("value", shape(None)):  # None: left to the generic path
+            assert fast == generic
     return generic
 
 
@@ -108,13 +112,15 @@ def test_fast_matches_generic(shape_name, data, secret):
     msg = data.draw(HOT[shape_name])
     fast = wire._encode_fast(msg, secret)
     assert fast is not None, "a hot frame must take the fast path"
-    assert fast == wire._encode_generic(msg, secret) == wire.encode(msg, secret)
+    assert fast == wire._encode_generic(msg, secret) == wire.encode(msg, secret) == \
+        wire._encode_fast_py(msg, secret)
     assert fast == sign(signed_part(fast), secret)  # the MAC over the same bytes
     assert wire.frame_bytes(b"\xaa" * 6, b"\xbb" * 6, msg, secret) == \
         b"\xaa" * 6 + b"\xbb" * 6 + b"\x88\xb5" + fast
     got = wire._decode_fast(fast, secret)
     assert got is not None, "a hot frame must take the fast path"
-    assert shape(got) == shape(wire._decode_generic(fast, secret)) == shape(wire.decode(fast, secret))
+    assert shape(got) == shape(wire._decode_generic(fast, secret)) == shape(wire.decode(fast, secret)) \
+        == shape(wire._decode_fast_py(fast, secret))
     assert got == msg and shape(got) == shape(msg)
 
 
@@ -136,17 +142,17 @@ def test_hot_frames_do_not_touch_the_generic_path(msg, monkeypatch):
     m.Heartbeat("lb1", 4, 1000), m.Hello("lb2", 7, 123), m.ViewMsg(1, 3, "chain", (), ()),
 ], ids=lambda x: type(x.body if isinstance(x, m.Frame) else x).__name__)
 def test_other_messages_take_the_generic_path(msg):
-    assert wire._encode_fast(msg, SECRET) is None
+    assert wire._encode_fast(msg, SECRET) is None and wire._encode_fast_py(msg, SECRET) is None
     data = wire.encode(msg, SECRET)
     assert data == wire._encode_generic(msg, SECRET)
-    assert wire._decode_fast(data, SECRET) is None
+    assert wire._decode_fast(data, SECRET) is None and wire._decode_fast_py(data, SECRET) is None
     assert wire.decode(data, SECRET) == msg
 
 
 def test_fast_decoded_objects_are_ordinary_dataclasses():
-    """The fast decoder fills instances without __init__: they must behave as built ones."""
-    for msg in SAMPLES:
-        got = wire._decode_fast(wire.encode(msg, SECRET), SECRET)
+    """The fast decoders fill instances without __init__: they must behave as built ones."""
+    for msg, decode in itertools.product(SAMPLES, (wire._decode_fast, wire._decode_fast_py)):
+        got = decode(wire.encode(msg, SECRET), SECRET)
         assert got is not msg and got == msg and hash(got) == hash(msg) and repr(got) == repr(msg)
         assert pickle.loads(pickle.dumps(got)) == msg and copy.deepcopy(got) == msg
         assert dataclasses.replace(got, seq=99) == dataclasses.replace(msg, seq=99)
@@ -210,9 +216,10 @@ UNUSUAL = [  # each refused by the generic encoder, or encoded by it (str and by
 @pytest.mark.parametrize("secret", [SECRET, b"", "text"], ids=["secret", "empty", "str"])
 def test_encode_of_unusual_values_is_the_generic_one(msg, secret):
     assert outcome(wire.encode, msg, secret) == outcome(wire._encode_generic, msg, secret)
-    fast = outcome(wire._encode_fast, msg, secret)
-    if fast != ("value", shape(None)):
-        assert fast == outcome(wire._encode_generic, msg, secret)
+    for fast_path in (wire._encode_fast, wire._encode_fast_py):
+        fast = outcome(fast_path, msg, secret)
+        if fast != ("value", shape(None)):
+            assert fast == outcome(wire._encode_generic, msg, secret)
 
 
 @pytest.mark.parametrize("secret", [b"", "text", None, bytearray(SECRET)], ids=repr)
@@ -306,7 +313,7 @@ Q = (5).to_bytes(8, "big")
 ], ids=lambda x: x if isinstance(x, str) else None)
 def test_authentic_but_malformed_refused_alike(signed, message):
     data = sign(signed)
-    assert wire._decode_fast(data, SECRET) is None
+    assert wire._decode_fast(data, SECRET) is None and wire._decode_fast_py(data, SECRET) is None
     kind, text = check_decode(data)
     assert kind == "WireError" and message in text
 
@@ -331,5 +338,6 @@ def test_bytearray_memoryview_and_wrong_secret(msg):
     assert wire.decode(bytearray(data), SECRET) == wire.decode(memoryview(data), SECRET) == msg
     kind, text = check_decode(data, SECRET[:-1] + b"x")
     assert kind == "WireError" and "bad MAC" in text
-    with pytest.raises(WireError, match="bad MAC"):  # itself: a forged frame costs one MAC
-        wire._decode_fast(data, SECRET[:-1] + b"x")
+    for decode in (wire._decode_fast, wire._decode_fast_py):
+        with pytest.raises(WireError, match="bad MAC"):  # itself: a forged frame costs one MAC
+            decode(data, SECRET[:-1] + b"x")
