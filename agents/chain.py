@@ -463,7 +463,7 @@ class ChainNode:
             return self._finish(now)
         if msg.src_inc <= self._retired.get(src, 0):
             return self._finish(now)                      # a life that left the view
-        link = self._links.setdefault(src, _Link(self.rto))
+        link = self._link(src)
         if msg.src_inc < link.peer_inc:
             return self._finish(now)                      # from a previous incarnation
         if msg.src_inc > link.peer_inc:
@@ -770,13 +770,20 @@ class ChainNode:
             return
         if dst not in self.view.members:
             return
-        link = self._links.setdefault(dst, _Link(self.rto))
+        link = self._link(dst)
         frame = Frame(self.id, self.inc, link.peer_inc, self.view.epoch, link.next_seq,
                       link.expected - 1, body)
         link.unacked[link.next_seq] = [frame, now]
         link.next_seq += 1
         link.ack_due = False
         self._emit(dst, frame)
+
+    def _link(self, peer: str) -> _Link:
+        """The link with ``peer``, made on first use (not built per frame to be dropped)."""
+        link = self._links.get(peer)
+        if link is None:
+            link = self._links[peer] = _Link(self.rto)
+        return link
 
     def _resend(self, dst: str, link: _Link) -> None:
         """Send the link's unacked frames again now, addressed to the peer's incarnation."""
