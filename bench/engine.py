@@ -13,8 +13,9 @@ Every figure stands next to a plain-dict baseline measured in the same run:
 - a new connection's first packet through three LB nodes' packet logic (``Datapath``, frames
   through ``wire`` as the agents send them), per stage, with the caches cold (a 32 MB copy
   before each frame, as the agents find them: compare the testbed's ``first-packet`` group)
-  vs the same stage warm; and two of its parts cold: the frame MAC (keyed BLAKE2b) vs
-  HMAC-SHA256, ranking a new key's chain (``agents.native``) vs the same in Python.
+  vs the same stage warm; and three of its parts cold: the frame MAC (keyed BLAKE2b) vs
+  HMAC-SHA256, ranking a new key's chain (``agents.native``) vs the same in Python, and a
+  Write carrying a SYN encoded and decoded by wire's fast paths, compiled vs in Python.
 
 Writes ``results/bench-engine/<run-id>/engine.csv``, points ``results/bench-engine/latest``
 at it and prints a table. Needs neither root nor a network.
@@ -37,7 +38,7 @@ from agents import lb as lb_agent
 from agents import wire
 from agents.chain import ChainNode, Decision, Send, View
 from agents.datapath import Datapath
-from agents.messages import LBInfo, NFInfo, ViewMsg
+from agents.messages import Frame, LBInfo, NFInfo, ViewMsg, Write
 from agents.keys import flow_key_raw
 from bench import REPO, Row, format_table, new_run_dir, point_latest, write_csv
 
@@ -387,8 +388,19 @@ def _cold_parts(n: int, evict) -> list[Row]:
     keys = make_keys(n, seed=5)
     ranked = _cold_p50(lambda i: view._steered_chain(keys[i]), n, evict)
     ranked_py = _cold_p50(lambda i: view._steered_chain_py(keys[i]), n, evict)
+    # a Write carrying a SYN, encoded and decoded: wire's fast paths, compiled and in Python
+    write = Frame("lb1", 3, 2, 7, 12, 11, Write(keys[0], 672137217, "nf1", bytes(60), 7))
+    payload = wire.encode(write, SECRET)
+
+    def codec(encode, decode):
+        return lambda i: decode(encode(write, SECRET), SECRET)
+    compiled = _cold_p50(codec(wire._encode_fast, wire._decode_fast), n, evict)
+    python = _cold_p50(codec(wire._encode_fast_py, wire._decode_fast_py), n, evict)
+    if wire._decode_fast(payload, SECRET) != write:
+        raise RuntimeError("the chain frame codec does not give back the frame it encoded")
     return [Row("frame_mac_cold_us", mac, "us", "HMAC-SHA256, cold", sha),
-            Row("chain_rank_cold_us", ranked, "us", "in Python, cold", ranked_py)]
+            Row("chain_rank_cold_us", ranked, "us", "in Python, cold", ranked_py),
+            Row("chain_frame_codec_cold_us", compiled, "us", "in Python, cold", python)]
 
 
 def run(scale: float = 1.0, repeat: int = 3) -> list[Row]:

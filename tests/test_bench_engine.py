@@ -116,7 +116,7 @@ def test_engine_main_writes_csv_and_prints_table(tmp_path, capsys):
     assert metrics == ["cached_lookups_per_s", "committed_inserts_per_s", "frames_per_insert",
                        "data_frames_per_insert", "bytes_per_insert", "memory_per_entry_bytes",
                        *(f"first_packet_cold_us_{s}" for s in engine.FirstPacket.STAGES),
-                       "frame_mac_cold_us", "chain_rank_cold_us"]
+                       "frame_mac_cold_us", "chain_rank_cold_us", "chain_frame_codec_cold_us"]
     assert all(r.value > 0 and r.baseline_value and r.baseline for r in rows)
     for m in metrics:
         assert m in out
