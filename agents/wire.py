@@ -22,7 +22,9 @@ captured frame. ``encode``/``decode`` run per chain frame in the agents, so they
 through scapy's (slow) packet objects: they use ``struct`` codecs compiled once, at import,
 from the layers' ``fields_desc``; the tests check both give the same bytes and values. The
 commonest chain frames (a Write, Answer, Ack or Gone, or a pure link ack) take hand-written
-fast paths instead, checked against those codecs (tests/test_wire_fast.py).
+fast paths instead, checked against those codecs (tests/test_wire_fast.py): compiled
+(``agents.native``, where built; cold, a Write carrying a SYN encoded and decoded costs 37 us
+against 83 in Python: make bench-engine, chain_frame_codec_cold_us), else in Python.
 
 Field conventions: integers are unsigned big-endian (versions, sequence numbers, epochs:
 64 bits); keys are bytes and names are UTF-8 text, each behind a 1-byte length (at most
@@ -597,17 +599,27 @@ if _codec is not None:
                        _ACK, m.Ack, _GONE, m.Gone)
 
 
+def _compiled_key(secret: bytes) -> bytes | None:
+    """The MAC key of ``secret`` for the compiled codec; None where it is not built or the
+    secret is bad (the fast paths then take nothing: the generic ones say what is wrong)."""
+    if _codec is None:
+        return None
+    try:
+        return _key_of(secret)
+    except ValueError:
+        return None
+
+
 def _encode_fast(msg, secret: bytes) -> bytes | None:
     """``encode`` of a Frame of a hot shape whose values are plainly valid; None otherwise
     (compiled where agents.native is built, else ``_encode_fast_py``)."""
-    if _codec is not None:
-        try:
-            key = _key_of(secret)
-        except ValueError:
-            return None
+    key = _compiled_key(secret)
+    if key is not None:
         payload = _codec.frame_encode(msg, key)
         if payload is not None:
             return payload
+    elif _codec is not None:
+        return None                     # a bad secret
     return _encode_fast_py(msg, secret)
 
 
@@ -660,16 +672,15 @@ def _decode_fast(data: bytes, secret: bytes):
     """``decode`` of an authentic, well-formed Frame of a hot shape; None for anything else
     (another message, an unusual or malformed payload), WireError if its MAC is wrong
     (compiled where agents.native is built, else ``_decode_fast_py``)."""
-    if _codec is not None:
-        try:
-            key = _key_of(secret)
-        except ValueError:
-            return None
+    key = _compiled_key(secret)
+    if key is not None:
         msg = _codec.frame_decode(data, key)
         if msg is False:
             raise WireError(_BAD_HMAC)
         if msg is not None:
             return msg
+    elif _codec is not None:
+        return None                     # a bad secret
     return _decode_fast_py(data, secret)
 
 

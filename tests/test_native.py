@@ -144,5 +144,7 @@ def test_the_wire_codes_hot_frames_compiled(msg, monkeypatch):
 
 
 def test_it_is_built_where_setup_ran():
-    """The agents run the compiled ranking (a missing build would fall back silently)."""
+    """The agents run the compiled helpers (a missing or stale build would fall back
+    silently)."""
     assert native is not None, f"agents/native.c: {status}: run make setup"
+    assert wire._codec is native, "the build predates the frame codec: run make setup"
