@@ -1,5 +1,6 @@
-"""The LB agent's shell carrying out the packet logic's actions (``agents.lb.Agent.apply``):
-the order they leave in, and where the agent hands its CPU to the switch."""
+"""The LB agent's shell around the packet logic: the order the actions leave in and where the
+agent hands its CPU to the switch (``Agent.apply``), and which socket its loop reads first
+(``Agent.run``)."""
 from __future__ import annotations
 
 import os
@@ -49,3 +50,50 @@ def test_the_tail_yields_once_after_the_first_packet_when_chain_frames_follow(ag
 def test_no_yield_where_nothing_but_packets_follow(agent, actions, events):
     agent.apply(actions)
     assert agent.events == events
+
+
+class _Stub:
+    """The packet logic's timers, with nothing to do."""
+
+    def tick(self, now):
+        return []
+
+    def housekeeping(self, now):
+        return []
+
+
+def test_the_cluster_network_is_read_before_the_data_packets(monkeypatch):
+    """Both sockets ready at once: the cluster socket's frames (an Answer) are handled before
+    the data socket's (the SYN-ACK it decides), which are then sent at once, not held."""
+    import gc
+    import socket
+    threshold = gc.get_threshold()
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        a = object.__new__(lb.Agent)
+        (a.csock, cpeer), (a.sock, speer), (a.ctl, _) = pairs
+        for s in (a.csock, a.sock, a.ctl):
+            s.setblocking(False)
+        a.dp, a.trace, a.fp, a.running = _Stub(), None, None, True
+        a.counts = {"cluster_rx": 0}
+        order = []
+
+        def drain(sock, now):
+            order.append("cluster" if sock is a.csock else "data")
+            sock.recv(100)
+            if len(order) == 2:
+                a.running = False
+            return 1
+        for name in ("cluster_tick", "heartbeat", "log_decisions", "write_stats", "serve_control"):
+            monkeypatch.setattr(a, name, lambda *args: None, raising=False)
+        monkeypatch.setattr(a, "drain", drain, raising=False)
+        speer.send(b"syn-ack")               # the data packet first, on the wire
+        cpeer.send(b"answer")
+        a.run()
+        assert order == ["cluster", "data"]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        for pair in pairs:
+            for s in pair:
+                s.close()
