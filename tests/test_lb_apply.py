@@ -3,7 +3,9 @@ agent hands its CPU to the switch (``Agent.apply``), and which socket its loop r
 (``Agent.run``)."""
 from __future__ import annotations
 
+import gc
 import os
+import socket
 
 import pytest
 
@@ -65,8 +67,6 @@ class _Stub:
 def test_the_cluster_network_is_read_before_the_data_packets(monkeypatch):
     """Both sockets ready at once: the cluster socket's frames (an Answer) are handled before
     the data socket's (the SYN-ACK it decides), which are then sent at once, not held."""
-    import gc
-    import socket
     threshold = gc.get_threshold()
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3)]
     try:
