@@ -276,6 +276,13 @@ static void b2_keyed(unsigned char out[B2_OUT], const unsigned char *key, size_t
         out[i] = (unsigned char)(h[i / 8] >> (8 * (i % 8)));
 }
 
+/* a BLAKE2b key: 1 to 64 bytes */
+static int mac_key_ok(PyObject *key)
+{
+    return PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) >= 1
+        && PyBytes_GET_SIZE(key) <= B2_MAX_KEY;
+}
+
 static PyObject *native_mac(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -283,21 +290,17 @@ static PyObject *native_mac(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     PyObject *key = args[0], *data = args[1];
-    if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(data))
-        Py_RETURN_NONE;
-    Py_ssize_t klen = PyBytes_GET_SIZE(key);
-    if (klen < 1 || klen > B2_MAX_KEY)
+    if (!mac_key_ok(key) || !PyBytes_CheckExact(data))
         Py_RETURN_NONE;
     unsigned char out[B2_OUT];
-    b2_keyed(out, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)klen,
+    b2_keyed(out, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
              (const unsigned char *)PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
     return PyBytes_FromStringAndSize((const char *)out, B2_OUT);
 }
 
 /* --- the hot chain frames' codec (agents.wire's fast paths) ------------------------------ */
 
-#define HDR 34            /* version, type, MAC */
-#define MAC_LEN 32
+#define HDR (2 + B2_OUT)  /* version, type, MAC */
 #define SIGNED_MAX 2048   /* a hot frame's signed part is at most about 1,100 bytes */
 
 enum { F_WRITE, F_ANSWER, F_ACK, F_GONE, F_BODIES };
@@ -454,12 +457,6 @@ static int put_bytes_attr(out_t *o, PyObject *obj, PyObject *name)
     return rc;
 }
 
-static int mac_key_ok(PyObject *key)
-{
-    return PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) >= 1
-        && PyBytes_GET_SIZE(key) <= B2_MAX_KEY;
-}
-
 static PyObject *native_frame_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -505,7 +502,7 @@ static PyObject *native_frame_encode(PyObject *self, PyObject *const *args, Py_s
     Py_DECREF(body);
     if (bad)
         Py_RETURN_NONE;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(o.n + MAC_LEN));
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(o.n + B2_OUT));
     if (out == NULL)
         return NULL;
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
@@ -513,7 +510,7 @@ static PyObject *native_frame_encode(PyObject *self, PyObject *const *args, Py_s
     p[1] = o.buf[1];
     b2_keyed(p + 2, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
              o.buf, o.n);
-    memcpy(p + 2 + MAC_LEN, o.buf + 2, o.n - 2);
+    memcpy(p + 2 + B2_OUT, o.buf + 2, o.n - 2);
     return out;
 }
 
@@ -619,7 +616,7 @@ static PyObject *native_frame_decode(PyObject *self, PyObject *const *args, Py_s
         Py_RETURN_NONE;
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
     size_t n = (size_t)PyBytes_GET_SIZE(data);
-    if (n <= HDR || n - MAC_LEN > SIGNED_MAX || d[0] != frame_version || d[1] != frame_code_byte)
+    if (n <= HDR || n - B2_OUT > SIGNED_MAX || d[0] != frame_version || d[1] != frame_code_byte)
         Py_RETURN_NONE;
     /* the body type, after src and the five longs: not yet authentic, it only picks the path */
     size_t at = HDR + 1 + d[HDR] + 40;
@@ -632,15 +629,15 @@ static PyObject *native_frame_decode(PyObject *self, PyObject *const *args, Py_s
     if (shape == -2)
         Py_RETURN_NONE;
     /* the signed part: version and type, then everything after the MAC */
-    unsigned char s[SIGNED_MAX], mac[MAC_LEN];
-    size_t len = n - MAC_LEN;
+    unsigned char s[SIGNED_MAX], mac[B2_OUT];
+    size_t len = n - B2_OUT;
     s[0] = d[0];
     s[1] = d[1];
     memcpy(s + 2, d + HDR, n - HDR);
     b2_keyed(mac, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
              s, len);
     unsigned char diff = 0;
-    for (int i = 0; i < MAC_LEN; i++)
+    for (int i = 0; i < B2_OUT; i++)
         diff |= mac[i] ^ d[2 + i];
     if (diff)
         Py_RETURN_FALSE;

@@ -601,7 +601,7 @@ if _codec is not None:
 
 def _compiled_key(secret: bytes) -> bytes | None:
     """The MAC key of ``secret`` for the compiled codec; None where it is not built or the
-    secret is bad (the fast paths then take nothing: the generic ones say what is wrong)."""
+    secret is bad (the Python fast paths then run, and say so as they always have)."""
     if _codec is None:
         return None
     try:
@@ -618,8 +618,6 @@ def _encode_fast(msg, secret: bytes) -> bytes | None:
         payload = _codec.frame_encode(msg, key)
         if payload is not None:
             return payload
-    elif _codec is not None:
-        return None                     # a bad secret
     return _encode_fast_py(msg, secret)
 
 
@@ -679,8 +677,6 @@ def _decode_fast(data: bytes, secret: bytes):
             raise WireError(_BAD_HMAC)
         if msg is not None:
             return msg
-    elif _codec is not None:
-        return None                     # a bad secret
     return _decode_fast_py(data, secret)
 
 
