@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from agents.conntrack import CtTimeouts
+from agents.lb import query
 from topo import testbed as topo
 from topo.testbed import TestbedParams, ip_of, mac_of, next_free_name
 
@@ -566,8 +567,10 @@ class Testbed:
         self._wait_serving(name, "its restart", timeout, admit=True)
 
     def _wait_serving(self, name: str, after: str, timeout: float, admit: bool = False) -> None:
-        """Until LB ``name`` is up at the current epoch; ``admit``: if the controller removed
-        it meanwhile (missed heartbeats), admit it again under its name."""
+        """Until LB ``name`` is up at the current epoch, by the controller and by the agent
+        itself (the controller's record may still be the killed process's last heartbeat,
+        and remove the node a moment later); ``admit``: if the controller removed it
+        meanwhile (missed heartbeats), admit it again under its name."""
         def serving():
             self.check_alive()
             v = self.rest("GET", "/view")
@@ -576,7 +579,12 @@ class Testbed:
                 if admit:
                     self.rest("POST", "/lbs", self._member(name))
                 return None
-            return m["status"] == "up" and m["reported_epoch"] == v["epoch"]
+            if m["status"] != "up" or m["reported_epoch"] != v["epoch"]:
+                return False
+            try:                        # the new process, over its own control socket
+                return query(str(RUN_DIR), name, "status")["epoch"] == v["epoch"]
+            except (OSError, ValueError, KeyError):
+                return False            # still starting: its socket is not there yet
         wait_for(f"{name} to serve again after {after}", serving, timeout, 0.1)
 
     def readmit_lb(self, name: str, timeout: float = 20.0) -> None:
