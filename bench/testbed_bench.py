@@ -3,11 +3,12 @@
 Several testbeds run one after the other (only one may run at a time on a machine), each
 fresh, so that one measurement cannot spoil the next:
 
-- ``datapath``: 1 client, 1 server, 1 LB, 1 NF. ``c1`` floods one UDP 5-tuple at the LB host
-  (raw 60-byte frames, paced at ``datapath_flood_pps``); what the LB host sends back is
-  dropped at ``gw``, so that the switch, the NF and the server do not compete for the 2 cores. The LB agent's ``forwarded`` counter
-  over a fixed window, then (agent killed) the bare forwarder's (``bench.forwarder``) on the
-  same host under the same flood.
+- ``datapath``: 1 client, 1 server, 1 LB, 1 NF. One UDP 5-tuple (raw 60-byte frames) is
+  flooded at the LB host, at its link (sent on the switch's end of its veth, unpaced) and
+  through the switch (from ``c1``, paced at ``datapath_flood_pps``); what the LB host sends
+  back is dropped at ``gw``, so that the NF and the server do not compete for the 2 cores.
+  The LB agent's ``forwarded`` counter over a fixed window, then (agent killed) the bare
+  forwarder's (``bench.forwarder``) on the same host under the same floods (``datapath``).
 - ``maglev``, ``chain-L1``, ``chain-L2``, ``chain-L3`` (3 LBs), ``chain-N5``, ``chain-N8``
   (L=3): TCP connect times, sequential connects from c1 to s1, each a new connection. In the
   maglev testbed also on the direct path (higher-priority flows at ``gw`` that send edge
@@ -79,7 +80,7 @@ class Plan:
     connect_rounds: int = 3              # maglev / chain-L3 testbeds in turn (see above)
     datapath_window_s: float = 3.0
     datapath_repeats: int = 3
-    datapath_flood_pps: float = 300_000  # above what either forwarder moves here; 0: unpaced
+    datapath_flood_pps: float = 300_000  # through gw (0: unpaced); at the link: unpaced
     datapath_pin: bool = False           # flood on CPU 0, the LB agent / forwarder on CPU 1
     throughput_s: float = 8.0
     e2e_flows: int = 12                  # the default scenario's first batch ...
@@ -135,16 +136,17 @@ class Session:
         self.n = 0                  # tools started
         self.iperf_runs = 0
 
-    def start(self, host: str, args: list[str], name: str, cpu: int | None = None):
-        """Start ``python -m bench.traffic ARGS --out FILE`` (or another module) in a host,
-        on CPU ``cpu`` only if given."""
+    def start(self, host: str | None, args: list[str], name: str, cpu: int | None = None):
+        """Start ``python -m bench.traffic ARGS --out FILE`` (or another module) in a host (in
+        the root namespace if ``host`` is None), on CPU ``cpu`` only if given."""
         self.n += 1
         name = f"bench-{self.n:03d}-{name}"
         out = self.out / f"{name}.json"
         cmd = [PY, "-m", *args, "--out", str(out)]
         if cpu is not None:
             cmd = ["taskset", "-c", str(cpu)] + cmd
-        return self.tb.spawn(name, cmd, host=self.tb.net[host]), out, name
+        return self.tb.spawn(name, cmd, host=None if host is None else self.tb.net[host]), \
+            out, name
 
     def finish(self, started, timeout: float) -> dict:
         proc, out, name = started
@@ -386,60 +388,108 @@ def pool(connect: dict, label: str, measured: dict) -> None:
     have["frames"] += measured.get("frames", 0)
 
 
+DATAPATH_PATHS = ("link", "gw")   # where the flood enters: see ``datapath``
+
+
 def datapath(s: Session) -> list[Row]:
+    """One UDP 5-tuple flooded at the LB host, the LB agent's forwarding rate against the bare
+    forwarder's (``bench.forwarder``) on the same host under the same flood, on two paths:
+
+    - ``link``: the flood enters the LB host's link where the switch's side of it is (sent on
+      that veth end, in the root namespace, unpaced): the LB host alone, as a traffic
+      generator on its wire would measure it (``datapath_pps``);
+    - ``gw``: from ``c1`` through the switch, paced at ``plan.datapath_flood_pps``
+      (``datapath_pps_through_gw``): the switch's userspace datapath, one thread that also
+      carries the kernel's work on the frames it sends, caps this one.
+
+    What the LB host sends back is dropped at ``gw``, so the NF and the server do not
+    compete for the 2 cores. Each figure is the best of ``plan.datapath_repeats`` runs."""
     p, tb = s.plan, s.tb
     c1, lb1, nf1 = "c1", "lb1", "nf1"
     s.add_flow(f"priority=250,in_port={topo.port_number(c1)},udp,"
                f"actions=output:{topo.port_number(lb1)}")
     s.add_flow(f"priority=250,in_port={topo.port_number(lb1)},udp,actions=drop")
-    flood = ["bench.traffic", "flood", "--intf", topo.intf_of(c1), "--dst-mac", mac_of("s1"),
-             "--src-ip", ip_of(c1), "--dst-ip", ip_of("s1"), "--rate", str(p.datapath_flood_pps),
-             "--duration", str(1.0 + p.datapath_window_s + 0.5)]
     cpu_flood, cpu_lb = (0, 1) if p.datapath_pin else (None, None)
     if p.datapath_pin:
         pin(tb.procs[lb1].pid, cpu_lb)
-    agent, agent_gw, offered_a = 0.0, 0.0, 0.0
-    for r in range(p.datapath_repeats):
-        started = s.start(c1, flood, "flood-agent", cpu_flood)
-        wait_for("the agent to forward the flood", lambda: forwarded(s.status(lb1)) > 1000,
-                 10, 0.05)
-        time.sleep(0.5)
-        with profiled(s, lb1, "datapath-agent", p.datapath_window_s) if r == 0 else nullcontext():
-            f1, g1, t1 = forwarded(s.status(lb1)), s.port_rx(lb1), time.monotonic()
-            time.sleep(p.datapath_window_s)
-            f2, g2, t2 = forwarded(s.status(lb1)), s.port_rx(lb1), time.monotonic()
-        sent = s.finish(started, 30)
-        pps, gw = (f2 - f1) / (t2 - t1), (g2 - g1) / (t2 - t1)
-        s.log(f"   datapath agent run {r + 1}: {pps:,.0f} pps forwarded ({gw:,.0f} seen at gw), "
-              f"{sent['sent'] / sent['elapsed_s']:,.0f} pps offered")
-        if pps > agent:
-            agent, agent_gw, offered_a = pps, gw, sent["sent"] / sent["elapsed_s"]
+    runs = range(p.datapath_repeats)
+    agent = {path: max(_agent_run(s, path, r, cpu_flood) for r in runs) for path in DATAPATH_PATHS}
     tb.kill_lb(lb1)
-    bare, bare_gw, offered_b = 0.0, 0.0, 0.0
-    for r in range(p.datapath_repeats):
-        fwd = s.start(lb1, ["bench.forwarder", "--intf", topo.intf_of(lb1), "--dst-mac",
-                            mac_of(nf1), "--warmup", "1.0", "--duration", str(p.datapath_window_s)],
-                      "forwarder", cpu_lb)
-        started = s.start(c1, flood, "flood-bare", cpu_flood)
-        t0 = time.monotonic()
-        time.sleep(1.0)
-        g1, t1 = s.port_rx(lb1), time.monotonic()
-        time.sleep(p.datapath_window_s)
-        g2, t2 = s.port_rx(lb1), time.monotonic()
-        doc = s.finish(fwd, 30)
-        sent = s.finish(started, 30)
-        gw = (g2 - g1) / (t2 - t1)
-        s.log(f"   datapath bare forwarder run {r + 1}: {doc['pps']:,.0f} pps forwarded "
-              f"({gw:,.0f} seen at gw), {sent['sent'] / sent['elapsed_s']:,.0f} pps offered "
-              f"(started {t0 - sent['t0']:+.2f} s apart)")
-        if doc["pps"] > bare:
-            bare, bare_gw, offered_b = doc["pps"], gw, sent["sent"] / sent["elapsed_s"]
+    bare = {path: max(_bare_run(s, path, r, cpu_flood, cpu_lb) for r in runs)
+            for path in DATAPATH_PATHS}
     s.del_flows()
-    return [Row("datapath_pps", agent, "packets/s", "bare AF_PACKET forwarder", bare),
-            Row("datapath_pps_seen_at_gw", agent_gw, "packets/s", "bare forwarder, seen at gw",
-                bare_gw),
-            Row("datapath_offered_pps", offered_a, "packets/s", "offered in the bare run",
-                offered_b)]
+    (a, a_gw, a_off), (b, b_gw, b_off) = agent["link"], bare["link"]
+    return [Row("datapath_pps", a, "packets/s", "bare AF_PACKET forwarder", b),
+            Row("datapath_pps_seen_at_gw", a_gw, "packets/s", "bare forwarder, seen at gw", b_gw),
+            Row("datapath_offered_pps", a_off, "packets/s", "offered in the bare run", b_off),
+            Row("datapath_pps_through_gw", agent["gw"][0], "packets/s",
+                "bare forwarder, through gw", bare["gw"][0])]
+
+
+def _flood(s: Session, path: str, cpu: int | None):
+    """Start the flood of ``datapath`` on ``path`` (``DATAPATH_PATHS``)."""
+    p = s.plan
+    if path == "link":      # the same frames as the switch hands the LB host
+        host, intf, rate = None, topo.switch_intf_of("lb1"), 0.0
+    else:
+        host, intf, rate = "c1", topo.intf_of("c1"), p.datapath_flood_pps
+    return s.start(host, ["bench.traffic", "flood", "--intf", intf, "--dst-mac", mac_of("s1"),
+                          "--src-ip", ip_of("c1"), "--dst-ip", ip_of("s1"), "--rate", str(rate),
+                          "--duration", str(1.0 + p.datapath_window_s + 0.5)],
+                   f"flood-{path}", cpu)
+
+
+def _window(s: Session, count=None) -> tuple[float, float]:
+    """Over ``plan.datapath_window_s``: packets/s of ``count()`` (if given) and packets/s the
+    switch's port to lb1 received."""
+    c1 = count() if count else 0
+    g1, t1 = s.port_rx("lb1"), time.monotonic()
+    time.sleep(s.plan.datapath_window_s)
+    c2 = count() if count else 0
+    g2, t2 = s.port_rx("lb1"), time.monotonic()
+    return (c2 - c1) / (t2 - t1), (g2 - g1) / (t2 - t1)
+
+
+def _where(path: str) -> str:
+    return "at the link" if path == "link" else "through gw"
+
+
+def _agent_run(s: Session, path: str, r: int, cpu_flood) -> tuple[float, float, float]:
+    """The LB agent under the flood on ``path``: (packets/s forwarded, packets/s seen at gw,
+    packets/s offered)."""
+    def count() -> int:
+        return forwarded(s.status("lb1"))
+
+    started = _flood(s, path, cpu_flood)
+    wait_for("the agent to forward the flood", lambda: count() > 1000, 10, 0.05)
+    time.sleep(0.5)
+    profile = r == 0 and path == DATAPATH_PATHS[0]
+    with profiled(s, "lb1", "datapath-agent", s.plan.datapath_window_s) if profile \
+            else nullcontext():
+        pps, gw = _window(s, count)
+    sent = s.finish(started, 30)
+    offered = sent["sent"] / sent["elapsed_s"]
+    s.log(f"   datapath agent {_where(path)}, run {r + 1}: {pps:,.0f} pps forwarded "
+          f"({gw:,.0f} seen at gw), {offered:,.0f} pps offered")
+    return pps, gw, offered
+
+
+def _bare_run(s: Session, path: str, r: int, cpu_flood, cpu_lb) -> tuple[float, float, float]:
+    """The bare forwarder, on the LB host, under the flood on ``path`` (as ``_agent_run``)."""
+    fwd = s.start("lb1", ["bench.forwarder", "--intf", topo.intf_of("lb1"), "--dst-mac",
+                          mac_of("nf1"), "--warmup", "1.0",
+                          "--duration", str(s.plan.datapath_window_s)], "forwarder", cpu_lb)
+    started = _flood(s, path, cpu_flood)
+    t0 = time.monotonic()
+    time.sleep(1.0)                            # the forwarder's warmup
+    _, gw = _window(s)
+    pps = s.finish(fwd, 30)["pps"]
+    sent = s.finish(started, 30)
+    offered = sent["sent"] / sent["elapsed_s"]
+    s.log(f"   datapath bare forwarder {_where(path)}, run {r + 1}: {pps:,.0f} pps forwarded "
+          f"({gw:,.0f} seen at gw), {offered:,.0f} pps offered "
+          f"(started {t0 - sent['t0']:+.2f} s apart)")
+    return pps, gw, offered
 
 
 def forwarded(status: dict) -> int:
@@ -1090,7 +1140,7 @@ def connect_rows(samples: dict) -> list[Row]:
 
 
 ORDER = ("datapath_pps", "datapath_pps_seen_at_gw", "datapath_offered_pps",
-         "datapath_pps_fastpath_off", "max_throughput", "max_throughput_fastpath_off",
+         "datapath_pps_through_gw", "datapath_pps_fastpath_off", "max_throughput", "max_throughput_fastpath_off",
          "max_throughput_nf_path", "max_throughput_nf_path_fastpath_off",
          "switch_busy_max_throughput", "agent_cpu_per_gbit_fastpath",
          "first_packet_overhead_ms_p50", "first_packet_overhead_ms_p50_patent",

@@ -514,6 +514,24 @@ def test_forwarder_rewrites_the_destination_mac(tmp_path):
         subprocess.run(["ip", "netns", "del", ns])
 
 
+@pytest.mark.root
+def test_the_datapath_group_measures_the_lb_host_at_its_link_and_through_the_switch(tmp_path):
+    res, logged = tbb.Results(), []
+    tbb.run_group("datapath", tmp_path, tbb.QUICK, res, logged.append)
+    rows = {r.metric: r for r in res.rows}
+    assert set(rows) == {"datapath_pps", "datapath_pps_seen_at_gw", "datapath_offered_pps",
+                         "datapath_pps_through_gw"}
+    assert all(r.value > 0 and r.baseline_value > 0 for r in rows.values())
+    # at the link, the kernel forwards the flood in the sender's own context: it keeps up
+    # with what is offered (Python, the agent's path or the bare forwarder, does not), and
+    # what it forwards comes back on the link
+    at_link = rows["datapath_pps"]
+    assert at_link.value >= 0.8 * rows["datapath_offered_pps"].value
+    assert rows["datapath_pps_seen_at_gw"].value >= 0.8 * at_link.value
+    assert sum("at the link" in line for line in logged) == 2       # agent, bare forwarder
+    assert sum("through gw" in line for line in logged) == 2
+
+
 def test_top_frames_of_collapsed_stacks():
     raw = ("main (lb.py:1);run (lb.py:96) 60\n"
            "main (lb.py:1);run (lb.py:103);decode (wire.py:451) 30\n"
