@@ -405,7 +405,7 @@ def datapath(s: Session) -> list[Row]:
     What the LB host sends back is dropped at ``gw``, so the NF and the server do not
     compete for the 2 cores. Each figure is the best of ``plan.datapath_repeats`` runs."""
     p, tb = s.plan, s.tb
-    c1, lb1, nf1 = "c1", "lb1", "nf1"
+    c1, lb1 = "c1", "lb1"
     s.add_flow(f"priority=250,in_port={topo.port_number(c1)},udp,"
                f"actions=output:{topo.port_number(lb1)}")
     s.add_flow(f"priority=250,in_port={topo.port_number(lb1)},udp,actions=drop")
@@ -1140,7 +1140,8 @@ def connect_rows(samples: dict) -> list[Row]:
 
 
 ORDER = ("datapath_pps", "datapath_pps_seen_at_gw", "datapath_offered_pps",
-         "datapath_pps_through_gw", "datapath_pps_fastpath_off", "max_throughput", "max_throughput_fastpath_off",
+         "datapath_pps_through_gw", "datapath_pps_fastpath_off", "max_throughput",
+         "max_throughput_fastpath_off",
          "max_throughput_nf_path", "max_throughput_nf_path_fastpath_off",
          "switch_busy_max_throughput", "agent_cpu_per_gbit_fastpath",
          "first_packet_overhead_ms_p50", "first_packet_overhead_ms_p50_patent",
