@@ -1009,8 +1009,9 @@ FIRST_STAGES = (  # stage -> (frame in, the frames out the new connection waits 
 
 SEGMENTS = ("wake", "queue", "decode", "engine", "encode", "send", "finish")
 """Where a stage's time goes, from the kernel's receive to the frame the connection waits for
-leaving (``FirstTrace`` marks): ``wake`` until ``select`` returned (the scheduler's share),
-``queue`` until the frame was read (frames read before it), ``decode`` parsing a chain frame
+leaving (``FirstTrace`` marks): ``wake`` until ``select`` returned (the scheduler's share; 0
+for a frame that came while the agent was awake), ``queue`` until the frame was read (frames
+read before it), ``decode`` parsing a chain frame
 and checking its MAC, ``engine`` the packet logic, ``encode`` building and signing the chain
 frames sent up to it, ``send`` the send calls up to it (the waited frame's included),
 ``finish`` what ran after the last of those (for the Answer: until its handling ended). Beside
@@ -1033,8 +1034,11 @@ def stage_segments(rec: dict, waits_for: tuple[str, ...]) -> dict | None:
         end = len(marks) - 1             # until the handling ended
     seg = dict.fromkeys(SEGMENTS, 0.0)
     read_wall, read_cpu = marks[0][1], marks[0][2]
-    seg["wake"] = rec["woke_ns"] - rec["kernel_ns"]
-    seg["queue"] = read_wall - rec["woke_ns"]
+    # a frame that came in while the agent was awake (after its ``select`` returned, in the
+    # same drain of the socket) waited for no wake-up: its queue starts at its arrival
+    ready = max(rec["woke_ns"], rec["kernel_ns"])
+    seg["wake"] = ready - rec["kernel_ns"]
+    seg["queue"] = read_wall - ready
     handled = False
     for (_, prev, _), (label, wall, _) in zip(marks[:end], marks[1:end + 1]):
         if label == FirstTrace.DECODED:

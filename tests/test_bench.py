@@ -250,6 +250,13 @@ def test_first_packet_stages_break_each_stage_down_from_the_agents_records():
         row = by.loc[stage]
         if row["n"] == 1:
             assert sum(row[k] for k in tbb.SEGMENTS) == pytest.approx(row["total"])
+    # a SYN-ACK that came while the agent was still awake (after its select returned, in
+    # the same drain): no wake-up, its queue from its arrival on
+    late = tbb.first_packet_breakdown(
+        [_rec("synack", 950, 900, [("read", 980, 0), ("sent data", 1000, 15),
+                                   ("done", 1001, 16)])], "maglev").set_index("stage")
+    assert (late.loc["synack", "wake"], late.loc["synack", "queue"],
+            late.loc["synack", "total"]) == pytest.approx((0, 30, 50))
     rows = {r.metric: r.value for r in tbb.first_packet_stages(bd)}
     assert rows["first_packet_us_chain_syn"] == pytest.approx(245)
     assert rows["first_packet_us_chain_syn_wake"] == pytest.approx(30)
